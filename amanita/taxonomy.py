@@ -1,0 +1,324 @@
+"""The fungal taxonomy: six ranks over the FungiTastic leaves (one per ``category_id``).
+
+The leaves of the tree are the ``category_id`` values (one per ``scientificName``), in
+``category_id`` order, so that leaf ``i`` lines up with output ``i`` of the stock species head
+when the ids are contiguous. The *species* rank holds the accepted ``species`` names: two
+synonymous ``scientificName``s are two leaves under one species.
+
+Class indices at every rank are sorted by their lineage (phylum, class, ..., name), so that
+consecutive indices share ancestors and a confusion matrix shows families and genera as blocks.
+A rank value that is missing (NaN) is "unknown" (index -1): never a class of its own.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+RANKS = ("phylum", "class", "order", "family", "genus", "species")
+REQUIRED_COLUMNS = ("filename", "category_id") + RANKS
+LEAF = "leaf"
+FORMAT_VERSION = 1
+
+
+class TaxonomyError(ValueError):
+    """Raised for inconsistent taxonomies: the message lists every problem."""
+
+
+@dataclass
+class Taxonomy:
+    """Per-rank class names and, per leaf, its ``category_id``, name and ancestor indices.
+
+    ``ancestors`` is ``(n_leaves, 6)`` int64 with one column per rank in :data:`RANKS`
+    (species included); -1 marks an unknown rank.
+    """
+
+    classes: dict[str, list[str]]
+    category_ids: list[int]
+    scientific_names: list[str]
+    ancestors: np.ndarray
+    poisonous: list[bool] = field(default_factory=list)
+    counts: dict[str, list[int]] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ sizes and lookups
+    @property
+    def n_leaves(self) -> int:
+        return len(self.category_ids)
+
+    def num_classes(self, rank: str) -> int:
+        """Number of outputs of the head for ``rank`` (leaves for the species head)."""
+        return self.n_leaves if rank == LEAF else len(self.classes[rank])
+
+    def head_sizes(self) -> dict[str, int]:
+        """Outputs of each head of the multi-task model: five coarse ranks and the leaf head.
+
+        The species head has one output per leaf (``category_id``), like the stock head.
+        """
+        sizes = {r: len(self.classes[r]) for r in RANKS[:-1]}
+        sizes["species"] = self.n_leaves
+        return sizes
+
+    def index(self, rank: str) -> dict[str, int]:
+        """Name → index at ``rank``."""
+        return {n: i for i, n in enumerate(self.classes[rank])}
+
+    def leaf_index(self) -> dict[int, int]:
+        """``category_id`` → leaf index."""
+        return {c: i for i, c in enumerate(self.category_ids)}
+
+    def leaf_names(self) -> list[str]:
+        return list(self.scientific_names)
+
+    def lineage(self, leaf: int) -> dict[str, str | None]:
+        """Names of a leaf's ancestors at every rank (None where unknown)."""
+        return {r: (self.classes[r][a] if a >= 0 else None) for r, a in zip(RANKS, self.ancestors[leaf])}
+
+    def class_poisonous(self, rank: str = "species") -> np.ndarray:
+        """Per class of ``rank`` (or per leaf for ``"leaf"``): True if any of its leaves is poisonous."""
+        pois = np.asarray(self.poisonous if self.poisonous else [False] * self.n_leaves, dtype=bool)
+        if rank == LEAF:
+            return pois
+        col = self.ancestors[:, RANKS.index(rank)]
+        out = np.zeros(len(self.classes[rank]), dtype=bool)
+        known = col >= 0
+        np.logical_or.at(out, col[known], pois[known])
+        return out
+
+    # ------------------------------------------------------------------ tensors
+    def ancestor_matrix(self) -> torch.Tensor:
+        """``(n_leaves, 6)`` LongTensor: the ancestor index of each leaf at each rank, -1 unknown."""
+        return torch.as_tensor(self.ancestors, dtype=torch.long)
+
+    def rollup_matrix(self, rank: str, dtype=torch.float32) -> torch.Tensor:
+        """``(n_leaves, n_classes(rank))`` 0/1 matrix: ``leaf_probs @ M`` sums leaves up to ``rank``.
+
+        Leaves whose ancestor at ``rank`` is unknown contribute to no class.
+        """
+        n = self.num_classes(rank)
+        if rank == LEAF:
+            return torch.eye(n, dtype=dtype)
+        col = self.ancestor_matrix()[:, RANKS.index(rank)]
+        m = torch.zeros(self.n_leaves, n, dtype=dtype)
+        known = col >= 0
+        m[torch.nonzero(known).squeeze(1), col[known]] = 1
+        return m
+
+    def rollup_matrices(self, dtype=torch.float32) -> dict[str, torch.Tensor]:
+        """:meth:`rollup_matrix` for each of the six ranks."""
+        return {r: self.rollup_matrix(r, dtype) for r in RANKS}
+
+    def parent_index(self, rank: str) -> np.ndarray:
+        """For each class of ``rank``, the index of its parent at the rank above (-1 unknown)."""
+        i = RANKS.index(rank)
+        if i == 0:
+            return np.full(len(self.classes[rank]), -1, dtype=np.int64)
+        out = np.full(len(self.classes[rank]), -1, dtype=np.int64)
+        col, par = self.ancestors[:, i], self.ancestors[:, i - 1]
+        known = col >= 0
+        out[col[known]] = par[known]
+        return out
+
+    def class_ancestors(self, rank: str) -> np.ndarray:
+        """``(n_classes(rank), 6)``: the ancestors of each class of ``rank`` (-1 below it)."""
+        i = RANKS.index(rank)
+        out = np.full((len(self.classes[rank]), len(RANKS)), -1, dtype=np.int64)
+        col = self.ancestors[:, i]
+        known = col >= 0
+        out[col[known], : i + 1] = self.ancestors[known, : i + 1]
+        return out
+
+    def lca_height(self, a: np.ndarray | Sequence[int], b: np.ndarray | Sequence[int],
+                   rank: str = LEAF) -> np.ndarray:
+        """Height of the lowest common ancestor of classes ``a`` and ``b`` of ``rank``.
+
+        Heights count ranks from the species: 0 for the same species (synonymous leaves are
+        the same species), 1 for the same genus, ..., 5 for the same phylum and 6 when only
+        the root is shared. For a coarser ``rank`` the same scale is used, so two different
+        families of one order are at height 3. An unknown ancestor never matches.
+        Vectorised: ``a`` and ``b`` broadcast against each other.
+        """
+        anc = self.ancestors if rank == LEAF else self.class_ancestors(rank)
+        a, b = np.asarray(a), np.asarray(b)
+        ea, eb = anc[a], anc[b]  # (..., 6)
+        eq = (ea == eb) & (ea >= 0)
+        # deepest matching rank (ranks above a match also match in a consistent tree)
+        deepest = np.where(eq.any(-1), len(RANKS) - 1 - np.argmax(eq[..., ::-1], axis=-1), -1)
+        return (len(RANKS) - 1 - deepest).astype(np.int64)
+
+    def distance_matrix(self, rank: str = LEAF) -> np.ndarray:
+        """All-pairs :meth:`lca_height` as an int8 matrix (2,829² bytes for the real leaves)."""
+        n = self.num_classes(rank)
+        idx = np.arange(n)
+        return self.lca_height(idx[:, None], idx[None, :], rank).astype(np.int8)
+
+    # ------------------------------------------------------------------ io
+    def to_dict(self) -> dict:
+        leaves = []
+        for i, (cid, name) in enumerate(zip(self.category_ids, self.scientific_names)):
+            leaf = {"category_id": int(cid), "scientificName": name,
+                    "ancestors": {r: int(a) for r, a in zip(RANKS, self.ancestors[i])}}
+            if self.poisonous:
+                leaf["poisonous"] = bool(self.poisonous[i])
+            leaves.append(leaf)
+        return {"format_version": FORMAT_VERSION, "ranks": list(RANKS),
+                "classes": {r: list(self.classes[r]) for r in RANKS},
+                "num_classes": {r: len(self.classes[r]) for r in RANKS} | {LEAF: self.n_leaves},
+                "leaves": leaves, "counts": self.counts}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Taxonomy":
+        leaves = d["leaves"]
+        anc = np.array([[lf["ancestors"][r] for r in RANKS] for lf in leaves], dtype=np.int64)
+        anc = anc.reshape(len(leaves), len(RANKS))
+        return cls(classes={r: list(d["classes"][r]) for r in RANKS},
+                   category_ids=[int(lf["category_id"]) for lf in leaves],
+                   scientific_names=[lf["scientificName"] for lf in leaves],
+                   ancestors=anc,
+                   poisonous=[bool(lf.get("poisonous", False)) for lf in leaves],
+                   counts=d.get("counts", {}))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the mappings JSON atomically."""
+        from amanita.io import atomic_write_text
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Taxonomy":
+        try:
+            with open(path, encoding="utf-8") as f:
+                return cls.from_dict(json.load(f))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"taxonomic mappings not found: {path} "
+                                    "(make them with create_taxonomic_mappings.py)") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise TaxonomyError(f"{path} is not a taxonomic_mappings.json file ({e})") from None
+
+    def sha256(self) -> str:
+        """Digest of the tree (names, leaves, ancestors): checkpoints refuse another taxonomy."""
+        d = self.to_dict()
+        core = {k: d[k] for k in ("ranks", "classes")} | {
+            "leaves": [{k: lf[k] for k in ("category_id", "scientificName", "ancestors")} for lf in d["leaves"]]}
+        return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
+
+    def summary(self) -> str:
+        parts = [f"{r}: {len(self.classes[r])}" for r in RANKS]
+        return f"{self.n_leaves} leaves (category_id); " + ", ".join(parts)
+
+
+# ---------------------------------------------------------------------- building
+def _clean(value) -> str | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    s = str(value).strip()
+    return s if s and s.lower() != "nan" else None
+
+
+def _poison_flag(values: pd.Series) -> bool:
+    v = values.dropna()
+    if v.empty:
+        return False
+    if v.dtype == bool:
+        return bool(v.any())
+    return bool(v.astype(str).str.strip().str.lower().isin(["1", "1.0", "true", "yes", "t"]).any())
+
+
+def build_taxonomy(frames: Iterable[pd.DataFrame], count_frame: pd.DataFrame | None = None) -> Taxonomy:
+    """Build the taxonomy from FungiTastic metadata frames (all splits given).
+
+    Raises :class:`TaxonomyError` listing every conflict: a ``category_id`` with two
+    names or two species, or a name at one rank with two different parents.
+    ``count_frame`` (usually train) gives the per-rank image counts.
+    """
+    cols = ["category_id", "scientificName", *RANKS] + ["poisonous"]
+    parts = []
+    for f in frames:
+        sub = f[[c for c in cols if c in f.columns]].copy()
+        parts.append(sub)
+    df = pd.concat(parts, ignore_index=True)
+    df = df[df["category_id"].notna()].copy()
+    df["category_id"] = df["category_id"].astype(np.int64)
+    if "scientificName" not in df.columns:
+        df["scientificName"] = df["species"]
+    for c in ("scientificName", *RANKS):
+        df[c] = df[c].map(_clean).astype(object)
+
+    errors: list[str] = []
+    # a leaf has one scientificName and one accepted species
+    for c in ("scientificName", "species"):
+        n = df.dropna(subset=[c]).groupby("category_id")[c].nunique()
+        for cid in n[n > 1].index:
+            vals = sorted(df.loc[df["category_id"] == cid, c].dropna().unique())
+            errors.append(f"category_id {cid} has {len(vals)} values of '{c}': {vals}")
+    # a name at each rank has one parent at the rank above
+    for parent, child in zip(RANKS[:-1], RANKS[1:]):
+        pairs = df[[child, parent]].dropna().drop_duplicates()
+        dup = pairs[pairs.duplicated(child, keep=False)]
+        for name, g in dup.groupby(child):
+            errors.append(f"{child} '{name}' has {len(g)} different parents at rank {parent}: "
+                          f"{sorted(g[parent])}")
+    if errors:
+        raise TaxonomyError(f"{len(errors)} taxonomy conflict(s):\n  " + "\n  ".join(errors))
+
+    # per-name parent, then per-leaf full lineage (filling a rank from a known child)
+    parent_of = {child: dict(df[[child, parent]].dropna().drop_duplicates().values)
+                 for parent, child in zip(RANKS[:-1], RANKS[1:])}
+    leaf_rows = df.groupby("category_id", sort=True)
+    category_ids = list(leaf_rows.groups.keys())
+    first = leaf_rows.first()  # first non-null per column
+    lineages = []
+    for cid in category_ids:
+        row = first.loc[cid]
+        lin = [row[r] if isinstance(row[r], str) else None for r in RANKS]
+        for i in range(len(RANKS) - 1, 0, -1):  # fill a missing parent from a known child
+            if lin[i - 1] is None and lin[i] is not None:
+                lin[i - 1] = parent_of[RANKS[i]].get(lin[i])
+        lineages.append(lin)
+
+    # class indices sorted by lineage so indices of one family/genus are contiguous
+    classes: dict[str, list[str]] = {}
+    for i, r in enumerate(RANKS):
+        keyed = {tuple(l[: i + 1]) for l in lineages if l[i] is not None}
+        names = [k[-1] for k in sorted(keyed, key=lambda t: tuple(x or "" for x in t))]
+        classes[r] = list(dict.fromkeys(names))
+    index = {r: {n: j for j, n in enumerate(classes[r])} for r in RANKS}
+    ancestors = np.array([[index[r][n] if n is not None else -1 for r, n in zip(RANKS, lin)]
+                          for lin in lineages], dtype=np.int64).reshape(len(lineages), len(RANKS))
+    names = [first.loc[c, "scientificName"] or lineages[k][-1] or str(c)
+             for k, c in enumerate(category_ids)]
+    poisonous = ([_poison_flag(g) for _, g in leaf_rows["poisonous"]]
+                 if "poisonous" in df.columns else [False] * len(category_ids))
+    tax = Taxonomy(classes, [int(c) for c in category_ids], names, ancestors, poisonous)
+    if count_frame is not None:
+        tax.counts = class_counts(tax, count_frame)
+    return tax
+
+
+def encode_labels(tax: Taxonomy, df: pd.DataFrame) -> np.ndarray:
+    """``(len(df), 7)`` int64 labels: leaf index, then the six ranks; -1 for unknown.
+
+    A rank label is taken from the row's own value (NaN → -1), the leaf from ``category_id``.
+    """
+    out = np.full((len(df), 1 + len(RANKS)), -1, dtype=np.int64)
+    cid = pd.to_numeric(df["category_id"], errors="coerce")
+    leaf_of = tax.leaf_index()
+    out[:, 0] = cid.map(lambda c: leaf_of.get(int(c), -1) if pd.notna(c) else -1).to_numpy()
+    for j, r in enumerate(RANKS, start=1):
+        idx = tax.index(r)
+        out[:, j] = df[r].map(lambda v: idx.get(_clean(v), -1) if _clean(v) else -1).to_numpy()
+    return out
+
+
+def class_counts(tax: Taxonomy, df: pd.DataFrame) -> dict[str, list[int]]:
+    """Images per class at each rank and per leaf in ``df`` (unknown labels not counted)."""
+    labels = encode_labels(tax, df)
+    out = {}
+    for j, r in enumerate((LEAF,) + RANKS):
+        col = labels[:, j]
+        out[r] = np.bincount(col[col >= 0], minlength=tax.num_classes(r)).tolist()
+    return out
