@@ -9,8 +9,9 @@ Example:
       --output taxonomic_mappings.json
 """
 import argparse
+from pathlib import Path
 
-from amanita.data import read_split
+from amanita.data import image_paths, read_split, scan_images
 from amanita.io import cli_main
 from amanita.taxonomy import RANKS, build_taxonomy
 
@@ -22,14 +23,18 @@ def parse_args(argv=None):
     g.add_argument("--val-path", default=None, help="validation CSV, so val species unseen in train get a leaf (default: none)")
     g.add_argument("--test-path", default=None, help="test CSV, likewise (default: none)")
     g.add_argument("--output", default="taxonomic_mappings.json", help="output JSON (default: %(default)s)")
+    g.add_argument("--image-root", default=None, help="image folder for --check-images (default: the FungiTastic layout beside each CSV)")
+    g.add_argument("--check-images", action="store_true", help="also decode every image and report unreadable ones")
+    g.add_argument("--workers", type=int, default=2, help="processes for --check-images (default: %(default)s)")
     return p.parse_args(argv)
 
 
 @cli_main
 def main():
     args = parse_args()
-    train = read_split(args.train_path)
-    frames = [train] + [read_split(p) for p in (args.val_path, args.test_path) if p]
+    paths = [p for p in (args.train_path, args.val_path, args.test_path) if p]
+    frames = [read_split(p) for p in paths]
+    train = frames[0]
     tax = build_taxonomy(frames, count_frame=train)
     tax.save(args.output)
     print(f"wrote {args.output}: {tax.summary()}")
@@ -39,6 +44,19 @@ def main():
     for r in RANKS:
         absent = sum(1 for c in tax.counts[r] if c == 0)
         print(f"  {r:<8} {len(tax.classes[r]):>6} classes, {absent} without training images")
+    if args.check_images:
+        check_images(paths, frames, args)
+
+
+def check_images(paths, frames, args):
+    """Decode every image of every split and print a line per split (and per bad image)."""
+    for path, df in zip(paths, frames):
+        files = image_paths(df, path, args.image_root)
+        bad = scan_images(files, args.workers, desc=f"checking {Path(path).name}")
+        print(f"  {Path(path).name}: {len(df)} images, {df['category_id'].nunique()} category_ids, "
+              f"{len(bad)} bad images")
+        for f, why in list(bad.items())[:20]:
+            print(f"    bad image {f}: {why}")
 
 
 if __name__ == "__main__":

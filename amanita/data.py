@@ -176,3 +176,26 @@ def stratified_subset(df: pd.DataFrame, n: int, rng: np.random.Generator,
                                   kind="stable")
     take = per_obs.index[(per_obs["size"].cumsum() <= n).to_numpy()]  # whole observations only
     return df[groups.isin(set(take)).to_numpy()].copy()
+
+
+def _try_open(path: str) -> str | None:
+    try:
+        load_rgb(path)
+        return None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        return f"{type(e).__name__}: {str(e)[:120]}"
+
+
+def scan_images(paths: list[str], workers: int = 2, desc: str = "checking images") -> dict[str, str]:
+    """Decode every image once; returns ``{path: problem}`` for those that cannot be read."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+    chunk = max(1, len(paths) // (workers * 16) or 1)
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(tqdm(pool.map(_try_open, paths, chunksize=chunk), total=len(paths),
+                                desc=desc, leave=False))
+    else:
+        results = [_try_open(p) for p in tqdm(paths, desc=desc, leave=False)]
+    return {p: r for p, r in zip(paths, results) if r is not None}
