@@ -1,8 +1,10 @@
 """FungiTastic metadata and images: the dataset class, image paths, transforms, loaders."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import random
 import re
 from pathlib import Path
 
@@ -89,6 +91,12 @@ class FungiTasticDataset(Dataset):
         self.input_size = tuple(input_size)
         self.paths = image_paths(self.df, self.csv_path, image_root, image_size_folder)
         self.labels = torch.from_numpy(encode_labels(taxonomy, self.df))  # (n, 7)
+        self.seed: int | None = None  # set for training: augmentations follow (seed, epoch, index)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose augmentations ``__getitem__`` draws (workers copy it per epoch)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -102,8 +110,31 @@ class FungiTasticDataset(Dataset):
             labels[0] = BAD_IMAGE
             return torch.zeros(self.input_size), labels, i
         if self.transform is not None:
-            img = self.transform(img)
+            with self._seeded(i):
+                img = self.transform(img)
         return img, self.labels[i], i
+
+    def _seeded(self, i: int):
+        """Random augmentations drawn from (seed, epoch, index), whichever worker or resume serves them.
+
+        This is what makes a run resumed mid-epoch see the same crops as an uninterrupted one;
+        the caller's RNG states are restored afterwards.
+        """
+        if self.seed is None:
+            return contextlib.nullcontext()
+        return _fork_rngs(hash((self.seed, self.epoch, i)) & 0x7FFFFFFF)
+
+
+@contextlib.contextmanager
+def _fork_rngs(seed: int):
+    py_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
 
 
 # ---------------------------------------------------------------------- transforms

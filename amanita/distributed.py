@@ -1,0 +1,132 @@
+"""Distribution: torchrun environment, samplers that resume mid-epoch, gathers, rank-0 guards."""
+from __future__ import annotations
+
+import datetime
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> DistInfo:
+    """Read ``RANK``/``LOCAL_RANK``/``WORLD_SIZE`` (torchrun) and start the process group.
+
+    NCCL on CUDA, gloo on CPU. Without torchrun's variables this is one process.
+    """
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo",
+                                timeout=datetime.timedelta(minutes=timeout_minutes),
+                                **({"device_id": dev} if use_cuda else {}))
+    return DistInfo(rank, local_rank, world, dev)
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's ``obj`` (a list of world-size entries; ``[obj]`` without DDP)."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+class ResumableDistributedSampler(Sampler[int]):
+    """Shuffles every epoch like ``DistributedSampler`` and can start part-way into an epoch.
+
+    The permutation depends only on ``seed`` and the epoch, so a resumed run sees the same
+    order; ``set_start(n)`` skips this rank's first ``n`` samples. The dataset is padded with
+    its first indices to a multiple of the world size, as ``DistributedSampler`` does.
+    """
+
+    def __init__(self, n: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0):
+        self.n, self.num_replicas, self.rank, self.shuffle, self.seed = n, num_replicas, rank, shuffle, seed
+        self.num_samples = math.ceil(n / num_replicas)
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        self.start = start
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        total = self.num_samples * self.num_replicas
+        order += (order * math.ceil(total / max(len(order), 1)))[: total - len(order)]
+        return order[self.rank:total:self.num_replicas]
+
+    def __iter__(self):
+        return iter(self.indices()[self.start:])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation shards: rank r takes samples r, r+W, ...; no padding, so each counts once."""
+
+    def __init__(self, n: int, num_replicas: int = 1, rank: int = 0):
+        self.idx = list(range(rank, n, num_replicas))
+
+    def __iter__(self):
+        return iter(self.idx)
+
+    def __len__(self) -> int:
+        return len(self.idx)

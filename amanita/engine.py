@@ -1,0 +1,242 @@
+"""The training step loop and inference, shared by train_minimal.py, train_multitask.py and validate.py."""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from amanita.data import BAD_IMAGE, BadImageCounter
+from amanita.distributed import all_gather_objects, all_reduce_sum
+from amanita.model import decode as decode_predictions
+from amanita.model import rank_log_probs
+from amanita.taxonomy import LEAF, RANKS, Taxonomy
+
+KEYS = (LEAF,) + RANKS
+
+
+def as_outputs(out) -> dict[str, torch.Tensor]:
+    """A model's outputs as ``{head: logits}``: a single-head model's tensor is the species head."""
+    return out if isinstance(out, dict) else {"species": out}
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """``auto`` = bf16 on CUDA and none on CPU; ``bf16``/``fp16``/``none`` as asked."""
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "none"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class TrainState:
+    """What the loop advances and the checkpoint records."""
+    epoch: int = 0
+    step: int = 0              # optimizer updates since the start
+    batch_in_epoch: int = 0    # batches done in the current epoch (a multiple of accum)
+    history: list = field(default_factory=list)
+
+
+@dataclass
+class StepConfig:
+    accum_steps: int = 1
+    clip_grad: float | None = None
+    amp: torch.dtype | None = None
+    log_interval: int = 20
+    save_every_steps: int = 0
+    max_bad_fraction: float = 0.001
+
+
+def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer, scheduler, device,
+                    state: TrainState, cfg: StepConfig, scaler=None, ema=None,
+                    save: Callable[[], None] | None = None, show: bool = True,
+                    bad: BadImageCounter | None = None) -> dict[str, float]:
+    """One epoch (or its remainder after a resume); returns mean losses and images/s.
+
+    Gradients are accumulated over ``cfg.accum_steps`` batches; the scheduler steps per update;
+    ``save`` is called every ``cfg.save_every_steps`` updates at an update boundary. Losses stay
+    on the device and are read back only every ``log_interval`` batches.
+    """
+    model.train()
+    sums: dict[str, torch.Tensor] = {}
+    n_batches, n_images, t0 = 0, 0, time.perf_counter()
+    bad_count = torch.zeros((), dtype=torch.long, device=device)
+    total = len(loader) + state.batch_in_epoch
+    bar = tqdm(loader, total=total, initial=state.batch_in_epoch, disable=not show,
+               desc=f"train {state.epoch}", dynamic_ncols=True, leave=False)
+    for images, labels, _ in bar:
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        boundary = (state.batch_in_epoch + 1) % cfg.accum_steps == 0
+        sync = contextlib.nullcontext() if boundary or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(device, cfg.amp):
+                losses = criterion(as_outputs(model(images)), labels)
+            loss = losses["loss"] / cfg.accum_steps
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0) + v.detach()
+        bad_count += (labels[:, 0] == BAD_IMAGE).sum()
+        n_batches += 1
+        n_images += images.shape[0]
+        state.batch_in_epoch += 1
+        if boundary:
+            _update(model, optimizer, scaler, cfg.clip_grad)
+            state.step += 1
+            if ema is not None:
+                ema.update(model, step=state.step)
+            if scheduler is not None:
+                scheduler.step_update(num_updates=state.step)
+            if save is not None and cfg.save_every_steps and state.step % cfg.save_every_steps == 0:
+                save()
+        if n_batches % cfg.log_interval == 0:
+            if bad is not None:
+                bad.update(int(bad_count.item()) - bad.count)
+            if show:
+                bar.set_postfix(loss=f"{(sums['loss'] / n_batches).item():.3f}",
+                                lr=f"{optimizer.param_groups[-1]['lr']:.2e}",
+                                img_s=f"{n_images / (time.perf_counter() - t0):.0f}")
+    if state.batch_in_epoch % cfg.accum_steps:  # the epoch's last, partial accumulation
+        _update(model, optimizer, scaler, cfg.clip_grad)
+        state.step += 1
+        if ema is not None:
+            ema.update(model, step=state.step)
+    if bad is not None:
+        bad.update(int(bad_count.item()) - bad.count)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    out = {k: (v / max(n_batches, 1)).item() for k, v in sums.items()}
+    out["images_per_s"] = n_images / max(elapsed, 1e-9)
+    return out
+
+
+def _update(model, optimizer, scaler, clip_grad):
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if clip_grad:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, taxonomy: Taxonomy, device, decode: str = "independent",
+            amp: str | torch.dtype | None = None, show: bool = True, leaf_index: torch.Tensor | None = None,
+            metadata: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per-sample predictions at the leaf and six ranks, gathered from every rank exactly once.
+
+    Returns one row per readable sample, sorted by ``index`` (the row of the CSV), with
+    ``{key}_true``, ``{key}_pred``, ``{key}_conf``, ``{key}_ptrue`` and ``{key}_top1..5`` for
+    ``key`` in leaf and the six ranks (see ``amanita/predictions.py``). A single-head model's
+    outputs are indexed by ``category_id``: ``leaf_index`` (defaults to the taxonomy's ids when
+    the model has one output per id) picks the leaves' columns.
+    """
+    model.eval()
+    dtype = amp_dtype(amp, device) if isinstance(amp, str) else amp
+    ancestors = taxonomy.ancestor_matrix().to(device)
+    chunks = []
+    for images, labels, idx in tqdm(loader, disable=not show, desc="predict", dynamic_ncols=True, leave=False):
+        images = images.to(device, non_blocking=True)
+        with autocast(device, dtype):
+            outputs = as_outputs(model(images))
+        if leaf_index is None and outputs["species"].shape[1] != taxonomy.n_leaves:
+            leaf_index = torch.tensor(taxonomy.category_ids, device=device)
+        logp = rank_log_probs(outputs, taxonomy, leaf_index)
+        preds = decode_predictions(logp, ancestors, decode)
+        chunks.append(_batch_columns(logp, preds, labels.to(device), idx))
+    local = {k: np.concatenate([c[k] for c in chunks]) if chunks else np.zeros(0) for k in _column_names()}
+    gathered = all_gather_objects(local)
+    cols = {k: np.concatenate([g[k] for g in gathered]) for k in local}
+    df = pd.DataFrame(cols)
+    df = df[df["leaf_true"] != BAD_IMAGE].drop_duplicates("index").sort_values("index", kind="stable")
+    df = df.reset_index(drop=True)
+    if metadata is not None:
+        meta = metadata.iloc[df["index"].to_numpy()]
+        df.insert(1, "filename", meta["filename"].astype(str).to_numpy())
+        df.insert(2, "observationID", meta["observationID"].to_numpy() if "observationID" in meta else np.nan)
+    return df
+
+
+
+def _column_names() -> list[str]:
+    names = ["index"]
+    for k in KEYS:
+        names += [f"{k}_true", f"{k}_pred", f"{k}_conf", f"{k}_ptrue"] + [f"{k}_top{i}" for i in range(1, 6)]
+    return names
+
+
+def _batch_columns(logp: dict, preds: dict, labels: torch.Tensor, idx) -> dict[str, np.ndarray]:
+    """One batch's columns as numpy (one device→host copy per tensor)."""
+    out = {"index": np.asarray(idx)}
+    for j, k in enumerate(KEYS):
+        lp, pred, true = logp[k], preds[k], labels[:, j]
+        top = lp.topk(min(5, lp.shape[1]), dim=1).indices
+        if top.shape[1] < 5:
+            top = torch.cat([top, top.new_full((top.shape[0], 5 - top.shape[1]), -1)], dim=1)
+        conf = lp.gather(1, pred[:, None]).squeeze(1).exp()
+        ptrue = torch.where(true >= 0, lp.gather(1, true.clamp_min(0)[:, None]).squeeze(1).exp(),
+                            torch.full_like(conf, float("nan")))
+        out[f"{k}_true"], out[f"{k}_pred"] = true.cpu().numpy(), pred.cpu().numpy()
+        out[f"{k}_conf"], out[f"{k}_ptrue"] = conf.cpu().numpy(), ptrue.cpu().numpy()
+        top = top.cpu().numpy()
+        for i in range(5):
+            out[f"{k}_top{i + 1}"] = top[:, i]
+    return out
+
+
+def summarize(preds: pd.DataFrame, taxonomy: Taxonomy) -> dict[str, float]:
+    """Top-1 and macro-F1 (over classes present in the split) per key, for training logs.
+
+    The full metric suite lives in ``amanita.metrics``; this is the quick per-epoch view,
+    vectorised with ``np.bincount``.
+    """
+    out = {}
+    for k in KEYS:
+        t, p = preds[f"{k}_true"].to_numpy(), preds[f"{k}_pred"].to_numpy()
+        m = t >= 0
+        t, p = t[m], p[m]
+        if len(t) == 0:
+            continue
+        n = taxonomy.num_classes(k)
+        tp = np.bincount(t[t == p], minlength=n)
+        support, predicted = np.bincount(t, minlength=n), np.bincount(p[p >= 0], minlength=n)
+        denom = support + predicted
+        f1 = np.divide(2 * tp, denom, out=np.zeros(n), where=denom > 0)
+        out[f"{k}/acc1"] = float((t == p).mean())
+        out[f"{k}/f1"] = float(f1[support > 0].mean())
+    return out
+
+
+def evaluate(model, loader, taxonomy, device, amp=None, show=True, decode="independent") -> dict[str, float]:
+    """Validation metrics per key (``leaf/acc1``, ``species/f1``, ...) on all ranks' samples."""
+    return summarize(predict(model, loader, taxonomy, device, decode, amp, show), taxonomy)
+
+
+def reduce_mean(values: dict[str, float], device) -> dict[str, float]:
+    """Average per-rank numbers (train losses) over DDP ranks; one collective."""
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    t = all_reduce_sum(t) / max(torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1, 1)
+    return {k: float(v) for k, v in zip(keys, t.tolist())}
+
+
+def finite_or_raise(losses: dict[str, float], epoch: int) -> None:
+    bad = [k for k, v in losses.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(f"non-finite training loss in epoch {epoch}: {bad}; lower --lr or use --amp bf16")

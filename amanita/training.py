@@ -1,0 +1,404 @@
+"""The training recipe behind train_minimal.py and train_multitask.py, one short function a step."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from amanita import checkpoint as ck
+from amanita.data import BadImageCounter, FungiTasticDataset, create_transforms, read_split
+from amanita.distributed import (DistInfo, ResumableDistributedSampler, ShardSampler, barrier,
+                                 cleanup, init_distributed)
+from amanita.engine import StepConfig, TrainState, amp_dtype, finite_or_raise, predict, reduce_mean, \
+    summarize, train_one_epoch
+from amanita.io import UserError, atomic_write_text
+from amanita.losses import MultiTaskLoss, compute_class_weights
+from amanita.model import (create_multitask_model, create_single_head_model, describe, init_from_stock,
+                           parse_model_args, resolve_architecture, resolve_data_config)
+from amanita.taxonomy import LEAF, RANKS, Taxonomy, build_taxonomy
+
+KEYS = RANKS + (LEAF,)
+
+
+def log(dist: DistInfo, *msg) -> None:
+    if dist.is_main:
+        print(*msg, flush=True)
+
+
+# ---------------------------------------------------------------------- set-up
+def apply_cluster_environment(args) -> None:
+    """On Strong Compute ISC: checkpoints in $CHECKPOINT_ARTIFACT_PATH, small logs in $LOSSY_ARTIFACT_PATH."""
+    if os.environ.get("CHECKPOINT_ARTIFACT_PATH"):
+        args.save_dir = os.environ["CHECKPOINT_ARTIFACT_PATH"]
+    args.log_dir = os.environ.get("LOSSY_ARTIFACT_PATH") or args.save_dir
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_taxonomy(args, dist: DistInfo) -> Taxonomy:
+    """The mappings file, or (when it does not exist) the taxonomy of the given CSVs, saved there."""
+    if Path(args.mappings).is_file():
+        return Taxonomy.load(args.mappings)
+    frames = [read_split(p) for p in (args.train_path, args.val_path, args.test_path) if p]
+    tax = build_taxonomy(frames, count_frame=frames[0])
+    if dist.is_main:
+        tax.save(args.mappings)
+        print(f"built {args.mappings} from the CSVs: {tax.summary()}")
+    return tax
+
+
+def build_model(args, tax: Taxonomy, multitask: bool) -> tuple[nn.Module, dict, str, dict]:
+    """The model to train, its data config, and the (architecture, kwargs) that rebuild it offline."""
+    model_args = parse_model_args(args.model_args)
+    pretrained = {"auto": None, "yes": True, "no": False}[args.pretrained]
+    kw = dict(model_args=model_args, pretrained=pretrained, pretrained_file=args.pretrained_file,
+              drop_path_rate=args.drop_path, drop_rate=args.drop)
+    if args.init_from:
+        return _model_from_checkpoint(args.init_from, tax, multitask, args)
+    make = create_multitask_model if multitask else create_single_head_model
+    model = make(args.model, tax, **kw)
+    arch, arch_kwargs = resolve_architecture(args.model, model_args)
+    base = model.backbone if multitask else model
+    return model, resolve_data_config(base, args.model), arch, arch_kwargs
+
+
+def _model_from_checkpoint(path, tax: Taxonomy, multitask: bool, args) -> tuple[nn.Module, dict, str, dict]:
+    """``--init-from``: a single-head checkpoint seeds the heads as the stock model would."""
+    src = ck.load_checkpoint(path)
+    arch, arch_kwargs = src["architecture"], dict(src.get("model_kwargs", {}))
+    stock, _, data_config = ck.build_from_checkpoint(src)
+    kw = dict(model_args=arch_kwargs, pretrained=False, drop_path_rate=args.drop_path, drop_rate=args.drop)
+    if not multitask or src.get("kind") == "multitask":
+        model = (create_multitask_model if multitask else create_single_head_model)(arch, tax, **kw)
+        model.load_state_dict(stock.state_dict())
+    else:
+        model = create_multitask_model(arch, tax, **kw)
+        init_from_stock(model, stock, tax)
+    return model, data_config, arch, arch_kwargs
+
+
+def make_loaders(args, tax: Taxonomy, data_config: dict, dist: DistInfo):
+    """Train loader (resumable shuffling sampler) and eval loaders (each sample on one rank)."""
+    common = dict(image_root=args.image_root, image_size_folder=args.image_size_folder,
+                  input_size=data_config["input_size"])
+    aa = None if str(args.auto_augment).lower() in ("none", "") else args.auto_augment
+    train_tf = create_transforms(data_config, True, args.hflip, args.vflip, tuple(args.scale), aa)
+    eval_tf = create_transforms(data_config, False)
+    train_ds = FungiTasticDataset(args.train_path, tax, train_tf, **common)
+    train_ds.seed = args.seed
+    sampler = ResumableDistributedSampler(len(train_ds), dist.world_size, dist.rank, True, args.seed)
+    evals = {}
+    for split, path in (("val", args.val_path), ("test", args.test_path)):
+        if path:
+            ds = FungiTasticDataset(path, tax, eval_tf, **common)
+            evals[split] = _loader(ds, ShardSampler(len(ds), dist.world_size, dist.rank), args, dist, 0)
+    return train_ds, sampler, evals
+
+
+def _loader(ds, sampler, args, dist, seed) -> DataLoader:
+    # an explicit generator: creating an iterator never draws from the global RNG
+    return DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                      pin_memory=dist.device.type == "cuda", generator=torch.Generator().manual_seed(seed),
+                      persistent_workers=False, drop_last=False)
+
+
+def make_criterion(args, tax: Taxonomy, multitask: bool, device) -> MultiTaskLoss:
+    if not multitask:  # single head over category_id outputs
+        leaf_index = torch.tensor(tax.category_ids)
+        return MultiTaskLoss(tax, {"species": 1.0}, label_smoothing=args.label_smoothing,
+                             leaf_index=leaf_index).to(device)
+    weights = None
+    if args.use_class_weights:
+        weights = (torch.load(args.class_weights, weights_only=True) if args.class_weights
+                   else compute_class_weights(tax, args.class_weight_method))
+        for k in (*RANKS[:-1], LEAF):
+            if len(weights[k]) != tax.num_classes(k):
+                raise UserError(f"{args.class_weights}: {k} has {len(weights[k])} weights, the taxonomy "
+                                f"{tax.num_classes(k)} classes; recompute them for these mappings")
+    return MultiTaskLoss(tax, dict(zip(RANKS, args.rank_weights)), weights, args.label_smoothing,
+                         args.consistency_weight).to(device)
+
+
+def make_optimizer(model: nn.Module, args, device, multitask: bool):
+    """timm optimizer over layer-decay groups; the heads get ``--head-lr-scale`` on top."""
+    from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
+    nwd = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    if args.layer_decay:
+        groups = param_groups_layer_decay(model, args.weight_decay, nwd, args.layer_decay)
+    else:
+        groups = [dict(g, lr_scale=1.0) for g in param_groups_weight_decay(model, args.weight_decay, nwd)]
+    heads = model.heads if multitask else model.get_classifier()
+    head_ids = {id(p) for p in heads.parameters()}
+    split = []
+    for g in groups:
+        body = [p for p in g["params"] if id(p) not in head_ids]
+        head = [p for p in g["params"] if id(p) in head_ids]
+        if body:
+            split.append(dict(g, params=body))
+        if head:
+            split.append(dict(g, params=head, lr_scale=g["lr_scale"] * args.head_lr_scale, is_head=True))
+    extra = {"momentum": args.momentum} if args.opt.lower() in ("sgd", "momentum") else {}
+    if args.opt.lower() in ("adamw", "adam") and device.type == "cuda":
+        extra["fused"] = True
+    return create_optimizer_v2(split, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, **extra)
+
+
+def group_table(model: nn.Module, optimizer) -> str:
+    names = {id(p): n for n, p in model.named_parameters()}
+    lines = [f"{'group':>5} {'lr scale':>9} {'wd':>6} {'params':>9}  first parameter"]
+    for i, g in enumerate(optimizer.param_groups):
+        n = sum(p.numel() for p in g["params"])
+        lines.append(f"{i:>5} {g.get('lr_scale', 1.0):>9.4f} {g['weight_decay']:>6.3f} {n:>9}  "
+                     f"{names.get(id(g['params'][0]), '?')}{'  (heads)' if g.get('is_head') else ''}")
+    scales = sorted({round(g.get("lr_scale", 1.0), 8) for g in optimizer.param_groups if not g.get("is_head")})
+    lines.append(f"{len(scales)} layer scales for the backbone, from {scales[0]:.4g} to {scales[-1]:.4g}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- checkpoints
+class Checkpointer:
+    """Saves ``last.pth`` / ``best_model.pth`` on rank 0 and restores every state on resume."""
+
+    def __init__(self, args, dist, kind, tax, model, optimizer, scheduler, scaler, ema, state,
+                 data_config, arch, arch_kwargs, sampler_batch_size):
+        self.__dict__.update(locals())
+        del self.__dict__["self"]
+        self.dir = Path(args.save_dir)
+
+    def state_dict(self, best_metric, bad_epochs) -> dict:
+        model = ck.unwrap(self.model)
+        return {
+            "model": model.state_dict(),
+            "model_ema": ck.unwrap(self.ema.module).state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": self.state.epoch, "step": self.state.step,
+            "sampler": {"epoch": self.state.epoch, "batch_in_epoch": self.state.batch_in_epoch,
+                        "batch_size": self.sampler_batch_size, "world_size": self.dist.world_size},
+            "rng": ck.capture_rng(), "args": _plain(vars(self.args)), "kind": self.kind,
+            "architecture": self.arch, "model_kwargs": self.arch_kwargs,
+            "head_sizes": self.tax.head_sizes() if self.kind == "multitask" else None,
+            "taxonomy": self.tax.to_dict(), "taxonomy_sha256": self.tax.sha256(),
+            "data_config": dict(self.data_config), "history": self.state.history,
+            "best_metric": best_metric, "bad_epochs": bad_epochs,
+            "val_f1": _last(self.state.history, "val/species/f1"), "val_acc": _last(self.state.history, "val/species/acc1"),
+            "git_sha": ck.git_sha(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+
+    def save(self, name: str, best_metric=None, bad_epochs=0) -> None:
+        if self.dist.is_main:
+            ck.save_checkpoint(self.state_dict(best_metric, bad_epochs), self.dir / name)
+
+    def resume_path(self) -> Path | None:
+        r = self.args.resume
+        if r in (None, "", "none"):
+            return None
+        if r == "auto":
+            p = self.dir / "last.pth"
+            return p if p.is_file() else None
+        return Path(r)
+
+    def restore(self, path: Path) -> tuple[float | None, int]:
+        """Load every state from ``path``; returns (best metric so far, epochs without improvement)."""
+        c = ck.load_checkpoint(path)
+        ck.check_compatible(c, self.tax, self.kind, path)
+        ck.unwrap(self.model).load_state_dict(c["model"])
+        if self.ema is not None and c.get("model_ema") is not None:
+            ck.unwrap(self.ema.module).load_state_dict(c["model_ema"])
+        self.optimizer.load_state_dict(c["optimizer"])
+        if self.scheduler is not None and c.get("scheduler"):
+            self.scheduler.load_state_dict(c["scheduler"])
+        if self.scaler is not None and c.get("scaler"):
+            self.scaler.load_state_dict(c["scaler"])
+        s = c["sampler"]
+        self.state.epoch, self.state.step, self.state.history = c["epoch"], c["step"], list(c.get("history", []))
+        same_layout = (s["batch_size"], s["world_size"]) == (self.sampler_batch_size, self.dist.world_size)
+        self.state.batch_in_epoch = s["batch_in_epoch"] if same_layout else 0
+        if not same_layout and s["batch_in_epoch"]:
+            log(self.dist, f"warning: {path} was saved with batch {s['batch_size']} × {s['world_size']} processes; "
+                           f"epoch {c['epoch']} restarts from its beginning")
+        ck.restore_rng(c["rng"])  # rank 0's streams; the other ranks draw their own from seed + rank
+        if self.dist.rank:
+            seed_everything(self.args.seed + self.dist.rank + 7919 * c["step"])
+        return c.get("best_metric"), c.get("bad_epochs", 0)
+
+
+def _plain(d: dict) -> dict:
+    """Arguments as plain types, so ``torch.load(weights_only=True)`` reads them."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()
+            if v is None or isinstance(v, (str, int, float, bool, list, tuple, dict))}
+
+
+def _last(history: list, key: str):
+    vals = [h[key] for h in history if key in h]
+    return vals[-1] if vals else None
+
+
+# ---------------------------------------------------------------------- reporting
+def rank_table(train: dict, val: dict) -> str:
+    lines = [f"  {'rank':<8} {'train loss':>10} {'val top-1':>10} {'val F1':>8}"]
+    for k in KEYS:
+        loss = train.get(f"loss/{k}")
+        acc, f1 = val.get(f"{k}/acc1"), val.get(f"{k}/f1")
+        lines.append(f"  {k:<8} {'' if loss is None else f'{loss:10.4f}':>10} "
+                     f"{'' if acc is None else f'{100 * acc:9.2f}%':>10} {'' if f1 is None else f'{100 * f1:7.2f}%':>8}")
+    return "\n".join(lines)
+
+
+def write_metrics(history: list, log_dir: str) -> None:
+    atomic_write_text(Path(log_dir) / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
+
+# ---------------------------------------------------------------------- the run
+def run(args, multitask: bool) -> int:
+    """Train (or resume) and evaluate; returns the process exit code."""
+    apply_cluster_environment(args)
+    dist = init_distributed(args.device)
+    try:
+        return _run(args, multitask, dist)
+    finally:
+        cleanup()
+
+
+def _run(args, multitask: bool, dist: DistInfo) -> int:
+    seed_everything(args.seed + dist.rank)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    device = dist.device
+    kind = "multitask" if multitask else "single"
+    tax = load_taxonomy(args, dist)
+    model, data_config, arch, arch_kwargs = build_model(args, tax, multitask)
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_ds, sampler, evals = make_loaders(args, tax, data_config, dist)
+    criterion = make_criterion(args, tax, multitask, device)
+    optimizer = make_optimizer(model, args, device, multitask)
+    accum = max(args.accum_steps, 1)
+    updates_per_epoch = -(-len(sampler) // args.batch_size // accum) or 1
+    from timm.scheduler import create_scheduler_v2
+    scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=args.epochs, min_lr=args.min_lr,
+                                       warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs,
+                                       step_on_epochs=False, updates_per_epoch=updates_per_epoch)
+    dtype = amp_dtype(args.amp, device)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    ema = None
+    if args.model_ema:
+        from timm.utils import ModelEmaV3
+        ema = ModelEmaV3(model, decay=args.model_ema_decay)
+    state = TrainState()
+    saver = Checkpointer(args, dist, kind, tax, model, optimizer, scheduler, scaler, ema, state,
+                         data_config, arch, arch_kwargs, args.batch_size)
+    best, bad_epochs = None, 0
+    resume = saver.resume_path()
+    if resume is not None:
+        best, bad_epochs = saver.restore(resume)
+        log(dist, f"resumed from {resume}: epoch {state.epoch}, batch {state.batch_in_epoch}, update {state.step}")
+    scheduler.step_update(num_updates=state.step)
+    announce(args, dist, model, optimizer, tax, data_config, len(train_ds), updates_per_epoch)
+    train_model = model
+    if args.compile:
+        train_model = torch.compile(model)
+    if dist.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+    if dist.is_main:
+        Path(args.save_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(args.save_dir) / "args.json", json.dumps(_plain(vars(args)), indent=1))
+    cfg = StepConfig(accum, args.clip_grad or None, dtype, args.log_interval, args.save_every_steps,
+                     args.max_bad_image_fraction)
+    bad = BadImageCounter(len(sampler), args.max_bad_image_fraction, f"train images on rank {dist.rank}")
+    saver.model = train_model
+    while state.epoch < args.epochs:
+        stop, best, bad_epochs = _epoch(args, dist, train_model, model, train_ds, sampler, evals, criterion,
+                                        optimizer, scheduler, scaler, ema, state, cfg, saver, bad, tax,
+                                        best, bad_epochs, dtype)
+        if stop:
+            break
+    if "test" in evals:
+        test_best(args, dist, evals["test"], tax, dtype)
+    log(dist, f"done: best val {args.early_stopping_metric} = {best if best is None else f'{best:.4f}'}; "
+              f"checkpoints in {args.save_dir}")
+    return 0
+
+
+def _epoch(args, dist, train_model, model, train_ds, sampler, evals, criterion, optimizer, scheduler,
+           scaler, ema, state, cfg, saver, bad, tax, best, bad_epochs, dtype):
+    """Train the rest of one epoch, validate, save, log; returns (stop?, best, bad_epochs)."""
+    sampler.set_epoch(state.epoch)
+    sampler.set_start(state.batch_in_epoch * args.batch_size)
+    train_ds.set_epoch(state.epoch)
+    loader = _loader(train_ds, sampler, args, dist, args.seed + state.epoch)
+    save = (lambda: saver.save("last.pth", best, bad_epochs))
+    t0 = time.perf_counter()
+    train = train_one_epoch(train_model, loader, criterion, optimizer, scheduler, dist.device, state, cfg,
+                            scaler, ema, save, dist.is_main, bad)
+    train = reduce_mean(train, dist.device)
+    finite_or_raise(train, state.epoch)
+    eval_model = ema.module if ema is not None else model
+    val = summarize(predict(eval_model, evals["val"], tax, dist.device, amp=dtype, show=dist.is_main), tax)
+    record = {"epoch": state.epoch, "step": state.step, "lr": optimizer.param_groups[-1]["lr"] / optimizer.param_groups[-1].get("lr_scale", 1.0),
+              "epoch_time_s": time.perf_counter() - t0, "images_per_s": train.pop("images_per_s") * dist.world_size}
+    record |= {f"train/{k.removeprefix('loss/')}/loss" if k.startswith("loss/") else "train/loss": v
+               for k, v in train.items()}
+    record |= {f"val/{k}": v for k, v in val.items()}
+    log(dist, f"epoch {state.epoch}: lr {record['lr']:.2e}, {record['images_per_s']:.0f} images/s, "
+              f"{record['epoch_time_s']:.0f} s\n{rank_table(train, val)}")
+    state.history.append(record)
+    metric = val.get(args.early_stopping_metric)
+    if metric is None:
+        raise UserError(f"--early-stopping-metric {args.early_stopping_metric} is not one of {sorted(val)}")
+    improved = best is None or metric > best
+    best, bad_epochs = (metric, 0) if improved else (best, bad_epochs + 1)
+    state.epoch += 1
+    state.batch_in_epoch = 0
+    if improved:
+        saver.save("best_model.pth", best, bad_epochs)
+    saver.save("last.pth", best, bad_epochs)
+    if dist.is_main:
+        write_metrics(state.history, args.log_dir)
+    barrier()
+    stop = bool(args.early_stopping_patience) and bad_epochs >= args.early_stopping_patience
+    if stop:
+        log(dist, f"early stopping: {args.early_stopping_metric} has not improved for {bad_epochs} epochs")
+    return stop, best, bad_epochs
+
+
+def test_best(args, dist, loader, tax, dtype) -> None:
+    """Evaluate the test split with best_model.pth and record it in test_metrics.json."""
+    path = Path(args.save_dir) / "best_model.pth"
+    if not path.is_file():
+        return
+    best_model, _, _, info = ck.load_for_eval(path, dist.device)
+    test = summarize(predict(best_model, loader, tax, dist.device, amp=dtype, show=dist.is_main), tax)
+    log(dist, f"test split, best checkpoint (epoch {info['epoch'] - 1}):\n{rank_table({}, test)}")
+    if dist.is_main:
+        atomic_write_text(Path(args.save_dir) / "test_metrics.json",
+                          json.dumps({"epoch": info["epoch"] - 1} | {f"test/{k}": v for k, v in test.items()}, indent=1))
+
+
+def announce(args, dist, model, optimizer, tax, data_config, n_train, updates_per_epoch) -> None:
+    """Start-up: git SHA, resolved arguments, model, data config and the parameter-group table."""
+    if not dist.is_main:
+        return
+    print(f"amanita {ck.git_sha()} | {' '.join(sys.argv)}")
+    print("arguments: " + json.dumps(_plain(vars(args)), sort_keys=True))
+    print(f"taxonomy: {tax.summary()}")
+    print(f"model: {describe(model)}")
+    print(f"data config: {data_config}")
+    print(f"{n_train} training images, {dist.world_size} process(es) on {dist.device}, "
+          f"{updates_per_epoch} updates per epoch")
+    print(group_table(model, optimizer))

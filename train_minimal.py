@@ -1,0 +1,26 @@
+#!/usr/bin/env python3
+"""Single-head species fine-tuning: the stock FungiTastic recipe (SGD, lr 0.01, batch 32 x 8 accumulation).
+
+Its best_model.pth plays the stock model for train_multitask.py --init-from and for
+validate.py --baseline-checkpoint. Runs on one device or under torchrun.
+
+Example:
+  python train_minimal.py --train-path .../FungiTastic-Train.csv --val-path .../FungiTastic-ClosedSet-Val.csv \\
+      --epochs 50 --batch-size 32 --lr 0.01 --workers 4 --save-dir checkpoints/minimal
+"""
+from amanita.cli import build_train_parser
+from amanita.io import cli_main
+from amanita.training import run
+
+
+def parse_args(argv=None):
+    return build_train_parser(__doc__, multitask=False).parse_args(argv)
+
+
+@cli_main
+def main():
+    return run(parse_args(), multitask=False)
+
+
+if __name__ == "__main__":
+    main()
