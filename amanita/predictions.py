@@ -125,6 +125,7 @@ def synthetic_taxonomy(sizes: dict[str, int] | None = None, seed: int = 0,
     _name_amanita(classes, names, parents[-1], leaf_species, pois)
     tax = Taxonomy(classes, list(range(n_leaves)), names, anc, pois.tolist())
     leaf_counts = np.maximum(1, (2000 / (1 + rng.permutation(n_leaves)) ** 0.9).astype(np.int64))
+    leaf_counts[np.array(names) == "Amanita phalloides"] = 400  # a common species, as in FungiTastic
     tax.counts = {LEAF: leaf_counts.tolist()}
     for i, r in enumerate(RANKS):
         tax.counts[r] = np.bincount(anc[:, i], weights=leaf_counts, minlength=sizes[r]).astype(int).tolist()

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageChops, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 from amanita.io import UserError, atomic_to_csv, atomic_write_text
 from amanita.taxonomy import RANKS
@@ -774,6 +774,14 @@ def _pattern_elements(d: ImageDraw.ImageDraw, box, t: Traits, s: int, rng) -> No
         d.rectangle(box, fill=c)
 
 
+def _erode(mask: np.ndarray, r: int) -> np.ndarray:
+    """Binary erosion of a 0/255 mask by a (2r+1)² square (separable running minimum)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+    m = np.pad(mask, r)
+    m = sliding_window_view(m, 2 * r + 1, axis=1).min(axis=-1)
+    return sliding_window_view(m, 2 * r + 1, axis=0).min(axis=-1)
+
+
 def _fruit_body(t: Traits, size: int, rng) -> Image.Image:
     """One fruit body (RGBA, ``size`` square): plan, pattern on its surface, species mark."""
     L = _Layer(size)
@@ -782,13 +790,11 @@ def _fruit_body(t: Traits, size: int, rng) -> Image.Image:
     if box:
         pat = Image.new("RGBA", (size, size), (0, 0, 0, 0))
         _pattern_elements(ImageDraw.Draw(pat), box, t, size, rng)
-        clip = L.mask
+        clip = np.asarray(L.mask)
         if t.pattern == "rim":  # the band between the surface and its erosion
-            k = 2 * max(1, round(0.025 * t.element_size * size * (0.6 + 0.6 * t.density))) + 1
-            clip = ImageChops.subtract(clip, clip.filter(ImageFilter.MinFilter(k)))
-        alpha = Image.fromarray((np.asarray(pat.getchannel("A"), np.uint16)
-                                 * np.asarray(clip, np.uint16) // 255).astype(np.uint8))
-        pat.putalpha(alpha)
+            clip = clip - _erode(clip, max(1, round(0.025 * t.element_size * size * (0.6 + 0.6 * t.density))))
+        alpha = np.asarray(pat.getchannel("A"), np.uint16) * clip // 255
+        pat.putalpha(Image.fromarray(alpha.astype(np.uint8)))
         L.img.alpha_composite(pat)
     r = 0.065
     L.shape("ellipse", [ax - r, ay - r, ax + r, ay + r], t.mark, outline=0.012)
@@ -796,13 +802,11 @@ def _fruit_body(t: Traits, size: int, rng) -> Image.Image:
 
 
 def _background(t: Traits, w: int, h: int, ground_y: int, rng) -> Image.Image:
-    """Phylum background with low-frequency noise and clutter, and the class ground band."""
-    base = np.asarray(t.background, np.float32) + rng.uniform(-10, 10, 3)
+    """Phylum background with low-frequency blotches and clutter, and the class ground band."""
     # mostly brightness blotches: coloured ones would blur the phylum's background hue
-    blobs = (rng.normal(0, 16, size=(5, 7, 1)) + rng.normal(0, 5, size=(5, 7, 3))).astype(np.float32)
-    low = np.asarray(Image.fromarray(np.clip(blobs + 128, 0, 255).astype(np.uint8))
-                     .resize((w, h), Image.BILINEAR), np.float32) - 128
-    img = Image.fromarray(np.clip(base + low, 0, 255).astype(np.uint8))
+    blobs = rng.normal(0, 16, size=(5, 7, 1)) + rng.normal(0, 5, size=(5, 7, 3))
+    low = np.asarray(t.background) + rng.uniform(-10, 10, 3) + blobs
+    img = Image.fromarray(np.clip(low, 0, 255).astype(np.uint8)).resize((w, h), Image.BILINEAR)
     d = ImageDraw.Draw(img)
     for _ in range(14):  # clutter: twigs and leaves in the background colours
         c = _shade(t.background, rng.uniform(0.6, 1.6))
@@ -848,18 +852,27 @@ def _place(img: Image.Image, t: Traits, h: int, x: float, base_y: float, scale: 
     img.paste(body, (round(x - side / 2), round(base_y - 0.95 * side)), body)
 
 
+@functools.lru_cache(maxsize=1)
+def _noise_tile() -> np.ndarray:
+    """Fixed sensor-noise tile (int16); images take random crops of it, far cheaper than new noise."""
+    return np.round(np.random.default_rng(12345).normal(0, 4, size=(1024, 1024, 3))).astype(np.int16)
+
+
 def _lighting(img: Image.Image, rng) -> Image.Image:
     """Random exposure, contrast, light gradient, slight colour cast and sensor noise."""
-    a = np.asarray(img, np.float32)
+    a = np.array(img, np.float32)
     h, w, _ = a.shape
-    a = (a - 128) * rng.uniform(0.85, 1.15) + 128
-    angle = rng.uniform(0, 2 * math.pi)
-    ramp = (np.cos(angle) * (np.arange(w)[None, :] / w - 0.5)
-            + np.sin(angle) * (np.arange(h)[:, None] / h - 0.5)).astype(np.float32)
-    a = a * (rng.uniform(0.85, 1.15) + rng.uniform(0, 0.35) * ramp)[..., None]
-    a = a + rng.uniform(-6, 6, 3).astype(np.float32)
-    a = a + rng.standard_normal(a.shape, dtype=np.float32) * 4
-    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+    contrast, angle = rng.uniform(0.85, 1.15), rng.uniform(0, 2 * math.pi)
+    ramp = (np.cos(angle) * (np.arange(w, dtype=np.float32)[None, :] / w - 0.5)
+            + np.sin(angle) * (np.arange(h, dtype=np.float32)[:, None] / h - 0.5))
+    gain = (rng.uniform(0.85, 1.15) + rng.uniform(0, 0.35) * ramp)[..., None]  # (h, w, 1)
+    offset = gain * (128 * (1 - contrast)) + rng.uniform(-6, 6, 3).astype(np.float32)
+    tile = _noise_tile()
+    y0, x0 = rng.integers(0, tile.shape[0] - h + 1), rng.integers(0, tile.shape[1] - w + 1)
+    a *= gain * contrast  # in place: this runs on every pixel of every image
+    a += offset
+    a += tile[y0:y0 + h, x0:x0 + w]
+    return Image.fromarray(np.clip(a, 0, 255, out=a).astype(np.uint8))
 
 
 def draw_image(species: str, seed: int, index: int, size: int = DEFAULT_IMAGE_SIZE) -> Image.Image:

@@ -136,9 +136,9 @@ def make_optimizer(model: nn.Module, args, device, multitask: bool):
     from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
     nwd = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     if args.layer_decay:
-        groups = param_groups_layer_decay(model, args.weight_decay, nwd, args.layer_decay)
+        groups = param_groups_layer_decay(model, args.weight_decay, nwd, layer_decay=args.layer_decay)
     else:
-        groups = [dict(g, lr_scale=1.0) for g in param_groups_weight_decay(model, args.weight_decay, nwd)]
+        groups = [dict(g, lr_scale=1.0) for g in param_groups_weight_decay(model, args.weight_decay, no_weight_decay_list=nwd)]
     heads = model.heads if multitask else model.get_classifier()
     head_ids = {id(p) for p in heads.parameters()}
     split = []
@@ -160,7 +160,7 @@ def group_table(model: nn.Module, optimizer) -> str:
     lines = [f"{'group':>5} {'lr scale':>9} {'wd':>6} {'params':>9}  first parameter"]
     for i, g in enumerate(optimizer.param_groups):
         n = sum(p.numel() for p in g["params"])
-        lines.append(f"{i:>5} {g.get('lr_scale', 1.0):>9.4f} {g['weight_decay']:>6.3f} {n:>9}  "
+        lines.append(f"{i:>5} {g.get('lr_scale', 1.0):>9.4f} {g['weight_decay']:>6.2g} {n:>9}  "
                      f"{names.get(id(g['params'][0]), '?')}{'  (heads)' if g.get('is_head') else ''}")
     scales = sorted({round(g.get("lr_scale", 1.0), 8) for g in optimizer.param_groups if not g.get("is_head")})
     lines.append(f"{len(scales)} layer scales for the backbone, from {scales[0]:.4g} to {scales[-1]:.4g}")
@@ -298,7 +298,7 @@ def _run(args, multitask: bool, dist: DistInfo) -> int:
     ema = None
     if args.model_ema:
         from timm.utils import ModelEmaV3
-        ema = ModelEmaV3(model, decay=args.model_ema_decay)
+        ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=True)
     state = TrainState()
     saver = Checkpointer(args, dist, kind, tax, model, optimizer, scheduler, scaler, ema, state,
                          data_config, arch, arch_kwargs, args.batch_size)

@@ -16,6 +16,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import colors  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -85,25 +87,36 @@ def guide_blocks(tax: Taxonomy, rank: str) -> tuple[str | None, np.ndarray, list
 
 
 def confusion_matrix_figure(preds: pd.DataFrame, tax: Taxonomy, rank: str, out_dir: Path) -> str:
-    """``confusion_matrix_{rank}_normalized_viridis.png``: row-normalised, classes in taxonomic order."""
+    """``confusion_matrix_{rank}_normalized_viridis.png``: row-normalised, classes in taxonomic order.
+
+    Large matrices are drawn with a whole number of pixels per class (one at 2,786 species)
+    and a square-root colour scale, so single cells and genus blocks stay visible.
+    """
     true, pred = preds[f"{rank}_true"].to_numpy(np.int64), preds[f"{rank}_pred"].to_numpy(np.int64)
     known = true >= 0
     n = tax.num_classes(rank)
     norm = row_normalised(confusion_counts(true[known], pred[known], n))
     few = n <= LABEL_MAX_CLASSES
-    size = max(6.0, 0.3 * n + 3) if few else 10.0
-    dpi = 110 if few else int(np.clip(n / 7.5, 150, 380))  # about one pixel per class or more
+    dpi = 200
+    side = max(4.5, 0.28 * n) if few else max(1, round(1800 / n)) * n / dpi  # axes side, inches
+    margin_l, margin_b, margin_r, margin_t = (2.3, 2.3, 1.5, 0.6) if few else (1.5, 1.6, 1.5, 0.6)
+    W, H = side + margin_l + margin_r, side + margin_b + margin_t
+    scale = colors.Normalize(0, 1) if few else colors.PowerNorm(0.5, 0, 1)
     with plt.rc_context(STYLE | {"axes.grid": False}):
-        fig, ax = plt.subplots(figsize=(size + 1.2, size), dpi=dpi)
+        fig = plt.figure(figsize=(W, H), dpi=dpi)
+        ax = fig.add_axes([margin_l / W, margin_b / H, side / W, side / H])
         cmap = plt.get_cmap("viridis").with_extremes(bad="#d0d0d0")
-        im = ax.imshow(norm, cmap=cmap, vmin=0, vmax=1, interpolation="antialiased" if not few else "nearest")
+        im = ax.imshow(norm, cmap=cmap, norm=scale, interpolation="nearest", aspect="auto")
         _confusion_axes(ax, tax, rank, n, few)
         present = int(np.isfinite(norm[:, 0]).sum())
         ax.set_title(f"{rank}: confusion matrix, rows normalised ({present} of {n} classes in the split)")
-        fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="share of the true class's images")
-        fig.savefig(out_dir / f"confusion_matrix_{rank}_normalized_viridis.png", dpi=dpi)
+        cax = fig.add_axes([(margin_l + side + 0.25) / W, margin_b / H, 0.18 / W, side / H])
+        fig.colorbar(im, cax=cax, label="share of the true class's images"
+                     + ("" if few else " (square-root scale)"))
+        name = f"confusion_matrix_{rank}_normalized_viridis.png"
+        fig.savefig(out_dir / name, dpi=dpi, bbox_inches=None)
         plt.close(fig)
-    return f"confusion_matrix_{rank}_normalized_viridis.png"
+    return name
 
 
 def _confusion_axes(ax, tax: Taxonomy, rank: str, n: int, few: bool) -> None:
@@ -233,8 +246,7 @@ def focus_figure(focus: dict, out_dir: Path) -> str | None:
         fig, axes = plt.subplots(1, 3, figsize=(14, 3.6), gridspec_kw={"width_ratios": [1, 1.25, 1.25]})
         ranks = list(RANKS)
         acc = [np.nan if focus["accuracy"][r] is None else focus["accuracy"][r] for r in ranks]
-        axes[0].barh(range(len(ranks)), acc, color=[GOOD if a >= 0.9 else MODEL_COLOR if a >= 0.6 else BAD
-                                                    for a in np.nan_to_num(acc)])
+        axes[0].barh(range(len(ranks)), acc, color=MODEL_COLOR)
         axes[0].set_yticks(range(len(ranks)), ranks)
         axes[0].invert_yaxis()
         axes[0].set_xlim(0, 1.15)
@@ -262,6 +274,7 @@ def _counts_panel(ax, items: list[dict], title: str) -> None:
     ax.set_yticks(range(len(items)), [text(it["species"]) + (" ☠" if it["poisonous"] else "") for it in items],
                   fontsize=8)
     ax.invert_yaxis()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("images (red: poisonous, green: not poisonous)")
 
 
