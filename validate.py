@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Validate a multi-rank model: per-sample predictions, metrics, figures, validation_report.html.
+
+    python validate.py --checkpoint checkpoints/best_model.pth --val-path metadata/FungiTastic/FungiTastic-ClosedSet-Val.csv
+    python validate.py --from-predictions validation_results/predictions.csv --mappings taxonomic_mappings.json
+
+Inference runs once and its predictions are saved (``predictions.csv``); ``--from-predictions``
+turns such a file into the same report without the model.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from amanita.io import UserError, cli_main
+from amanita.metrics import DEFAULT_FOCUS
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("Model parameters")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", default=None,
+                     help="multi-task checkpoint to validate (its taxonomy and data config are stored inside)")
+    src.add_argument("--from-predictions", default=None, metavar="PATH",
+                     help="make the report from a saved predictions.csv instead of running a model")
+    g.add_argument("--decode", choices=("independent", "consistent"), default="independent",
+                   help="independent: argmax per head; consistent: best root-to-leaf path over all heads")
+    b = p.add_argument_group("Baseline parameters").add_mutually_exclusive_group()
+    b.add_argument("--baseline-checkpoint", default=None, help="a second checkpoint to compare against")
+    b.add_argument("--baseline-model", default=None,
+                   help="a stock single-head timm model (name, hf-hub: id or weights file) to compare against; "
+                        "its species probabilities are summed up the tree")
+    b.add_argument("--baseline-predictions", default=None, metavar="PATH",
+                   help="a saved baseline_predictions.csv to compare against")
+    d = p.add_argument_group("Dataset parameters")
+    d.add_argument("--val-path", default=None, help="validation CSV (FungiTastic schema); needed to run a model, "
+                   "and for the specimen grids")
+    d.add_argument("--image-root", default=None,
+                   help="folder of the images (default: the FungiTastic layout beside the CSV)")
+    d.add_argument("--mappings", default=None,
+                   help="taxonomic_mappings.json (default: the taxonomy stored in the checkpoint; "
+                        "required with --from-predictions)")
+    r = p.add_argument_group("Report parameters")
+    r.add_argument("--focus-species", nargs="+", default=list(DEFAULT_FOCUS), metavar="NAME",
+                   help="species analysed one by one in the report")
+    r.add_argument("--output-dir", default="validation_results", help="where the report and its files go")
+    r.add_argument("--training-log", default=None,
+                   help="metrics.jsonl for the training curves (default: the one beside --checkpoint)")
+    x = p.add_argument_group("Runtime parameters")
+    x.add_argument("--batch-size", type=int, default=64, help="images per inference batch")
+    x.add_argument("--workers", type=int, default=4, help="data-loading worker processes")
+    x.add_argument("--amp", action="store_true", default=False, help="mixed precision inference on CUDA")
+    x.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
+    args = p.parse_args(argv)
+    check_args(args)
+    return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Combinations argparse cannot express, as one-line errors."""
+    if args.from_predictions is None and args.checkpoint is None:
+        raise UserError("give --checkpoint (with --val-path) or --from-predictions")
+    if args.from_predictions is not None and args.mappings is None:
+        raise UserError("--from-predictions needs --mappings (the taxonomic_mappings.json the predictions were made with)")
+    if args.checkpoint is not None and args.val_path is None:
+        raise UserError("--checkpoint needs --val-path (the validation CSV)")
+    if args.from_predictions is not None and (args.baseline_checkpoint or args.baseline_model):
+        raise UserError("with --from-predictions, give the baseline as --baseline-predictions")
+
+
+# ---------------------------------------------------------------------- inference
+def resolve_device(name: str):
+    import torch
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
+                        "cpu" if name == "auto" else name)
+
+
+def run_inference(args: argparse.Namespace, spec: str | None = None, taxonomy=None):
+    """Predict the validation set with a checkpoint (or the baseline ``spec``); returns ``(preds, tax, info)``."""
+    import torch
+    from amanita.checkpoint import load_for_eval
+    from amanita.data import FungiTasticDataset, create_transforms
+    from amanita.engine import predict
+    from amanita.taxonomy import Taxonomy
+
+    device = resolve_device(args.device)
+    model, tax, data_config, info = load_for_eval(spec or args.checkpoint, device)
+    tax = Taxonomy.load(args.mappings) if args.mappings and taxonomy is None else (taxonomy or tax)
+    dataset = FungiTasticDataset(args.val_path, tax, transform=create_transforms(data_config, train=False),
+                                 image_root=args.image_root)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
+                                         num_workers=args.workers, pin_memory=device.type == "cuda")
+    preds = predict(model, loader, tax, device=device, decode=args.decode, amp=args.amp)
+    return preds, tax, info
+
+
+def model_provenance(path: str, info: dict) -> dict:
+    """Checkpoint path, file digest and what the checkpoint says about itself."""
+    out = {"checkpoint": str(path)}
+    if os.path.isfile(path):
+        from amanita.report import file_sha256
+        out["checkpoint_sha256"] = file_sha256(path)
+    return out | {k: v for k, v in (info or {}).items() if k not in out}
+
+
+# ---------------------------------------------------------------------- report inputs
+def load_predictions(args: argparse.Namespace, out: Path):
+    """Predictions, taxonomy and provenance, from a file or by running the model (saved at once)."""
+    from amanita.predictions import read_predictions, write_predictions
+    from amanita.report import file_sha256
+    from amanita.taxonomy import Taxonomy
+    if args.from_predictions:
+        tax = Taxonomy.load(args.mappings)
+        preds = read_predictions(args.from_predictions, tax)
+        if Path(args.from_predictions).resolve() != (out / "predictions.csv").resolve():
+            write_predictions(preds, out / "predictions.csv")
+        return preds, tax, {"predictions": args.from_predictions,
+                            "predictions_sha256": file_sha256(args.from_predictions), "mappings": args.mappings}
+    preds, tax, info = run_inference(args)
+    write_predictions(preds, out / "predictions.csv")
+    return preds, tax, model_provenance(args.checkpoint, info)
+
+
+def load_baseline(args: argparse.Namespace, tax, out: Path):
+    """Baseline predictions (saved as baseline_predictions.csv) and its name, or ``(None, None)``."""
+    from amanita.predictions import read_predictions, write_predictions
+    if args.baseline_predictions:
+        return read_predictions(args.baseline_predictions, tax), args.baseline_predictions
+    spec = args.baseline_checkpoint or args.baseline_model
+    if spec is None:
+        return None, None
+    preds, _, _ = run_inference(args, spec, taxonomy=tax)
+    write_predictions(preds, out / "baseline_predictions.csv")
+    return preds, spec
+
+
+def specimen_paths(args: argparse.Namespace, preds) -> list[str | None] | None:
+    """Image path of each prediction row, from the validation CSV (or --image-root + filename)."""
+    from amanita.data import image_paths, read_split
+    if args.val_path:
+        paths = image_paths(read_split(args.val_path), args.val_path, args.image_root)
+        return [paths[i] if 0 <= i < len(paths) else None for i in preds["index"].astype(int)]
+    if args.image_root:
+        return [str(Path(args.image_root) / f) for f in preds["filename"].astype(str)]
+    return None
+
+
+def training_log(args: argparse.Namespace) -> str | None:
+    if args.training_log:
+        return args.training_log
+    return str(Path(args.checkpoint).parent / "metrics.jsonl") if args.checkpoint else None
+
+
+@cli_main
+def main() -> int:
+    args = parse_args()
+    from amanita.report import base_provenance, build_report
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    preds, tax, prov = load_predictions(args, out)
+    baseline, baseline_name = load_baseline(args, tax, out)
+    provenance = prov | {"decode": args.decode, "n_predictions": len(preds)} | base_provenance(tax, vars(args))
+    report = build_report(preds, tax, out, baseline_preds=baseline, baseline_name=baseline_name,
+                          focus=args.focus_species, provenance=provenance,
+                          image_paths=specimen_paths(args, preds), training_log=training_log(args))
+    print(f"report: {report.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    main()
