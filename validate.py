@@ -39,21 +39,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d.add_argument("--val-path", default=None, help="validation CSV (FungiTastic schema); needed to run a model, "
                    "and for the specimen grids")
     d.add_argument("--image-root", default=None,
-                   help="folder of the images (default: the FungiTastic layout beside the CSV)")
+                   help="folder of the images; None: the FungiTastic layout beside the CSV")
     d.add_argument("--mappings", default=None,
-                   help="taxonomic_mappings.json (default: the taxonomy stored in the checkpoint; "
-                        "required with --from-predictions)")
+                   help="taxonomic_mappings.json; None: the taxonomy stored in the checkpoint "
+                        "(required with --from-predictions)")
     r = p.add_argument_group("Report parameters")
     r.add_argument("--focus-species", nargs="+", default=list(DEFAULT_FOCUS), metavar="NAME",
                    help="species analysed one by one in the report")
     r.add_argument("--output-dir", default="validation_results", help="where the report and its files go")
     r.add_argument("--training-log", default=None,
-                   help="metrics.jsonl for the training curves (default: the one beside --checkpoint)")
+                   help="metrics.jsonl for the training curves; None: the one beside --checkpoint")
     x = p.add_argument_group("Runtime parameters")
     x.add_argument("--batch-size", type=int, default=64, help="images per inference batch")
     x.add_argument("--workers", type=int, default=4, help="data-loading worker processes")
-    x.add_argument("--amp", action="store_true", default=False, help="mixed precision inference on CUDA")
-    x.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
+    x.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
+                   help="autocast for inference: auto = bf16 on CUDA, none on CPU")
+    x.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     args = p.parse_args(argv)
     check_args(args)
     return args
@@ -74,27 +75,57 @@ def check_args(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------- inference
 def resolve_device(name: str):
     import torch
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
-                        "cpu" if name == "auto" else name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_model(args: argparse.Namespace, device, spec: str | None = None, taxonomy=None):
+    """``(model, taxonomy, data_config, info)`` of ``--checkpoint``, or of a baseline ``spec``.
+
+    A baseline checkpoint is loaded like the main one; a ``--baseline-model`` is a stock timm
+    classifier (one output per ``category_id``) evaluated over ``taxonomy``.
+    """
+    from amanita.checkpoint import load_for_eval
+    if spec is None or spec == args.baseline_checkpoint:
+        return load_for_eval(spec or args.checkpoint, device)
+    from amanita.model import create_timm_model, resolve_data_config
+    model = create_timm_model(spec).to(device).eval()
+    return model, taxonomy, resolve_data_config(model, spec), {"model": spec, "kind": "single-head (stock)"}
 
 
 def run_inference(args: argparse.Namespace, spec: str | None = None, taxonomy=None):
-    """Predict the validation set with a checkpoint (or the baseline ``spec``); returns ``(preds, tax, info)``."""
+    """Predict the validation set with ``--checkpoint``, or with the baseline ``spec`` over ``taxonomy``.
+
+    Returns ``(preds, tax, info)``: the predictions table (see amanita.predictions), the
+    taxonomy of the model's heads and what the checkpoint says about itself.
+    """
     import torch
-    from amanita.checkpoint import load_for_eval
     from amanita.data import FungiTasticDataset, create_transforms
     from amanita.engine import predict
-    from amanita.taxonomy import Taxonomy
 
     device = resolve_device(args.device)
-    model, tax, data_config, info = load_for_eval(spec or args.checkpoint, device)
-    tax = Taxonomy.load(args.mappings) if args.mappings and taxonomy is None else (taxonomy or tax)
+    model, tax, data_config, info = load_model(args, device, spec, taxonomy)
+    expected = taxonomy if taxonomy is not None else _load_taxonomy(args.mappings) if args.mappings else None
+    check_same_taxonomy(tax, expected, spec or args.checkpoint)
     dataset = FungiTasticDataset(args.val_path, tax, transform=create_transforms(data_config, train=False),
                                  image_root=args.image_root)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
                                          num_workers=args.workers, pin_memory=device.type == "cuda")
-    preds = predict(model, loader, tax, device=device, decode=args.decode, amp=args.amp)
+    preds = predict(model, loader, tax, device=device, decode=args.decode, amp=args.amp, metadata=dataset.df)
     return preds, tax, info
+
+
+def _load_taxonomy(path: str):
+    from amanita.taxonomy import Taxonomy
+    return Taxonomy.load(path)
+
+
+def check_same_taxonomy(tax, expected, what: str) -> None:
+    """A model compared or scored against another taxonomy is a user error, not a wrong report."""
+    if expected is not None and tax.sha256() != expected.sha256():
+        raise UserError(f"{what} was trained on another taxonomy ({tax.summary()}) than expected "
+                        f"({expected.summary()})")
 
 
 def model_provenance(path: str, info: dict) -> dict:
@@ -117,11 +148,24 @@ def load_predictions(args: argparse.Namespace, out: Path):
         preds = read_predictions(args.from_predictions, tax)
         if Path(args.from_predictions).resolve() != (out / "predictions.csv").resolve():
             write_predictions(preds, out / "predictions.csv")
-        return preds, tax, {"predictions": args.from_predictions,
-                            "predictions_sha256": file_sha256(args.from_predictions), "mappings": args.mappings}
+        prov = {"predictions": args.from_predictions, "predictions_sha256": file_sha256(args.from_predictions),
+                "mappings": args.mappings}
+        return preds, tax, prov | earlier_provenance(Path(args.from_predictions).parent / "metrics.json")
     preds, tax, info = run_inference(args)
     write_predictions(preds, out / "predictions.csv")
     return preds, tax, model_provenance(args.checkpoint, info)
+
+
+def earlier_provenance(metrics_json: Path) -> dict:
+    """The provenance of the run that wrote the predictions, from its metrics.json if it is there."""
+    import json
+    try:
+        prov = json.loads(metrics_json.read_text(encoding="utf-8")).get("provenance")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not isinstance(prov, dict) or not prov:
+        return {}
+    return {"original_run": prov.get("original_run", prov)}
 
 
 def load_baseline(args: argparse.Namespace, tax, out: Path):

@@ -127,14 +127,21 @@ class FungiTasticDataset(Dataset):
 
 @contextlib.contextmanager
 def _fork_rngs(seed: int):
-    py_state = random.getstate()
+    """Seed python, numpy and torch (CPU) for one sample, restoring the caller's states after.
+
+    timm's RandAugment draws its ops from numpy and their magnitudes from ``random``;
+    torchvision's flips draw from torch.
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
         random.seed(seed)
+        np.random.seed(seed)
         torch.manual_seed(seed)
         try:
             yield
         finally:
             random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 # ---------------------------------------------------------------------- transforms

@@ -42,3 +42,33 @@ EXPECTED_ANCESTORS = np.array([
     [1, 1, 2, 3, 3, 4],  # Phlebia tremellosa
     [0, 0, 0, 0, 0, 0],  # Morchella esculenta
 ])
+
+
+COLOURS = {0: (200, 30, 30), 1: (220, 120, 30), 2: (30, 30, 200), 3: (200, 200, 30), 4: (210, 190, 60),
+           5: (30, 200, 200)}
+SMALL_MODEL = ["--model", "beit_base_patch16_224", "--model-args",
+               '{"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 8}']
+
+
+def make_image_dataset(root, n_train=48, n_val=21, seed=0):
+    """A tiny FungiTastic-layout dataset: noisy colour squares, one colour per leaf."""
+    from pathlib import Path
+
+    from PIL import Image
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    meta = root / "metadata" / "FungiTastic"
+    meta.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, name, n, start in (("train", "FungiTastic-Train.csv", n_train, 0),
+                                  ("val", "FungiTastic-ClosedSet-Val.csv", n_val, 5000)):
+        ids = [k % 6 for k in range(n)]
+        df = rows(ids, start_obs=start)
+        df.to_csv(meta / name, index=False)
+        folder = root / "FungiTastic" / split / "300p"
+        folder.mkdir(parents=True, exist_ok=True)
+        for f, c in zip(df.filename, ids):
+            noise = rng.normal(0, 30, (24, 24, 3))
+            Image.fromarray(np.clip(np.array(COLOURS[c]) + noise, 0, 255).astype(np.uint8)).save(folder / f)
+        paths[split] = meta / name
+    return paths

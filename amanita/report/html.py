@@ -88,7 +88,28 @@ def header(m: dict, b: dict | None, prov: dict) -> str:
     run = f"{e(ckpt)} · {m['n_samples']:,} validation images · {e(prov.get('date', ''))}"
     return (f'<header><div class="wrap"><div class="kicker">amanita · multi-rank fungi classification</div>'
             f'<h1>Validation report</h1><div class="run">{run}</div>'
-            f'<div class="cards">{"".join(cards)}</div></div></header>')
+            f'<div class="cards">{"".join(cards)}</div><p class="verdict">{verdict(m, focus)}</p></div></header>')
+
+
+def verdict(m: dict, focus: dict | None) -> str:
+    """Four sentences that answer the report's questions: how good, how bad, trust, deadly species."""
+    leaf, genus, h, p = m["keys"][LEAF], m["keys"]["genus"], m["hierarchy"], m["poison"]
+    rel, n_mis = h["mistake_relations"], max(1, h["n_mistakes"])
+    close = (rel["same species"] + rel["same genus"]) / n_mis
+    gap = (leaf["avg_confidence"] or 0) - (leaf["top1"] or 0)
+    trust = (f"over-confident by {100 * gap:.1f} points" if gap > 0.01 else
+             f"under-confident by {-100 * gap:.1f} points" if gap < -0.01 else "well calibrated")
+    pois = p["n_poisonous_samples"]
+    out = [f"The model names the species (leaf) of <b>{pct(leaf['top1'])}</b> of the images "
+           f"(top-5 {pct(leaf['top5'])}) and the genus of <b>{pct(genus['top1'])}</b>.",
+           f"When it is wrong, <b>{pct(close)}</b> of its mistakes stay within the true genus.",
+           f"Its species confidence is {trust} (ECE {pct(leaf['ece'])}).",
+           f"Of {pois:,} images of poisonous species, <b>{p['psc']:,} ({pct(p['psc'] / pois if pois else None)})</b> "
+           "were named as a non-poisonous species."]
+    if focus:
+        out.append(f"<i>{e(focus['name'])}</i>: {pct(focus['accuracy']['species'])} recognised, "
+                   f"{focus['predicted_edible']} of {focus['support']} images called non-poisonous.")
+    return " ".join(out)
 
 
 def card(label: str, value: str, sub: str, cls: str = "") -> str:
@@ -232,9 +253,10 @@ def safety_section(m: dict) -> str:
     rows = []
     for r in s["rows"]:
         which = ", ".join(f"<i>{e(n)}</i> ({c:,})" for n, c in r["as_edible_species"]) or "–"
-        rows.append(f'<tr class="{"poisonrow" if r["predicted_edible"] else ""}"><td><i>{e(r["species"])}</i></td>'
+        bad = ' class="num bad"' if r["predicted_edible"] else ' class="num"'
+        rows.append(f'<tr><td><i>{e(r["species"])}</i></td>'
                     f'<td class="num">{r["support"]:,}</td>{bar_cell(r["recall"])}<td class="num">{pct(r["genus_recall"])}</td>'
-                    f'<td class="num">{r["predicted_edible"]:,}</td><td class="num">{pct(r["predicted_edible_rate"])}</td>'
+                    f'<td{bad}>{r["predicted_edible"]:,}</td><td{bad}>{pct(r["predicted_edible_rate"])}</td>'
                     f'<td>{which}</td></tr>')
     tbl = (table(["poisonous species", "images", "recall (species)", "genus right", "predicted edible",
                   "share edible", "predicted as (edible species)"], rows, "compact sortable scroll")
@@ -247,11 +269,12 @@ def safety_section(m: dict) -> str:
 
 
 # ---------------------------------------------------------------------- figures
-def gallery(figs: list[FigureInfo]) -> str:
+def gallery(figs: list[FigureInfo], cls: str = "") -> str:
+    """Figures as clickable thumbnails; ``cls="wide"`` gives each the full width."""
     items = "".join(
         f'<figure class="fig"><img class="zoom" src="{e(f.file)}" alt="{e(f.title)}" title="Click to enlarge">'
         f'<figcaption><b>{e(f.title)}.</b> {e(f.caption)}</figcaption></figure>' for f in figs)
-    return f'<div class="gallery">{items}</div>' if items else ""
+    return f'<div class="gallery {cls}">{items}</div>' if items else ""
 
 
 def calibration_section(m: dict, figs: list[FigureInfo]) -> str:
@@ -259,13 +282,16 @@ def calibration_section(m: dict, figs: list[FigureInfo]) -> str:
     lead = (f"Can the confidence be trusted? Expected calibration error (15 bins) per rank is in the summary "
             f"table; the largest is {pct(m['keys'][worst]['ece'])} at {e(KEY_LABEL[worst])}. A calibrated "
             "model that says 80% is right 80% of the time.")
-    return section("calibration", "Can the confidence be trusted?", gallery([f for f in figs if f.group == "calibration"]), lead=lead)
+    return section("calibration", "Can the confidence be trusted?",
+                   gallery([f for f in figs if f.group == "calibration"], "wide"), lead=lead)
 
 
 def figures_section(figs: list[FigureInfo], notes: list[str]) -> str:
-    shown = [f for f in figs if f.group in ("confusion", "training", "specimens")]
     note_html = "".join(f'<p class="note">{e(n)}</p>' for n in notes)
-    return section("figures", "Figures", gallery(shown) + note_html,
+    body = (gallery([f for f in figs if f.group == "specimens"], "wide")
+            + gallery([f for f in figs if f.group == "training"], "wide")
+            + "<h3>Confusion matrices</h3>" + gallery([f for f in figs if f.group == "confusion"]) + note_html)
+    return section("figures", "Figures", body,
                    lead="Click any figure to enlarge it; click again for full size (the species matrix has one pixel per class).")
 
 
@@ -390,7 +416,9 @@ tr.poisonrow{background:#fdf1f0}
 td.delta.up{color:var(--good);font-weight:600}
 td.delta.down{color:var(--bad);font-weight:600}
 td.delta.same{color:var(--muted)}
-b.bad{color:var(--bad)}
+b.bad,td.bad{color:var(--bad);font-weight:600}
+header .verdict{margin:16px 0 0;max-width:1020px;font-size:14.5px;line-height:1.6;opacity:.95}
+header .verdict b{color:#fff}
 .badge{display:inline-block;font-size:10.5px;font-style:normal;padding:0 6px;border-radius:8px;margin-left:6px;vertical-align:1px}
 .badge.poison{background:#fbe3e0;color:var(--danger);border:1px solid #f1b5ad}
 .stats{display:flex;flex-wrap:wrap;gap:12px;margin:6px 0 14px}
@@ -405,7 +433,7 @@ b.bad{color:var(--bad)}
 .focus{border-top:1px solid var(--line);margin-top:8px;padding-top:4px}
 .focus:first-child{border-top:0}
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:18px;margin-top:14px}
-.focus .gallery,#hierarchy .gallery{grid-template-columns:1fr}
+.gallery.wide,.focus .gallery,#hierarchy .gallery{grid-template-columns:1fr}
 figure.fig{margin:0;border:1px solid var(--line);border-radius:10px;padding:10px;background:#fff}
 figure.fig img{width:100%;height:auto;display:block;cursor:zoom-in;border-radius:4px}
 figure.fig figcaption{font-size:12.5px;color:#3d4551;margin-top:6px}

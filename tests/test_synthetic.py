@@ -1,0 +1,210 @@
+"""The demo dataset generator: layout, schema, taxonomy, long tail, traits, determinism, CLI."""
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from amanita import synthetic as S
+from amanita.io import UserError
+from amanita.taxonomy import RANKS, build_taxonomy
+from tests.conftest import run_script
+
+TRAIN_VAL_COLUMNS = [
+    "eventDate", "year", "month", "day", "habitat", "countryCode", "scientificName", "kingdom",
+    "phylum", "class", "order", "family", "genus", "specificEpithet", "hasCoordinate", "species",
+    "iucnRedListCategory", "substrate", "latitude", "longitude", "coorUncert", "observationID",
+    "region", "district", "filename", "category_id", "metaSubstrate", "poisonous", "elevation",
+    "landcover", "biogeographicalRegion", "captions"]
+TEST_COLUMNS = [c for c in TRAIN_VAL_COLUMNS if c not in ("elevation", "landcover", "biogeographicalRegion")]
+CSV_FILES = {"train": "FungiTastic-Train.csv", "val": "FungiTastic-ClosedSet-Val.csv",
+             "test": "FungiTastic-ClosedSet-Test.csv"}
+SMALL = dict(n_observations=1, image_size=48)  # every name at its minimum of 4 observations
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    """A small demo set (about 700 tiny images) and its three CSVs, generated once."""
+    root = tmp_path_factory.mktemp("demo")
+    summary = S.generate_dataset(root, seed=0, workers=1, **SMALL)
+    frames = {s: pd.read_csv(root / "metadata" / "FungiTastic" / f) for s, f in CSV_FILES.items()}
+    return root, frames, summary
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------------- layout and schema
+def test_layout_file_names_and_jpegs(small_set):
+    root, frames, summary = small_set
+    seen_idx = set()
+    for split, df in frames.items():
+        folder = root / "FungiTastic" / split / "48p"
+        assert sorted(p.name for p in folder.iterdir()) == sorted(df["filename"])
+        for name, obs in zip(df["filename"], df["observationID"]):
+            m = re.fullmatch(r"(\d+)-(\d+)\.JPG", name)
+            assert m and int(m.group(2)) == obs
+            seen_idx.add(int(m.group(1)))
+        for name in df["filename"].iloc[:20]:
+            with Image.open(folder / name) as im:
+                assert (im.format, im.mode, min(im.size)) == ("JPEG", "RGB", 48)
+        assert summary["images"][split] == len(df)
+    assert len(seen_idx) == sum(len(df) for df in frames.values())  # imgIdx unique across splits
+
+
+def test_exact_column_order(small_set):
+    _, frames, _ = small_set
+    assert list(frames["train"].columns) == TRAIN_VAL_COLUMNS
+    assert list(frames["val"].columns) == TRAIN_VAL_COLUMNS
+    assert list(frames["test"].columns) == TEST_COLUMNS
+
+
+def test_values_are_plausible(small_set):
+    _, frames, _ = small_set
+    df = pd.concat(frames.values(), ignore_index=True)
+    for col in ("poisonous", "category_id", "observationID", "year", "month", "day"):
+        assert pd.api.types.is_integer_dtype(df[col]), col
+    assert set(df["poisonous"]) == {0, 1}
+    assert (df["kingdom"] == "Fungi").all() and (df["countryCode"] == "DK").all()
+    assert df["latitude"].between(54.4, 57.9).all() and df["longitude"].between(7.8, 15.4).all()
+    dates = pd.to_datetime(df["eventDate"], format="%Y-%m-%d")
+    assert (dates.dt.year == df["year"]).all() and (dates.dt.month == df["month"]).all()
+    assert (df["specificEpithet"] == df["species"].str.split().str[1]).all()
+    assert df["captions"].str.len().gt(20).all() and df["substrate"].notna().all()
+    assert frames["train"]["year"].max() < frames["val"]["year"].min() <= frames["test"]["year"].min()
+
+
+# ---------------------------------------------------------------------- taxonomy
+def test_real_taxonomy_with_amanita_and_lookalikes():
+    table = S.species_table()
+    assert table["species"].nunique() >= 60 and table["phylum"].nunique() >= 4
+    poisonous = dict(zip(table["scientificName"], table["poisonous"]))
+    for epithet in ("phalloides", "virosa", "muscaria", "pantherina", "rubescens", "citrina"):
+        assert f"Amanita {epithet}" in poisonous
+    for name in ("Amanita phalloides", "Amanita virosa", "Galerina marginata", "Cortinarius rubellus",
+                 "Gyromitra esculenta", "Omphalotus olearius", "Agaricus xanthodermus"):
+        assert poisonous[name] == 1, name
+    for name in ("Amanita rubescens", "Cantharellus cibarius", "Boletus edulis", "Morchella esculenta",
+                 "Kuehneromyces mutabilis", "Agaricus campestris"):
+        assert poisonous[name] == 0, name
+    assert table.groupby("genus")["species"].nunique().max() >= 5  # real depth: big genera,
+    assert table.groupby("family")["genus"].nunique().max() >= 4  # families of several genera
+    assert (table["genus"] == table["species"].str.split().str[0]).all()
+
+
+def test_category_ids_contiguous_and_synonym_pair():
+    table = S.species_table()
+    assert table["category_id"].tolist() == list(range(len(table)))
+    assert table["scientificName"].is_unique and table["scientificName"].is_monotonic_increasing
+    syn = table[table["species"] == "Phlebia tremellosa"]
+    assert sorted(syn["scientificName"]) == ["Merulius tremellosus", "Phlebia tremellosa"]
+    assert len(syn[list(RANKS)].drop_duplicates()) == 1  # one accepted lineage
+
+
+def test_build_taxonomy_accepts_the_csvs(small_set):
+    _, frames, summary = small_set
+    tax = build_taxonomy(frames.values(), count_frame=frames["train"])
+    assert tax.n_leaves == len(S.SPECIES) == summary["leaves"]
+    assert len(tax.classes["species"]) == len(S.SPECIES) - 1  # the synonym pair shares a species
+    assert {r: len(tax.classes[r]) for r in RANKS} == summary["classes"]
+    leaf = tax.leaf_index()[int(S.species_table().set_index("scientificName")
+                                .loc["Amanita phalloides", "category_id"])]
+    assert tax.poisonous[leaf] and tax.lineage(leaf)["family"] == "Amanitaceae"
+
+
+# ---------------------------------------------------------------------- splits and long tail
+def test_observations_never_cross_splits(small_set):
+    _, frames, _ = small_set
+    for plan in (frames, S.plan_dataset(seed=3)):
+        owners = pd.concat([df[["observationID"]].assign(split=s) for s, df in plan.items()])
+        assert owners.groupby("observationID")["split"].nunique().max() == 1
+        sizes = owners.groupby("observationID").size()
+        assert sizes.max() > 1  # several images per observation
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_default_plan_is_long_tailed_with_every_species_everywhere(seed):
+    plan = S.plan_dataset(seed=seed)
+    assert 2500 <= sum(len(df) for df in plan.values()) <= 3500
+    train = plan["train"]
+    images = train.groupby("species").size()
+    assert images.max() >= 20 * images.min()
+    assert train.groupby("species")["observationID"].nunique().min() >= 2
+    every = set(S.species_table()["species"])
+    assert set(plan["val"]["species"]) == every and set(plan["test"]["species"]) == every
+    n_obs = {s: df["observationID"].nunique() for s, df in plan.items()}
+    assert 0.6 < n_obs["train"] / sum(n_obs.values()) < 0.8
+
+
+# ---------------------------------------------------------------------- visual traits
+def test_each_rank_sets_distinct_traits_among_siblings():
+    table = S.species_table().drop_duplicates("species")
+    traits = {sp: S.species_traits(sp) for sp in table["species"]}
+    own = {"phylum": ("background",), "class": ("ground", "ground_style"), "order": ("plan",),
+           "family": ("hue",), "genus": ("pattern", "pattern_color"),
+           "species": ("body", "density", "element_size", "mark")}
+    for i, rank in enumerate(RANKS):
+        for _, group in table.groupby(list(RANKS[:i]) or (lambda _: 0)):
+            reps = group.drop_duplicates(rank)
+            keys = {tuple(getattr(traits[sp], f) for f in own[rank]) for sp in reps["species"]}
+            assert len(keys) == len(reps), f"{rank} siblings look alike: {sorted(reps[rank])}"
+    for genus, group in table.groupby("genus"):  # a genus shares every trait above species
+        shared = {(t.background, t.ground, t.plan, t.hue, t.pattern, t.pattern_color)
+                  for t in map(traits.get, group["species"])}
+        assert len(shared) == 1, genus
+
+
+def test_draw_image_is_deterministic_and_4_by_3():
+    a = S.draw_image("Amanita phalloides", seed=0, index=7)
+    assert a.size == (400, 300) and a.mode == "RGB"
+    assert S.encode_jpeg(a) == S.encode_jpeg(S.draw_image("Amanita phalloides", seed=0, index=7))
+    assert a.tobytes() != S.draw_image("Amanita phalloides", seed=0, index=8).tobytes()
+    assert a.tobytes() != S.draw_image("Amanita phalloides", seed=1, index=7).tobytes()
+    with pytest.raises(KeyError):
+        S.draw_image("Amanita caesarea", seed=0, index=0)
+
+
+# ---------------------------------------------------------------------- generation
+def test_same_seed_same_bytes_whatever_the_workers(small_set, tmp_path):
+    root, _, _ = small_set
+    S.generate_dataset(tmp_path / "again", seed=0, workers=2, **SMALL)
+    S.generate_dataset(tmp_path / "other", seed=1, workers=1, **SMALL)
+    first, again, other = file_hashes(root), file_hashes(tmp_path / "again"), file_hashes(tmp_path / "other")
+    assert first == again
+    csvs = [k for k in first if k.endswith(".csv")]
+    assert len(csvs) == 3 and all(first[k] != other.get(k) for k in csvs)
+    jpegs = set(first) & set(other) - set(csvs)
+    assert sum(first[k] == other[k] for k in jpegs) == 0
+
+
+def test_regenerates_own_folder_but_refuses_a_foreign_one(tmp_path):
+    root = tmp_path / "demo"
+    S.generate_dataset(root, seed=0, **SMALL)
+    stale = root / "FungiTastic" / "train" / "48p" / "stale.JPG"
+    stale.write_bytes(b"old")
+    S.generate_dataset(root, seed=0, **SMALL)
+    assert not stale.exists()
+    foreign = tmp_path / "real_data"
+    (foreign / "FungiTastic").mkdir(parents=True)
+    with pytest.raises(UserError, match="not empty"):
+        S.generate_dataset(foreign, seed=0, **SMALL)
+    assert (foreign / "FungiTastic").is_dir()
+
+
+def test_cli_help_and_tiny_run(tmp_path):
+    out = run_script("create_synthetic_dataset.py", "--help").stdout
+    for flag in ("--output-dir", "--seed", "--n-observations", "--image-size", "--workers"):
+        assert flag in out
+    assert "data/demo" in out
+    proc = run_script("create_synthetic_dataset.py", "--output-dir", tmp_path / "d", "--n-observations", 1,
+                      "--image-size", 48, "--workers", 1)
+    assert "train" in proc.stdout and "Amanita phalloides" in proc.stdout and "species 77" in proc.stdout
+    for f in CSV_FILES.values():
+        assert (tmp_path / "d" / "metadata" / "FungiTastic" / f).is_file()
+    bad = run_script("create_synthetic_dataset.py", "--output-dir", tmp_path / "e", "--seed", -1, check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:")

@@ -1,0 +1,97 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from amanita.taxonomy import Taxonomy
+from tests.conftest import ROOT, run_script
+from tests.helpers import SMALL_MODEL, make_image_dataset, rows
+
+CKPT_KEYS = {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "sampler", "rng", "args",
+             "taxonomy_sha256", "val_f1", "val_acc"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return make_image_dataset(root) | {"root": root}
+
+
+def common(data, save_dir, *extra):
+    return ["--train-path", data["train"], "--val-path", data["val"], "--mappings", data["root"] / "m.json",
+            *SMALL_MODEL, "--batch-size", 8, "--workers", 0, "--save-dir", save_dir, "--auto-augment", "none",
+            *extra]
+
+
+def test_minimal_then_multitask_from_it(data, tmp_path):
+    proc = run_script("train_minimal.py", *common(data, tmp_path / "min", "--epochs", 2, "--accum-steps", 2,
+                                                   "--lr", 0.05, "--test-path", data["val"]))
+    best = torch.load(tmp_path / "min" / "best_model.pth", weights_only=True)
+    assert CKPT_KEYS <= set(best) and best["kind"] == "single"
+    assert 0.0 <= best["val_acc"] <= 1.0 and best["model"]["head.weight"].shape[0] == 6
+    assert "species" in proc.stdout and "val top-1" in proc.stdout and "layer scales" in proc.stdout
+    proc = run_script("train_multitask.py", *common(data, tmp_path / "mt", "--epochs", 1, "--init-from",
+                                                    tmp_path / "min" / "best_model.pth", "--use-class-weights",
+                                                    "--test-path", data["val"], "--consistency-weight", 0.1))
+    lines = [json.loads(x) for x in (tmp_path / "mt" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]["epoch"] == 0
+    for rank in ("phylum", "class", "order", "family", "genus", "species"):
+        assert f"train/{rank}/loss" in lines[0] and f"val/{rank}/acc1" in lines[0] and f"val/{rank}/f1" in lines[0]
+    assert lines[0]["images_per_s"] > 0 and "lr" in lines[0]
+    test = json.loads((tmp_path / "mt" / "test_metrics.json").read_text())
+    assert 0 <= test["test/phylum/acc1"] <= 1
+    args = json.loads((tmp_path / "mt" / "args.json").read_text())
+    assert args["consistency_weight"] == 0.1 and args["use_class_weights"] is True
+    assert "test split, best checkpoint" in proc.stdout and "(heads)" in proc.stdout
+
+
+def _train_cmd(data, save_dir):
+    return [sys.executable, str(ROOT / "train_multitask.py"),
+            *map(str, common(data, save_dir, "--epochs", 3, "--save-every-steps", 1, "--lr", 1e-3,
+                             "--drop-path", 0.1, "--drop", 0.1, "--auto-augment", "rand-m9-n2", "--workers", 1))]
+
+
+def test_sigkill_mid_epoch_then_resume_gives_identical_weights(data, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    subprocess.run(_train_cmd(data, tmp_path / "straight"), env=env, check=True, capture_output=True, timeout=600)
+    proc = subprocess.Popen(_train_cmd(data, tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    last, deadline, step = tmp_path / "killed" / "last.pth", time.time() + 300, 0
+    while time.time() < deadline and proc.poll() is None:  # kill inside epoch 1 (6 updates per epoch)
+        if last.exists():
+            c = torch.load(last, weights_only=True)
+            step = c["step"]
+            if step >= 8:
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    c = torch.load(last, weights_only=True)
+    assert c["epoch"] == 1 and 0 < c["sampler"]["batch_in_epoch"] < 6, "was not killed mid-epoch"
+    out = subprocess.run(_train_cmd(data, tmp_path / "killed"), env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "resumed from" in out.stdout
+    a = torch.load(tmp_path / "straight" / "last.pth", weights_only=True)
+    b = torch.load(last, weights_only=True)
+    assert a["step"] == b["step"] == 18
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert [h["val/species/acc1"] for h in a["history"]] == [h["val/species/acc1"] for h in b["history"]]
+
+
+def test_resume_refuses_another_taxonomy(data, tmp_path):
+    run_script("train_multitask.py", *common(data, tmp_path / "a", "--epochs", 1))
+    other = tmp_path / "other.csv"
+    rows([0, 1, 2, 5]).to_csv(other, index=False)
+    run_script("create_taxonomic_mappings.py", "--train-path", other, "--output", tmp_path / "other.json")
+    args = common(data, tmp_path / "a", "--epochs", 2)
+    args[args.index("--mappings") + 1] = tmp_path / "other.json"
+    proc = run_script("train_multitask.py", *args, check=False)
+    assert proc.returncode == 2
+    assert "was trained with another taxonomy" in proc.stderr and "Traceback" not in proc.stderr
+    assert Taxonomy.load(tmp_path / "other.json").n_leaves == 4
