@@ -172,28 +172,26 @@ def test_draw_image_is_deterministic_and_4_by_3():
 # ---------------------------------------------------------------------- generation
 def test_same_seed_same_bytes_whatever_the_workers(small_set, tmp_path):
     root, _, _ = small_set
-    S.generate_dataset(tmp_path / "again", seed=0, workers=2, **SMALL)
-    S.generate_dataset(tmp_path / "other", seed=1, workers=1, **SMALL)
-    first, again, other = file_hashes(root), file_hashes(tmp_path / "again"), file_hashes(tmp_path / "other")
-    assert first == again
-    csvs = [k for k in first if k.endswith(".csv")]
-    assert len(csvs) == 3 and all(first[k] != other.get(k) for k in csvs)
-    jpegs = set(first) & set(other) - set(csvs)
-    assert sum(first[k] == other[k] for k in jpegs) == 0
-
-
-def test_regenerates_own_folder_but_refuses_a_foreign_one(tmp_path):
-    root = tmp_path / "demo"
-    S.generate_dataset(root, seed=0, **SMALL)
-    stale = root / "FungiTastic" / "train" / "48p" / "stale.JPG"
+    again = tmp_path / "again"
+    S.generate_dataset(again, seed=1, workers=1, **SMALL)
+    other = file_hashes(again)
+    stale = again / "FungiTastic" / "train" / "48p" / "stale.JPG"
     stale.write_bytes(b"old")
-    S.generate_dataset(root, seed=0, **SMALL)
-    assert not stale.exists()
+    S.generate_dataset(again, seed=0, workers=2, **SMALL)  # in place, over the seed-1 set
+    first = file_hashes(root)
+    assert file_hashes(again) == first and not stale.exists()
+    csvs = [k for k in first if k.endswith(".csv")]
+    assert len(csvs) == 3 and all(first[k] != other[k] for k in csvs)
+    jpegs = (set(first) & set(other)) - set(csvs)
+    assert jpegs and not any(first[k] == other[k] for k in jpegs)
+
+
+def test_refuses_a_folder_that_is_not_a_demo_set(tmp_path):
     foreign = tmp_path / "real_data"
     (foreign / "FungiTastic").mkdir(parents=True)
     with pytest.raises(UserError, match="not empty"):
         S.generate_dataset(foreign, seed=0, **SMALL)
-    assert (foreign / "FungiTastic").is_dir()
+    assert [p.name for p in foreign.iterdir()] == ["FungiTastic"]
 
 
 def test_cli_help_and_tiny_run(tmp_path):
@@ -206,5 +204,10 @@ def test_cli_help_and_tiny_run(tmp_path):
     assert "train" in proc.stdout and "Amanita phalloides" in proc.stdout and "species 77" in proc.stdout
     for f in CSV_FILES.values():
         assert (tmp_path / "d" / "metadata" / "FungiTastic" / f).is_file()
-    bad = run_script("create_synthetic_dataset.py", "--output-dir", tmp_path / "e", "--seed", -1, check=False)
-    assert bad.returncode == 2 and bad.stderr.startswith("error:")
+
+
+def test_bad_arguments_are_user_errors(tmp_path):
+    for bad in (dict(seed=-1), dict(image_size=8), dict(n_observations=0)):
+        with pytest.raises(UserError):
+            S.generate_dataset(tmp_path / "x", **(SMALL | bad))
+    assert not (tmp_path / "x").exists()

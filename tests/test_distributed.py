@@ -1,0 +1,65 @@
+"""Two CPU processes with gloo under torchrun, as on a cluster node."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from tests.helpers import SMALL_MODEL, make_image_dataset
+
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+
+
+def torchrun(*args, nproc=2, timeout=300):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *map(str, args)]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    data = make_image_dataset(root, n_train=40, n_val=21)  # 21: not a multiple of the world size
+    save = root / "ckpt"
+    proc = torchrun(ROOT / "train_multitask.py", "--train-path", data["train"], "--val-path", data["val"],
+                    "--mappings", root / "m.json", *SMALL_MODEL, "--batch-size", 8, "--workers", 0,
+                    "--epochs", 1, "--save-dir", save, "--auto-augment", "none")
+    return data, save, proc
+
+
+def test_train_multitask_runs_unchanged_under_torchrun(ddp_run):
+    data, save, proc = ddp_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("epoch 0:") == 1           # only rank 0 prints
+    assert "2 process(es)" in proc.stdout
+    c = torch.load(save / "last.pth", weights_only=True)
+    assert c["sampler"]["world_size"] == 2 and c["epoch"] == 1
+    assert len((save / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_two_process_validation_counts_each_sample_once(ddp_run, tmp_path):
+    data, save, _ = ddp_run
+    worker = ROOT / "tests" / "ddp_eval_worker.py"
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    single = subprocess.run([sys.executable, str(worker), save / "last.pth", data["val"], one], env=ENV,
+                            capture_output=True, text=True, timeout=120)
+    assert single.returncode == 0, single.stderr
+    double = torchrun(worker, save / "last.pth", data["val"], two)
+    assert double.returncode == 0, double.stderr[-3000:]
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert a["n"] == b["n"] == 21 and b["indices"] == list(range(21))
+    assert a["metrics"] == pytest.approx(b["metrics"]) and a["conf"] == pytest.approx(b["conf"], abs=1e-5)
+
+
+def test_an_error_on_one_rank_stops_every_rank(tmp_path):
+    data = make_image_dataset(tmp_path, n_train=40, n_val=10)
+    bad = sorted((tmp_path / "FungiTastic" / "train" / "300p").iterdir())[3]
+    bad.write_bytes(b"truncated")
+    proc = torchrun(ROOT / "train_multitask.py", "--train-path", data["train"], "--val-path", data["val"],
+                    "--mappings", tmp_path / "m.json", *SMALL_MODEL, "--batch-size", 4, "--workers", 0,
+                    "--epochs", 2, "--save-dir", tmp_path / "ck", "--max-bad-image-fraction", 0,
+                    "--log-interval", 1, timeout=240)
+    assert proc.returncode != 0
+    assert "could not be read" in proc.stderr and str(bad) in proc.stderr

@@ -1,0 +1,252 @@
+"""The validation report: files, plain JSON, escaping, validate.py's CLI, and a real browser."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageDraw
+
+from amanita.metrics import compute_metrics
+from amanita.predictions import synthetic_predictions, write_predictions
+from amanita.report import build_report, make_figures, render_report
+from amanita.report.html import SECTIONS
+from amanita.taxonomy import RANKS, build_taxonomy
+from tests.conftest import run_script
+
+# (scientificName, phylum, class, order, family, genus, species, poisonous, training images)
+SPECIES = [
+    ("Amanita phalloides", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae", "Amanita", "Amanita phalloides", 1, 120),
+    ("Amanita virosa", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae", "Amanita", "Amanita virosa", 1, 25),
+    ("Amanita muscaria", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae", "Amanita", "Amanita muscaria", 1, 300),
+    ("Amanita pantherina", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae", "Amanita", "Amanita pantherina", 1, 40),
+    ("Amanita rubescens", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae", "Amanita", "Amanita rubescens", 0, 200),
+    ("Amanita citrina", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae", "Amanita", "Amanita citrina", 0, 90),
+    ("Agaricus campestris", "Basidiomycota", "Agaricomycetes", "Agaricales", "Agaricaceae", "Agaricus", "Agaricus campestris", 0, 150),
+    ("Agaricus xanthodermus", "Basidiomycota", "Agaricomycetes", "Agaricales", "Agaricaceae", "Agaricus", "Agaricus xanthodermus", 1, 30),
+    ("Macrolepiota procera", "Basidiomycota", "Agaricomycetes", "Agaricales", "Agaricaceae", "Macrolepiota", "Macrolepiota procera", 0, 110),
+    ("Lepiota cristata", "Basidiomycota", "Agaricomycetes", "Agaricales", "Agaricaceae", "Lepiota", "Lepiota cristata", 1, 15),
+    ("Galerina marginata", "Basidiomycota", "Agaricomycetes", "Agaricales", "Hymenogastraceae", "Galerina", "Galerina marginata", 1, 20),
+    ("Hypholoma fasciculare", "Basidiomycota", "Agaricomycetes", "Agaricales", "Strophariaceae", "Hypholoma", "Hypholoma fasciculare", 1, 250),
+    ("Boletus edulis", "Basidiomycota", "Agaricomycetes", "Boletales", "Boletaceae", "Boletus", "Boletus edulis", 0, 280),
+    ("Rubroboletus satanas", "Basidiomycota", "Agaricomycetes", "Boletales", "Boletaceae", "Rubroboletus", "Rubroboletus satanas", 1, 12),
+    ("Cantharellus cibarius", "Basidiomycota", "Agaricomycetes", "Cantharellales", "Hydnaceae", "Cantharellus", "Cantharellus cibarius", 0, 260),
+    ("Russula emetica", "Basidiomycota", "Agaricomycetes", "Russulales", "Russulaceae", "Russula", "Russula emetica", 1, 60),
+    ("Lactarius deliciosus", "Basidiomycota", "Agaricomycetes", "Russulales", "Russulaceae", "Lactarius", "Lactarius deliciosus", 0, 45),
+    ("Merulius tremellosus", "Basidiomycota", "Agaricomycetes", "Polyporales", "Meruliaceae", "Phlebia", "Phlebia tremellosa", 0, 8),
+    ("Phlebia tremellosa", "Basidiomycota", "Agaricomycetes", "Polyporales", "Meruliaceae", "Phlebia", "Phlebia tremellosa", 0, 35),
+    ("Morchella esculenta", "Ascomycota", "Pezizomycetes", "Pezizales", "Morchellaceae", "Morchella", "Morchella esculenta", 0, 70),
+    ("Gyromitra esculenta", "Ascomycota", "Pezizomycetes", "Pezizales", "Discinaceae", "Gyromitra", "Gyromitra esculenta", 1, 25),
+    ("Cordyceps militaris", "Ascomycota", "Sordariomycetes", "Hypocreales", "Cordycipitaceae", "Cordyceps", "Cordyceps militaris", 0, 5),
+]
+COLUMNS = ["scientificName", *RANKS, "poisonous"]
+PALETTE = [(196, 164, 120), (120, 70, 40), (220, 200, 150), (170, 40, 30), (230, 150, 40), (90, 110, 60)]
+
+
+def real_taxonomy(species=SPECIES):
+    """A small taxonomy of real names, with a synonym pair and long-tailed training counts."""
+    meta = pd.DataFrame([dict(zip(COLUMNS, s[:8]), category_id=i) for i, s in enumerate(species)])
+    train = meta.loc[meta.index.repeat([s[8] for s in species])]
+    return build_taxonomy([meta], count_frame=train)
+
+
+def draw_specimen(path: Path, leaf: int, rng) -> None:
+    """A tiny picture of a cap on a stem, coloured by leaf, on a noisy background."""
+    img = Image.fromarray(rng.integers(60, 120, (96, 128, 3), dtype=np.uint8))
+    d = ImageDraw.Draw(img)
+    cap = PALETTE[leaf % len(PALETTE)]
+    d.rectangle([58, 45, 70, 85], fill=(235, 230, 215))
+    d.pieslice([30, 20, 98, 70], 180, 360, fill=cap)
+    img.save(path, quality=85)
+
+
+def training_log(path: Path, epochs: int = 6) -> None:
+    lines = []
+    for ep in range(epochs):
+        rec = {"epoch": ep, "step": 10 * (ep + 1), "lr": 1e-4 * (1 - ep / epochs), "train/loss": 3.0 / (ep + 1)}
+        for k in ("leaf",) + RANKS:
+            rec[f"val/{k}/acc1"] = 0.3 + 0.1 * ep * (1 - RANKS.index(k) / 10 if k in RANKS else 0.8)
+            rec[f"val/{k}/f1"] = rec[f"val/{k}/acc1"] * 0.8
+        lines.append(json.dumps(rec))
+    path.write_text("\n".join(lines) + "\nnot json\n")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """validate.py --from-predictions over a real-name taxonomy, with baseline, images and a training log."""
+    root = tmp_path_factory.mktemp("report")
+    tax = real_taxonomy()
+    tax.save(root / "taxonomic_mappings.json")
+    preds = synthetic_predictions(tax, 700, seed=0, unknown_fraction=0.02)
+    baseline = synthetic_predictions(tax, 700, seed=1, unknown_fraction=0.02)
+    write_predictions(preds, root / "predictions.csv")
+    write_predictions(baseline, root / "baseline_predictions.csv")
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for f, leaf in zip(preds["filename"], preds["leaf_true"]):
+        draw_specimen(images / f, int(leaf), rng)
+    training_log(root / "metrics.jsonl")
+    out = root / "validation_results"
+    proc = run_script("validate.py", "--from-predictions", root / "predictions.csv",
+                      "--mappings", root / "taxonomic_mappings.json",
+                      "--baseline-predictions", root / "baseline_predictions.csv",
+                      "--image-root", images, "--training-log", root / "metrics.jsonl",
+                      "--focus-species", "Amanita phalloides", "Galerina marginata", "Amanita phaloides",
+                      "--output-dir", out)
+    return out, proc
+
+
+def test_report_writes_every_file(report):
+    out, proc = report
+    assert f"report: {(out / 'validation_report.html').resolve()}" in proc.stdout
+    expected = ["validation_report.html", "metrics.json", "predictions.csv", "per_class_leaf.csv",
+                "reliability_diagrams.png", "confidence_distributions.png", "rank_summary.png",
+                "focus_amanita_phalloides.png", "focus_galerina_marginata.png", "training_curves.png",
+                "accuracy_vs_training_images.png", "specimens_well_recognised.png",
+                "specimens_poorly_recognised.png"]
+    expected += [f"confusion_matrix_{r}_normalized_viridis.png" for r in RANKS]
+    missing = [f for f in expected if not (out / f).is_file()]
+    assert not missing
+
+
+def test_metrics_json_is_plain_json_with_baseline_and_provenance(report):
+    out, _ = report
+    doc = json.loads((out / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert doc["model"]["keys"]["leaf"]["n"] == 700 and doc["baseline"]["keys"]["leaf"]["n"] == 700
+    prov = doc["provenance"]
+    assert len(prov["predictions_sha256"]) == 64 and len(prov["taxonomy_sha256"]) == 64
+    assert prov["validate_args"]["focus_species"][0] == "Amanita phalloides" and "date" in prov
+    focus = doc["model"]["focus"]
+    assert [f["found"] for f in focus] == [True, True, False]
+    assert focus[2]["suggestions"][0] == "Amanita phalloides"
+
+
+def test_html_is_self_contained_and_complete(report):
+    out, _ = report
+    page = (out / "validation_report.html").read_text()
+    for sid, _ in SECTIONS:
+        assert f'id="{sid}"' in page
+    assert not re.search(r'(src|href)="(https?:)?//', page), "external resource in the report"
+    assert "<link" not in page and "@import" not in page
+    srcs = re.findall(r'<img[^>]* src="([^"]+)"', page)
+    assert len(srcs) >= 16 and all((out / s).is_file() for s in srcs)
+    assert "Amanita phalloides" in page and "Not in the taxonomy" in page
+    assert "Δ" in page  # baseline comparison table
+
+
+def test_names_are_html_escaped_and_figures_survive_odd_names(tmp_path):
+    odd = list(SPECIES[:4])
+    odd[1] = ('<script>alert("x")</script> & $\\alpha$', *odd[1][1:6], '<script>alert("x")</script> & $\\alpha$',
+              1, 5)
+    tax = real_taxonomy(odd)
+    preds = synthetic_predictions(tax, 80, seed=3)
+    m = compute_metrics(preds, tax, focus=('<script>alert("x")</script> & $\\alpha$', "<b>nope</b>"))
+    figs, notes = make_figures(preds, tax, m, tmp_path)
+    page = render_report(m, figs, notes, provenance={"checkpoint": "<i>ckpt</i>", "args": {"x": "<y>"}})
+    assert "<script>alert" not in page and "<b>nope" not in page and "<i>ckpt" not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp;" in page
+    assert (tmp_path / "confusion_matrix_species_normalized_viridis.png").is_file()
+
+
+def test_report_without_images_or_log_says_why(tmp_path):
+    tax = real_taxonomy()
+    preds = synthetic_predictions(tax, 120, seed=4)
+    page = build_report(preds, tax, tmp_path, image_paths=[None] * len(preds)).read_text()
+    assert "no image files found" in page and "no metrics.jsonl" in page
+    assert "No baseline given" in page
+
+
+def test_cli_errors_are_one_line(tmp_path, report):
+    out, _ = report
+    proc = run_script("validate.py", "--from-predictions", out / "predictions.csv", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "--mappings" in proc.stderr
+    bad = pd.read_csv(out / "predictions.csv").drop(columns=["genus_pred"])
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    proc = run_script("validate.py", "--from-predictions", tmp_path / "bad.csv", "--mappings",
+                      out.parent / "taxonomic_mappings.json", "--output-dir", tmp_path / "o", check=False)
+    assert proc.returncode == 2 and "genus_pred" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_script("validate.py", "--checkpoint", tmp_path / "x.pth", check=False)
+    assert proc.returncode == 2 and "--val-path" in proc.stderr
+
+
+# ---------------------------------------------------------------------- a real browser
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+HAVE_BROWSER = os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)
+
+
+def _selenium_available() -> bool:
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def chrome(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'chrome-profile'}"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
+def full_page_png(driver, width: int = 1400) -> bytes:
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
+    return base64.b64decode(shot["data"])
+
+
+@pytest.mark.skipif(not (HAVE_BROWSER and _selenium_available()),
+                    reason=f"chromium not installed: need {CHROMIUM}, {CHROMEDRIVER} and selenium "
+                           "(apt-get install chromium chromium-driver)")
+def test_report_in_headless_chromium(report, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+    out, _ = report
+    driver = chrome(tmp_path)
+    try:
+        driver.set_window_size(1400, 1000)
+        driver.get((out / "validation_report.html").resolve().as_uri())
+        WebDriverWait(driver, 20).until(lambda d: d.execute_script(
+            "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)"))
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.getAttribute('src'), i.naturalWidth])")
+        assert len(images) >= 16 and all(w > 0 for _, w in images), images
+        for sid, _ in SECTIONS:
+            assert driver.find_element(By.ID, sid).is_displayed()
+        assert "Amanita phalloides" in driver.find_element(By.ID, "focus").text
+        assert "PSC" in driver.find_element(By.ID, "safety").text
+        driver.find_element(By.CSS_SELECTOR, "img.zoom").click()  # the lightbox opens and closes
+        assert driver.find_element(By.ID, "lightbox").is_displayed()
+        driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        assert not driver.find_element(By.ID, "lightbox").is_displayed()
+        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not severe, severe
+        png = full_page_png(driver)
+    finally:
+        driver.quit()
+    (tmp_path / "validation_report.png").write_bytes(png)
+    if os.environ.get("AMANITA_SCREENSHOT_DIR"):
+        shot_dir = Path(os.environ["AMANITA_SCREENSHOT_DIR"])
+        shot_dir.mkdir(parents=True, exist_ok=True)
+        (shot_dir / "validation_report.png").write_bytes(png)
+        for f in out.glob("*.png"):  # the figures too, so the screenshot can be read at full size
+            shutil.copy(f, shot_dir / f.name)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
