@@ -290,17 +290,28 @@ _LANDCOVER = {  # habitat: MODIS land-cover class
     "Acidic oak woodland": 4, "park/churchyard": 13, "garden": 13, "lawn": 13, "meadow": 10,
     "natural grassland": 10, "roadside": 12, "hedgerow": 14, "fallow field": 12}
 _DISTRICTS = (  # region, district (municipality), latitude, longitude, typical elevation (m)
-    ("Region Hovedstaden", "Gribskov", 56.03, 12.30, 35), ("Region Hovedstaden", "Hillerød", 55.93, 12.31, 40),
-    ("Region Hovedstaden", "Rudersdal", 55.83, 12.49, 30), ("Region Hovedstaden", "Bornholm", 55.13, 14.92, 80),
-    ("Region Hovedstaden", "Furesø", 55.79, 12.35, 35), ("Region Hovedstaden", "København", 55.68, 12.57, 10),
-    ("Region Sjælland", "Roskilde", 55.64, 12.08, 25), ("Region Sjælland", "Næstved", 55.23, 11.76, 20),
-    ("Region Sjælland", "Lolland", 54.77, 11.35, 5), ("Region Sjælland", "Odsherred", 55.87, 11.57, 30),
-    ("Region Syddanmark", "Odense", 55.40, 10.39, 20), ("Region Syddanmark", "Svendborg", 55.06, 10.61, 25),
-    ("Region Syddanmark", "Vejle", 55.71, 9.53, 60), ("Region Syddanmark", "Esbjerg", 55.48, 8.46, 10),
-    ("Region Syddanmark", "Sønderborg", 54.91, 9.79, 20), ("Region Midtjylland", "Aarhus", 56.16, 10.20, 40),
-    ("Region Midtjylland", "Silkeborg", 56.17, 9.55, 70), ("Region Midtjylland", "Viborg", 56.45, 9.40, 50),
-    ("Region Midtjylland", "Skanderborg", 56.03, 9.93, 60), ("Region Nordjylland", "Aalborg", 57.05, 9.92, 15),
-    ("Region Nordjylland", "Thisted", 56.96, 8.69, 20), ("Region Nordjylland", "Frederikshavn", 57.44, 10.54, 15),
+    ("Region Hovedstaden", "Gribskov", 56.03, 12.30, 35),
+    ("Region Hovedstaden", "Hillerød", 55.93, 12.31, 40),
+    ("Region Hovedstaden", "Rudersdal", 55.83, 12.49, 30),
+    ("Region Hovedstaden", "Bornholm", 55.13, 14.92, 80),
+    ("Region Hovedstaden", "Furesø", 55.79, 12.35, 35),
+    ("Region Hovedstaden", "København", 55.68, 12.57, 10),
+    ("Region Sjælland", "Roskilde", 55.64, 12.08, 25),
+    ("Region Sjælland", "Næstved", 55.23, 11.76, 20),
+    ("Region Sjælland", "Lolland", 54.77, 11.35, 5),
+    ("Region Sjælland", "Odsherred", 55.87, 11.57, 30),
+    ("Region Syddanmark", "Odense", 55.40, 10.39, 20),
+    ("Region Syddanmark", "Svendborg", 55.06, 10.61, 25),
+    ("Region Syddanmark", "Vejle", 55.71, 9.53, 60),
+    ("Region Syddanmark", "Esbjerg", 55.48, 8.46, 10),
+    ("Region Syddanmark", "Sønderborg", 54.91, 9.79, 20),
+    ("Region Midtjylland", "Aarhus", 56.16, 10.20, 40),
+    ("Region Midtjylland", "Silkeborg", 56.17, 9.55, 70),
+    ("Region Midtjylland", "Viborg", 56.45, 9.40, 50),
+    ("Region Midtjylland", "Skanderborg", 56.03, 9.93, 60),
+    ("Region Nordjylland", "Aalborg", 57.05, 9.92, 15),
+    ("Region Nordjylland", "Thisted", 56.96, 8.69, 20),
+    ("Region Nordjylland", "Frederikshavn", 57.44, 10.54, 15),
     ("Region Nordjylland", "Rebild", 56.83, 9.83, 60),
 )
 _JUTLAND = {"Vejle", "Esbjerg", "Aarhus", "Silkeborg", "Viborg", "Skanderborg", "Aalborg",
@@ -330,36 +341,60 @@ def _split_observations(leaf: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return np.where(rank < n_held, "val", np.where(rank < 2 * n_held, "test", "train"))
 
 
+def _choose(groups: np.ndarray, options: dict, rng: np.random.Generator) -> np.ndarray:
+    """Per row, a uniform choice among ``options[group of the row]`` (a loop over groups only)."""
+    out = np.empty(len(groups), dtype=object)
+    for g, opts in options.items():
+        rows = np.flatnonzero(groups == g)
+        out[rows] = np.asarray(opts, dtype=object)[rng.integers(len(opts), size=len(rows))]
+    return out
+
+
+def _dates(split: np.ndarray, season: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Year (from the split, like FungiTastic's chronological splits), month (from the season), day."""
+    year, month = np.zeros(len(split), np.int64), np.zeros(len(split), np.int64)
+    for sp, years in _SPLIT_YEARS.items():
+        rows = np.flatnonzero(split == sp)
+        k = (len(years) * rng.random(len(rows)) ** 0.6).astype(np.int64)  # recent years busier
+        year[rows] = np.asarray(years)[np.minimum(k, len(years) - 1)]
+    for name, weights in _SEASONS.items():
+        rows = np.flatnonzero(season == name)
+        p = np.asarray(weights, np.float64)
+        month[rows] = rng.choice(12, size=len(rows), p=p / p.sum()) + 1
+    return {"year": year, "month": month, "day": rng.integers(1, 29, size=len(split))}
+
+
+def _places(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Region, district, coordinates with their uncertainty, elevation and biogeographical region."""
+    region, district, lat, lon, elev = (np.asarray(c) for c in zip(*_DISTRICTS))
+    k = rng.integers(len(_DISTRICTS), size=n)
+    return {"region": region[k], "district": district[k],
+            "latitude": np.round(lat[k] + rng.normal(0, 0.04, n), 6),
+            "longitude": np.round(lon[k] + rng.normal(0, 0.06, n), 6),
+            "coorUncert": np.asarray(_COOR_UNCERT, np.float64)[rng.integers(len(_COOR_UNCERT), size=n)],
+            "elevation": np.round(np.maximum(0.0, elev[k] * (1 + rng.normal(0, 1 / 3, n))), 1),
+            "biogeographicalRegion": np.where(np.isin(district[k], list(_JUTLAND)),
+                                              "atlantic", "continental")}
+
+
 def _observations(n_observations: int, rng: np.random.Generator) -> pd.DataFrame:
-    """One row per observation: leaf, split, date, place, habitat and substrate."""
+    """One row per observation: leaf, split, date, place, habitat, substrate, number of images."""
     leaf = np.repeat(np.arange(len(SPECIES)), observation_counts(n_observations))
     split = _split_observations(leaf, rng)
-    rows = []
-    for lf, sp in zip(leaf, split):
-        habitats, substrates, season = _ECOLOGY[SPECIES[lf].ecology]
-        region, district, lat, lon, elev = _DISTRICTS[rng.integers(len(_DISTRICTS))]
-        years = _SPLIT_YEARS[sp]
-        year = years[min(len(years) - 1, int(len(years) * rng.random() ** 0.6))]  # recent years busier
-        p = np.array(_SEASONS[season], dtype=np.float64)
-        month = int(rng.choice(12, p=p / p.sum())) + 1
-        habitat = habitats[rng.integers(len(habitats))]
-        rows.append(dict(
-            leaf=lf, split=sp, year=year, month=month, day=int(rng.integers(1, 29)),
-            habitat=habitat, substrate=substrates[rng.integers(len(substrates))],
-            region=region, district=district,
-            latitude=round(lat + rng.normal(0, 0.04), 6), longitude=round(lon + rng.normal(0, 0.06), 6),
-            coorUncert=float(_COOR_UNCERT[rng.integers(len(_COOR_UNCERT))]),
-            elevation=round(max(0.0, elev + rng.normal(0, elev / 3)), 1),
-            landcover=_LANDCOVER[habitat],
-            biogeographicalRegion="atlantic" if district in _JUTLAND else "continental",
-            n_images=int(rng.choice(IMAGES_PER_OBSERVATION, p=IMAGES_PER_OBSERVATION_P))))
-    return pd.DataFrame(rows)
+    ecology = np.asarray([t.ecology for t in SPECIES])[leaf]
+    habitat = _choose(ecology, {k: v[0] for k, v in _ECOLOGY.items()}, rng)
+    obs = pd.DataFrame({
+        "leaf": leaf, "split": split,
+        **_dates(split, _choose(ecology, {k: (v[2],) for k, v in _ECOLOGY.items()}, rng), rng),
+        "habitat": habitat, "substrate": _choose(ecology, {k: v[1] for k, v in _ECOLOGY.items()}, rng),
+        **_places(len(leaf), rng),
+        "n_images": rng.choice(IMAGES_PER_OBSERVATION, size=len(leaf), p=IMAGES_PER_OBSERVATION_P)})
+    return obs.assign(landcover=obs["habitat"].map(_LANDCOVER).astype(np.int64))
 
 
 def _number_observations(obs: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     """Sort by date and give increasing, gapped ``observationID`` values like the real ones."""
-    obs = obs.assign(eventDate=[f"{y:04d}-{m:02d}-{d:02d}" for y, m, d in
-                                zip(obs["year"], obs["month"], obs["day"])])
+    obs = obs.assign(eventDate=pd.to_datetime(obs[["year", "month", "day"]]).dt.strftime("%Y-%m-%d"))
     obs = obs.assign(_key=rng.random(len(obs))).sort_values(["eventDate", "_key"], kind="stable")
     gaps = rng.integers(1, 4000, size=len(obs))
     return obs.drop(columns="_key").assign(observationID=3_000_000_000 + np.cumsum(gaps)) \
@@ -377,14 +412,14 @@ def plan_dataset(seed: int = 0, n_observations: int = DEFAULT_N_OBSERVATIONS) ->
     img = obs.loc[obs.index.repeat(obs["n_images"])].reset_index(drop=True)
     img["split"] = pd.Categorical(img["split"], categories=SPLITS)
     img = img.sort_values(["split", "eventDate", "observationID"], kind="stable").reset_index(drop=True)
-    img_idx = np.arange(len(img))
-    img["filename"] = [f"{i}-{o}.JPG" for i, o in zip(img_idx, img["observationID"])]
+    img_idx = pd.Series(np.arange(len(img))).astype(str)  # unique across splits; seeds the image
+    img["filename"] = img_idx + "-" + img["observationID"].astype(str) + ".JPG"
     img["captions"] = [_caption(SPECIES[lf], sub) for lf, sub in zip(img["leaf"], img["substrate"])]
     taxa = species_table().set_index("category_id")
     img = img.join(taxa[["scientificName", *RANKS, "poisonous"]], on="leaf")
     img["category_id"] = img["leaf"].astype(np.int64)
     img["specificEpithet"] = img["species"].str.split().str[1]
-    img["iucnRedListCategory"] = [_redlist(SPECIES[lf]) for lf in img["leaf"]]
+    img["iucnRedListCategory"] = np.asarray([_redlist(t) for t in SPECIES])[img["leaf"]]
     img["metaSubstrate"] = img["substrate"].map(_META_SUBSTRATE)
     img = img.assign(kingdom="Fungi", countryCode="DK", hasCoordinate=True)
     return {s: img.loc[img["split"] == s, list(COLUMNS)].reset_index(drop=True) for s in SPLITS}
@@ -405,16 +440,26 @@ _GROUND_COLORS = ((60, 110, 40), (120, 78, 40), (150, 130, 90), (40, 60, 30), (1
                   (150, 60, 40), (70, 50, 30), (180, 160, 60), (45, 45, 60), (120, 150, 110))
 _GROUND_STYLES = ("moss", "litter", "grain", "grass", "gravel")
 _PLANS = {  # order: (body plan, stem/host colour, base hue of its families)
-    "Agaricales": ("cap", (236, 226, 205), 0.02), "Boletales": ("bolete", (214, 190, 140), 0.08),
-    "Russulales": ("flatcap", (246, 244, 236), 0.95), "Cantharellales": ("funnel", (240, 200, 120), 0.11),
-    "Polyporales": ("bracket", (92, 70, 52), 0.07), "Auriculariales": ("ear", (110, 85, 60), 0.03),
-    "Phallales": ("phallus", (245, 240, 225), 0.25), "Geastrales": ("star", (200, 170, 130), 0.08),
-    "Tremellales": ("jelly", (120, 95, 70), 0.14), "Dacrymycetales": ("antler", (130, 100, 70), 0.12),
-    "Pezizales": ("cup", (225, 205, 170), 0.0), "Helotiales": ("discs", (120, 95, 70), 0.47),
-    "Rhytismatales": ("leafspots", (120, 170, 60), 0.0), "Xylariales": ("knobs", (115, 90, 65), 0.0),
-    "Hypocreales": ("club", (230, 200, 150), 0.06), "Teloschistales": ("rosette", (150, 145, 135), 0.12),
-    "Mucorales": ("pins", (235, 235, 230), 0.6), "Entomophthorales": ("fly", (50, 45, 40), 0.13),
-    "Synchytriales": ("galls", (110, 160, 70), 0.08)}
+    "Agaricales": ("cap", (236, 226, 205), 0.02),
+    "Boletales": ("bolete", (214, 190, 140), 0.08),
+    "Russulales": ("flatcap", (246, 244, 236), 0.95),
+    "Cantharellales": ("funnel", (240, 200, 120), 0.11),
+    "Polyporales": ("bracket", (92, 70, 52), 0.07),
+    "Auriculariales": ("ear", (110, 85, 60), 0.03),
+    "Phallales": ("phallus", (245, 240, 225), 0.25),
+    "Geastrales": ("star", (200, 170, 130), 0.08),
+    "Tremellales": ("jelly", (120, 95, 70), 0.14),
+    "Dacrymycetales": ("antler", (130, 100, 70), 0.12),
+    "Pezizales": ("cup", (225, 205, 170), 0.0),
+    "Helotiales": ("discs", (120, 95, 70), 0.47),
+    "Rhytismatales": ("leafspots", (120, 170, 60), 0.0),
+    "Xylariales": ("knobs", (115, 90, 65), 0.0),
+    "Hypocreales": ("club", (230, 200, 150), 0.06),
+    "Teloschistales": ("rosette", (150, 145, 135), 0.12),
+    "Mucorales": ("pins", (235, 235, 230), 0.6),
+    "Entomophthorales": ("fly", (50, 45, 40), 0.13),
+    "Synchytriales": ("galls", (110, 160, 70), 0.08),
+}
 _PATTERNS = ("spots", "radial", "rings", "scales", "net", "speckle", "rim", "blotches")
 _PATTERN_COLORS = ((250, 250, 244), (38, 28, 22), (250, 225, 110), (120, 24, 30))
 _MARK_COLORS = ((230, 30, 30), (30, 60, 230), (250, 250, 250), (20, 20, 20), (250, 200, 0),
@@ -488,25 +533,30 @@ def species_traits(species: str) -> Traits:
         mark=_MARK_COLORS[sp % len(_MARK_COLORS)])
 
 
+_COLOUR_NAMES = ("red", "orange", "yellow", "olive", "green", "green", "teal", "blue", "blue",
+                 "violet", "purple", "pink")  # by twelfths of the hue circle
+_PATTERN_WORDS = {"spots": "spots", "radial": "radial stripes", "rings": "concentric zones",
+                  "scales": "scales", "net": "a net pattern", "speckle": "fine speckles",
+                  "rim": "a contrasting margin", "blotches": "large blotches"}
+_PLAN_WORDS = {
+    "cap": "a mushroom with a convex cap and slender stem", "bolete": "a bolete with a bun-shaped cap",
+    "flatcap": "a mushroom with a flat, depressed cap", "funnel": "a funnel-shaped fruit body",
+    "bracket": "bracket fungi on a trunk", "ear": "an ear-shaped jelly fungus",
+    "phallus": "a stinkhorn rising from an egg", "star": "an earthstar",
+    "jelly": "a lobed jelly fungus", "antler": "branched antler-like fruit bodies",
+    "cup": "a cup fungus", "discs": "tiny discs on wood", "leafspots": "tar spots on a leaf",
+    "knobs": "rounded knobs on wood", "club": "club-shaped fruit bodies",
+    "rosette": "a lichen rosette", "pins": "a pin mould", "fly": "an insect killed by a fungus",
+    "galls": "warty galls on a host plant"}
+
+
 def _caption(t: Taxon, substrate: str) -> str:
     """A short description of what the picture shows, in the spirit of FungiTastic's captions."""
     tr = species_traits(t.species)
-    h, s, v = colorsys.rgb_to_hsv(*(c / 255 for c in tr.body))
-    names = ("red", "orange", "yellow", "olive", "green", "green", "teal", "blue", "blue",
-             "violet", "purple", "pink")
-    colour = ("pale " if v > 0.8 else "dark " if v < 0.6 else "") + names[int(h * 12) % 12]
-    pattern = {"spots": "spots", "radial": "radial stripes", "rings": "concentric zones",
-               "scales": "scales", "net": "a net pattern", "speckle": "fine speckles",
-               "rim": "a contrasting margin", "blotches": "large blotches"}[tr.pattern]
-    plan = {"cap": "a mushroom with a convex cap and slender stem", "bolete": "a bolete with a bun-shaped cap",
-            "flatcap": "a mushroom with a flat, depressed cap", "funnel": "a funnel-shaped fruit body",
-            "bracket": "bracket fungi on a trunk", "ear": "an ear-shaped jelly fungus",
-            "phallus": "a stinkhorn rising from an egg", "star": "an earthstar", "jelly": "a lobed jelly fungus",
-            "antler": "branched antler-like fruit bodies", "cup": "a cup fungus", "discs": "tiny discs on wood",
-            "leafspots": "tar spots on a leaf", "knobs": "rounded knobs on wood", "club": "club-shaped fruit bodies",
-            "rosette": "a lichen rosette", "pins": "a pin mould", "fly": "an insect killed by a fungus",
-            "galls": "warty galls on a host plant"}[tr.plan]
-    return f"The image shows {plan}, {colour} with {pattern}, growing on {substrate}."
+    h, _, v = colorsys.rgb_to_hsv(*(c / 255 for c in tr.body))
+    colour = ("pale " if v > 0.8 else "dark " if v < 0.6 else "") + _COLOUR_NAMES[int(h * 12) % 12]
+    return (f"The image shows {_PLAN_WORDS[tr.plan]}, {colour} with {_PATTERN_WORDS[tr.pattern]}, "
+            f"growing on {substrate}.")
 
 
 # ---------------------------------------------------------------------- drawing
@@ -549,7 +599,8 @@ def _plan_cap(L: _Layer, t: Traits, rng) -> tuple[float, float]:
     L.shape("rectangle", [0.5 - w, 0.42, 0.5 + w, 0.93], t.secondary)
     L.shape("ellipse", [0.5 - 1.7 * w, 0.86, 0.5 + 1.7 * w, 0.97], t.secondary)
     L.shape("chord", [0.14, 0.38, 0.86, 0.54], _shade(t.secondary, 0.7), start=0, end=180)
-    L.shape("pieslice", [0.12, 0.16, 0.88, 0.74], t.body, surface=True, outline=0.012, start=180, end=360)
+    L.shape("pieslice", [0.12, 0.16, 0.88, 0.74], t.body, surface=True, outline=0.012,
+            start=180, end=360)
     return 0.5, 0.62
 
 
@@ -558,7 +609,8 @@ def _plan_bolete(L: _Layer, t: Traits, rng) -> tuple[float, float]:
     L.shape("polygon", [0.39, 0.5, 0.61, 0.5, 0.69, 0.9, 0.31, 0.9], t.secondary)
     L.shape("ellipse", [0.28, 0.8, 0.72, 0.97], t.secondary)
     L.shape("chord", [0.1, 0.42, 0.9, 0.56], (225, 205, 90), start=0, end=180)
-    L.shape("pieslice", [0.08, 0.12, 0.92, 0.86], t.body, surface=True, outline=0.012, start=180, end=360)
+    L.shape("pieslice", [0.08, 0.12, 0.92, 0.86], t.body, surface=True, outline=0.012,
+            start=180, end=360)
     return 0.5, 0.72
 
 
@@ -792,7 +844,8 @@ def _fruit_body(t: Traits, size: int, rng) -> Image.Image:
         _pattern_elements(ImageDraw.Draw(pat), box, t, size, rng)
         clip = np.asarray(L.mask)
         if t.pattern == "rim":  # the band between the surface and its erosion
-            clip = clip - _erode(clip, max(1, round(0.025 * t.element_size * size * (0.6 + 0.6 * t.density))))
+            band = 0.025 * t.element_size * size * (0.6 + 0.6 * t.density)
+            clip = clip - _erode(clip, max(1, round(band)))
         alpha = np.asarray(pat.getchannel("A"), np.uint16) * clip // 255
         pat.putalpha(Image.fromarray(alpha.astype(np.uint8)))
         L.img.alpha_composite(pat)
@@ -869,10 +922,13 @@ def _place(img: Image.Image, t: Traits, h: int, x: float, base_y: float, scale: 
     img.paste(body, (round(x - side / 2), round(base_y - 0.95 * side)), body)
 
 
-@functools.lru_cache(maxsize=1)
-def _noise_tile() -> Image.Image:
-    """Fixed sensor-noise tile (values 16 ± noise); images take random crops, far cheaper than new noise."""
-    noise = np.random.default_rng(12345).normal(16, 4, size=(1024, 1024, 3))
+@functools.lru_cache(maxsize=4)
+def _noise_tile(w: int, h: int) -> Image.Image:
+    """A fixed ``(2w, 2h)`` sensor-noise tile of values 16 ± noise, made once per process.
+
+    Images take random crops of it: far cheaper than drawing fresh noise for every image.
+    """
+    noise = np.random.default_rng([w, h]).normal(16, 4, size=(2 * h, 2 * w, 3))
     return Image.fromarray(np.clip(np.round(noise), 0, 32).astype(np.uint8))
 
 
@@ -891,7 +947,7 @@ def _lighting(img: Image.Image, rng) -> Image.Image:
     corners = np.clip(255 * (1 - rng.uniform(0, 0.3, size=(2, 2))), 0, 255).astype(np.uint8)
     light = Image.fromarray(corners).resize((w, h), Image.BILINEAR)  # darker towards some corners
     img = ImageChops.multiply(img, Image.merge("RGB", (light, light, light)))
-    tile = _noise_tile()
+    tile = _noise_tile(w, h)
     x0, y0 = int(rng.integers(0, tile.width - w + 1)), int(rng.integers(0, tile.height - h + 1))
     return ImageChops.add(img, tile.crop((x0, y0, x0 + w, y0 + h)), offset=-16)
 
@@ -907,10 +963,11 @@ def draw_image(species: str, seed: int, index: int, size: int = DEFAULT_IMAGE_SI
     h, w = size, round(size * 4 / 3)
     ground_y = round(h * rng.uniform(0.6, 0.72))
     img = _background(t, w, h, ground_y, rng)
-    x, base_y, scale = w * rng.uniform(0.35, 0.65), ground_y + h * rng.uniform(0.08, 0.2), rng.uniform(0.8, 1.05)
+    x, base_y = w * rng.uniform(0.35, 0.65), ground_y + h * rng.uniform(0.08, 0.2)
+    scale = rng.uniform(0.8, 1.05)
     if rng.random() < 0.35:  # a smaller second fruit body beside the first
-        side = -1 if x > w / 2 else 1
-        _place(img, t, h, x + side * 0.3 * h * scale, base_y - 0.03 * h, scale * rng.uniform(0.5, 0.7), rng)
+        dx = (-1 if x > w / 2 else 1) * 0.3 * h * scale
+        _place(img, t, h, x + dx, base_y - 0.03 * h, scale * rng.uniform(0.5, 0.7), rng)
     _place(img, t, h, x, base_y, scale, rng)
     return _lighting(img, rng)
 

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -94,18 +98,31 @@ def report(tmp_path_factory):
         draw_specimen(images / f, int(leaf), rng)
     training_log(root / "metrics.jsonl")
     out = root / "validation_results"
-    proc = run_script("validate.py", "--from-predictions", root / "predictions.csv",
-                      "--mappings", root / "taxonomic_mappings.json",
-                      "--baseline-predictions", root / "baseline_predictions.csv",
-                      "--image-root", images, "--training-log", root / "metrics.jsonl",
-                      "--focus-species", "Amanita phalloides", "Galerina marginata", "Amanita phaloides",
-                      "--output-dir", out)
-    return out, proc
+    code, stdout, stderr = run_validate(
+        "--from-predictions", root / "predictions.csv", "--mappings", root / "taxonomic_mappings.json",
+        "--baseline-predictions", root / "baseline_predictions.csv", "--image-root", images,
+        "--training-log", root / "metrics.jsonl", "--output-dir", out,
+        "--focus-species", "Amanita phalloides", "Galerina marginata", "Amanita phaloides")
+    assert code == 0, stderr
+    return out, stdout
+
+
+def run_validate(*args) -> tuple[int, str, str]:
+    """``validate.py ARGS`` in this process (as the script runs it); returns (exit code, stdout, stderr)."""
+    import validate
+    out, err = io.StringIO(), io.StringIO()
+    with mock.patch.object(sys, "argv", ["validate.py", *map(str, args)]), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            validate.main()
+        except SystemExit as e:
+            return int(e.code or 0), out.getvalue(), err.getvalue()
+    return 0, out.getvalue(), err.getvalue()
 
 
 def test_report_writes_every_file(report):
-    out, proc = report
-    assert f"report: {(out / 'validation_report.html').resolve()}" in proc.stdout
+    out, stdout = report
+    assert f"report: {(out / 'validation_report.html').resolve()}" in stdout
     expected = ["validation_report.html", "metrics.json", "predictions.csv", "per_class_leaf.csv",
                 "reliability_diagrams.png", "confidence_distributions.png", "rank_summary.png",
                 "focus_amanita_phalloides.png", "focus_galerina_marginata.png", "training_curves.png",
@@ -165,16 +182,20 @@ def test_report_without_images_or_log_says_why(tmp_path):
 
 def test_cli_errors_are_one_line(tmp_path, report):
     out, _ = report
-    proc = run_script("validate.py", "--from-predictions", out / "predictions.csv", check=False)
-    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
-    assert "--mappings" in proc.stderr
+    code, _, err = run_validate("--from-predictions", out / "predictions.csv")
+    assert code == 2 and err.startswith("error: ") and err.strip().count("\n") == 0 and "--mappings" in err
     bad = pd.read_csv(out / "predictions.csv").drop(columns=["genus_pred"])
     bad.to_csv(tmp_path / "bad.csv", index=False)
-    proc = run_script("validate.py", "--from-predictions", tmp_path / "bad.csv", "--mappings",
-                      out.parent / "taxonomic_mappings.json", "--output-dir", tmp_path / "o", check=False)
-    assert proc.returncode == 2 and "genus_pred" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_script("validate.py", "--checkpoint", tmp_path / "x.pth", check=False)
-    assert proc.returncode == 2 and "--val-path" in proc.stderr
+    code, _, err = run_validate("--from-predictions", tmp_path / "bad.csv", "--mappings",
+                                out.parent / "taxonomic_mappings.json", "--output-dir", tmp_path / "o")
+    assert code == 2 and "genus_pred" in err and err.strip().count("\n") == 0
+    code, _, err = run_validate("--checkpoint", tmp_path / "x.pth")
+    assert code == 2 and "--val-path" in err
+
+
+def test_validate_script_runs_as_a_program():
+    proc = run_script("validate.py", "--help")
+    assert "--from-predictions" in proc.stdout and "--baseline-model" in proc.stdout
 
 
 # ---------------------------------------------------------------------- a real browser

@@ -31,7 +31,7 @@ KEY_LABEL = {LEAF: "leaf (category_id)"} | {r: r for r in RANKS}
 STYLE = {"figure.dpi": 110, "savefig.dpi": 110, "font.size": 9, "axes.titlesize": 10,
          "axes.titleweight": "bold", "axes.spines.top": False, "axes.spines.right": False,
          "axes.grid": True, "grid.color": "#e5e5e5", "grid.linewidth": 0.6, "axes.axisbelow": True,
-         "legend.frameon": False, "savefig.bbox": "tight", "savefig.facecolor": "white"}
+         "legend.frameon": False, "savefig.facecolor": "white"}
 GUIDE_MAX_CLASSES = 30  # block boundaries are drawn for the finest rank above with at most this many
 LABEL_MAX_CLASSES = 40  # above this, axes carry block names instead of class names
 
