@@ -90,5 +90,8 @@ def cli_main(fn: Callable[[], int | None]) -> Callable[[], None]:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
+        except BrokenPipeError:  # output piped into `head`: stop quietly
+            sys.stderr.close()
+            sys.exit(0)
         sys.exit(code or 0)
     return wrapper

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image, ImageChops, ImageDraw
 
 from amanita.io import UserError, atomic_to_csv, atomic_write_text
@@ -503,6 +504,7 @@ def _siblings() -> dict[tuple[str, str], tuple[int, int]]:
 
 
 def _rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
+    """8-bit RGB of an HSV colour (hue wraps around)."""
     return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h % 1.0, s, v))
 
 
@@ -828,7 +830,6 @@ def _pattern_elements(d: ImageDraw.ImageDraw, box, t: Traits, s: int, rng) -> No
 
 def _erode(mask: np.ndarray, r: int) -> np.ndarray:
     """Binary erosion of a 0/255 mask by a (2r+1)² square (separable running minimum)."""
-    from numpy.lib.stride_tricks import sliding_window_view
     m = np.pad(mask, r)
     m = sliding_window_view(m, 2 * r + 1, axis=1).min(axis=-1)
     return sliding_window_view(m, 2 * r + 1, axis=0).min(axis=-1)
@@ -1023,7 +1024,8 @@ def generate_dataset(output_dir: str | Path, seed: int = 0,
     """Write the demo dataset under ``output_dir`` and return a summary dict.
 
     A previous demo set there (marked by :data:`MARKER`) is replaced; any other non-empty folder
-    is refused. The same arguments give byte-identical files, whatever ``workers``.
+    is refused. ``workers`` processes draw the images (0 or 1: this process); the same arguments
+    give byte-identical files whatever ``workers``. The CSVs are written last, atomically.
     """
     if seed < 0 or n_observations < 1 or image_size < 32 or workers < 0:
         raise UserError(f"need seed >= 0, n_observations >= 1, image_size >= 32 and workers >= 0 "
