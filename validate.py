@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Validate a multi-rank model: per-sample predictions, metrics, figures, validation_report.html.
 
-    python validate.py --checkpoint checkpoints/best_model.pth --val-path metadata/FungiTastic/FungiTastic-ClosedSet-Val.csv
+    python validate.py --checkpoint checkpoints/multitask/best_model.pth \
+        --val-path metadata/FungiTastic/FungiTastic-ClosedSet-Val.csv
     python validate.py --from-predictions validation_results/predictions.csv --mappings taxonomic_mappings.json
 
 Inference runs once and its predictions are saved (``predictions.csv``); ``--from-predictions``
@@ -14,7 +15,8 @@ import os
 from pathlib import Path
 
 from amanita.io import UserError, cli_main
-from amanita.metrics import DEFAULT_FOCUS
+
+DEFAULT_FOCUS = ["Amanita phalloides"]  # the Death Cap
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="taxonomic_mappings.json; None: the taxonomy stored in the checkpoint "
                         "(required with --from-predictions)")
     r = p.add_argument_group("Report parameters")
-    r.add_argument("--focus-species", nargs="+", default=list(DEFAULT_FOCUS), metavar="NAME",
+    r.add_argument("--focus-species", nargs="+", default=DEFAULT_FOCUS, metavar="NAME",
                    help="species analysed one by one in the report")
     r.add_argument("--output-dir", default="validation_results", help="where the report and its files go")
     r.add_argument("--training-log", default=None,
@@ -65,7 +67,8 @@ def check_args(args: argparse.Namespace) -> None:
     if args.from_predictions is None and args.checkpoint is None:
         raise UserError("give --checkpoint (with --val-path) or --from-predictions")
     if args.from_predictions is not None and args.mappings is None:
-        raise UserError("--from-predictions needs --mappings (the taxonomic_mappings.json the predictions were made with)")
+        raise UserError("--from-predictions needs --mappings "
+                        "(the taxonomic_mappings.json the predictions were made with)")
     if args.checkpoint is not None and args.val_path is None:
         raise UserError("--checkpoint needs --val-path (the validation CSV)")
     if args.from_predictions is not None and (args.baseline_checkpoint or args.baseline_model):
@@ -153,7 +156,7 @@ def load_predictions(args: argparse.Namespace, out: Path):
         return preds, tax, prov | earlier_provenance(Path(args.from_predictions).parent / "metrics.json")
     preds, tax, info = run_inference(args)
     write_predictions(preds, out / "predictions.csv")
-    return preds, tax, model_provenance(args.checkpoint, info)
+    return preds, tax, model_provenance(args.checkpoint, info) | {"decode": args.decode}
 
 
 def earlier_provenance(metrics_json: Path) -> dict:
@@ -169,16 +172,21 @@ def earlier_provenance(metrics_json: Path) -> dict:
 
 
 def load_baseline(args: argparse.Namespace, tax, out: Path):
-    """Baseline predictions (saved as baseline_predictions.csv) and its name, or ``(None, None)``."""
+    """``(predictions, name, provenance)`` of the baseline, or ``(None, None, {})`` without one.
+
+    A baseline run here is saved as baseline_predictions.csv.
+    """
     from amanita.predictions import read_predictions, write_predictions
+    from amanita.report import file_sha256
     if args.baseline_predictions:
-        return read_predictions(args.baseline_predictions, tax), args.baseline_predictions
+        path = args.baseline_predictions
+        return read_predictions(path, tax), path, {"predictions": path, "predictions_sha256": file_sha256(path)}
     spec = args.baseline_checkpoint or args.baseline_model
     if spec is None:
-        return None, None
-    preds, _, _ = run_inference(args, spec, taxonomy=tax)
+        return None, None, {}
+    preds, _, info = run_inference(args, spec, taxonomy=tax)
     write_predictions(preds, out / "baseline_predictions.csv")
-    return preds, spec
+    return preds, spec, model_provenance(spec, info) if args.baseline_checkpoint else info
 
 
 def specimen_paths(args: argparse.Namespace, preds) -> list[str | None] | None:
@@ -205,8 +213,12 @@ def main() -> int:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     preds, tax, prov = load_predictions(args, out)
-    baseline, baseline_name = load_baseline(args, tax, out)
-    provenance = prov | {"decode": args.decode, "n_predictions": len(preds)} | base_provenance(tax, vars(args))
+    if len(preds) == 0:
+        raise UserError("no prediction to evaluate: every image was unreadable or the predictions file is empty")
+    baseline, baseline_name, baseline_prov = load_baseline(args, tax, out)
+    provenance = prov | {"n_predictions": len(preds)} | base_provenance(tax, vars(args))
+    if baseline_prov:
+        provenance["baseline"] = baseline_prov
     report = build_report(preds, tax, out, baseline_preds=baseline, baseline_name=baseline_name,
                           focus=args.focus_species, provenance=provenance,
                           image_paths=specimen_paths(args, preds), training_log=training_log(args))

@@ -16,8 +16,9 @@ Definitions
   1 same genus, …, 5 same phylum, 6 only the root shared. *Mistake severity* is its mean over
   leaf-level mistakes; *hierarchical distance@k* its mean between the true leaf and the
   predicted leaf (@1) or each of the top-k leaves (@5), over all samples.
-* **Poisonous-confusion cost** (FungiCLEF): ``(100 * PSC + ESC) / N`` at the leaf level, PSC =
-  poisonous samples predicted as a non-poisonous leaf, ESC = edible predicted as poisonous.
+* **Poisonous-confusion cost** (FungiCLEF): ``(100 * PSC + ESC) / N`` at the species rank, PSC =
+  images of a poisonous species predicted as a non-poisonous species, ESC = edible predicted as
+  poisonous (a species is poisonous when any of its leaves is).
 """
 from __future__ import annotations
 
@@ -105,6 +106,10 @@ def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, n_bins: in
 def per_class_scores(true: np.ndarray, pred: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
     """Per class of the head: precision, recall, F1 (scikit-learn, 0 when undefined), support, predicted."""
     labels = np.arange(n_classes)
+    if len(true) == 0:  # every label of this rank unknown
+        zeros = np.zeros(n_classes)
+        return {"precision": zeros, "recall": zeros, "f1": zeros, "support": zeros.astype(np.int64),
+                "predicted": zeros.astype(np.int64)}
     p, r, f, s = precision_recall_fscore_support(true, pred, labels=labels, average=None, zero_division=0)
     return {"precision": p, "recall": r, "f1": f, "support": s,
             "predicted": np.bincount(pred, minlength=n_classes)[:n_classes]}
@@ -121,7 +126,7 @@ def key_metrics(preds: pd.DataFrame, key: str, n_classes: int) -> dict:
         "n": int(len(a["true"])), "n_unknown": int(len(preds) - len(a["true"])),
         "n_classes_head": int(n_classes), "n_classes_present": int(present.sum()),
         "top1": _mean(correct), "top5": topk_accuracy(a["true"], a["topk"]),
-        "macro_f1_present": _mean(s["f1"][present]), "macro_f1_all": _mean(s["f1"]),
+        "macro_f1_present": _mean(s["f1"][present]), "macro_f1_all": _mean(s["f1"]) if len(a["true"]) else None,
         "avg_confidence": _mean(a["conf"]),
         "ece": expected_calibration_error(a["conf"], correct),
         "nll": _mean(-np.log(np.clip(ptrue, 1e-12, 1))) if len(ptrue) else None,
@@ -169,14 +174,13 @@ def hierarchy_metrics(preds: pd.DataFrame, tax: Taxonomy) -> dict:
 
 
 # ---------------------------------------------------------------------- poisonous species
-def _poisonous(tax: Taxonomy) -> np.ndarray:
-    return np.asarray(tax.poisonous if tax.poisonous else [False] * tax.n_leaves, dtype=bool)
-
-
 def poison_metrics(preds: pd.DataFrame, tax: Taxonomy) -> dict:
-    """FungiCLEF poisonous-confusion cost ``(100·PSC + ESC) / N`` at the leaf level, with counts."""
-    a = key_arrays(preds, LEAF)
-    pois = _poisonous(tax)
+    """FungiCLEF poisonous-confusion cost ``(100·PSC + ESC) / N`` at the species rank, with counts.
+
+    A species is poisonous when any of its leaves is; N counts the images with a known species.
+    """
+    a = key_arrays(preds, "species")
+    pois = tax.class_poisonous("species")
     tp, pp = pois[a["true"]], pois[a["pred"]]
     psc, esc, n = int((tp & ~pp).sum()), int((~tp & pp).sum()), len(a["true"])
     return {"psc": psc, "esc": esc, "n": n, "cost": (100 * psc + esc) / n if n else None,
@@ -194,18 +198,18 @@ def _top_counts(codes: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
 def safety_table(preds: pd.DataFrame, tax: Taxonomy, top_edible: int = 3) -> dict:
     """Per poisonous species in the split: support, recall, predicted edible and as which species.
 
-    Counted on samples whose true leaf is poisonous, with the leaf prediction, so the
-    column "predicted edible" sums to PSC. Rows sorted by predicted-edible count, then support.
+    Species-rank columns throughout, like :func:`poison_metrics`, so the column
+    "predicted edible" sums to PSC. Rows sorted by predicted-edible count, then support.
     """
-    a = key_arrays(preds, LEAF)
-    pois, species = _poisonous(tax), tax.ancestors[:, -1]
-    sel = pois[a["true"]] & (species[a["true"]] >= 0)
-    st, sp = species[a["true"][sel]], species[a["pred"][sel]]
-    edible = ~pois[a["pred"][sel]]
+    a = key_arrays(preds, "species")
+    pois = tax.class_poisonous("species")
+    sel = pois[a["true"]]
+    st, sp = a["true"][sel], a["pred"][sel]
+    edible = ~pois[sp]
     n_sp = tax.num_classes("species")
     support = np.bincount(st, minlength=n_sp)
     correct = np.bincount(st, weights=st == sp, minlength=n_sp)
-    genus = np.append(tax.class_ancestors("species")[:, 4], -1)  # index -1 (unknown) → -1
+    genus = tax.class_ancestors("species")[:, 4]
     genus_correct = np.bincount(st, weights=(genus[st] == genus[sp]) & (genus[st] >= 0), minlength=n_sp)
     as_edible = np.bincount(st, weights=edible, minlength=n_sp)
     names = class_names(tax, "species")
@@ -215,7 +219,7 @@ def safety_table(preds: pd.DataFrame, tax: Taxonomy, top_edible: int = 3) -> dic
              "predicted_edible_rate": as_edible[s] / support[s], "as_edible_species": which.get(s, [])}
             for s in np.flatnonzero(support)]
     rows.sort(key=lambda r: (-r["predicted_edible"], -r["support"], r["species"]))
-    n_pois_species = int(tax.class_poisonous("species").sum())
+    n_pois_species = int(pois.sum())
     return {"rows": rows, "n_poisonous_species": n_pois_species,
             "n_poisonous_species_absent": n_pois_species - len(rows)}
 
@@ -240,14 +244,10 @@ def confused_pairs(preds: pd.DataFrame, tax: Taxonomy, key: str, top: int = 20) 
     t, p = codes // n, codes % n
     support = np.bincount(a["true"], minlength=n)
     h = tax.lca_height(t, p, key) if len(t) else np.zeros(0, dtype=np.int64)
-    names, pois = class_names(tax, key), _class_poisonous(tax, key)
+    names, pois = class_names(tax, key), tax.class_poisonous(key)
     return [{"true": names[i], "pred": names[j], "count": int(c), "share_of_true": c / support[i],
              "relation": RELATIONS[k], "true_poisonous": bool(pois[i]), "pred_poisonous": bool(pois[j])}
             for i, j, c, k in zip(t, p, counts, h)]
-
-
-def _class_poisonous(tax: Taxonomy, key: str) -> np.ndarray:
-    return _poisonous(tax) if key == LEAF else tax.class_poisonous(key)
 
 
 def per_class_table(preds: pd.DataFrame, tax: Taxonomy, key: str) -> pd.DataFrame:
@@ -269,7 +269,7 @@ def per_class_table(preds: pd.DataFrame, tax: Taxonomy, key: str) -> pd.DataFram
     df["f1"], df["predicted"] = s["f1"], s["predicted"]
     counts = tax.counts.get(key)
     df["train_images"] = counts if counts is not None and len(counts) == n else -1
-    df["poisonous"] = _class_poisonous(tax, key)
+    df["poisonous"] = tax.class_poisonous(key)
     df["confused_with"], df["confused_count"] = _top_confusion(a["true"], a["pred"], n, class_names(tax, key))
     return df
 
@@ -316,14 +316,13 @@ def focus_species(preds: pd.DataFrame, tax: Taxonomy, name: str, top: int = 10) 
     st, sp = preds["species_true"].to_numpy(np.int64), preds["species_pred"].to_numpy(np.int64)
     sel = st == s
     names, spois = class_names(tax, "species"), tax.class_poisonous("species")
-    pois = _poisonous(tax)
     out = {"name": tax.classes["species"][s], "found": True, "species_index": s,
            "poisonous": bool(spois[s]), "lineage": _species_lineage(tax, s),
            "support": int(sel.sum()), "train_images": _count(tax, "species", s)}
     out["accuracy"] = {k: _mean((preds[f"{k}_pred"].to_numpy() == preds[f"{k}_true"].to_numpy())[
         sel & (preds[f"{k}_true"].to_numpy() >= 0)]) for k in (LEAF,) + RANKS}
     out["mean_confidence"] = _mean(preds["species_conf"].to_numpy()[sel])
-    out["predicted_edible"] = int((~pois[preds[f"{LEAF}_pred"].to_numpy(np.int64)[sel]]).sum())
+    out["predicted_edible"] = int((~spois[sp[sel]]).sum())
     out["mistaken_for"] = _named_counts(sp[sel & (sp != s)], names, spois, tax, s, top)
     fp = (sp == s) & (st != s) & (st >= 0)
     out["predicted_from"] = _named_counts(st[fp], names, spois, tax, s, top)

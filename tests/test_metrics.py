@@ -112,7 +112,7 @@ def test_toy_hierarchy_by_hand(toy):
 def test_toy_poison_cost_by_hand(toy):
     preds, tax = toy
     p = poison_metrics(preds, tax)
-    # PSC: phalloides → rubescens (sample 3); ESC: rubescens → phalloides (sample 4)
+    # species rank: PSC phalloides → rubescens (sample 3); ESC rubescens → phalloides (sample 4)
     assert (p["psc"], p["esc"], p["n"]) == (1, 1, 6)
     assert p["cost"] == pytest.approx((100 * 1 + 1) / 6)
     assert (p["n_poisonous_samples"], p["n_edible_samples"]) == (2, 4)
@@ -164,6 +164,17 @@ def test_toy_confused_pairs_and_per_class_table(toy):
     assert t.loc["Agaricus campestris", "confused_with"] == "Amanita rubescens"
     assert t.loc["Amanita virosa", "support"] == 0 and np.isnan(t.loc["Amanita virosa", "recall"])
     assert t.loc["Amanita phalloides", "genus"] == "Amanita" and t.loc["Amanita phalloides", "train_images"] == 5
+
+
+def test_a_rank_without_any_known_label_gives_nulls_not_errors(toy):
+    preds, tax = toy
+    preds["genus_true"] = -1
+    m = compute_metrics(preds, tax)
+    genus = m.summary["keys"]["genus"]
+    assert (genus["n"], genus["n_unknown"]) == (0, 6)
+    assert genus["top1"] is None and genus["macro_f1_all"] is None and genus["ece"] is None
+    assert m.summary["hierarchy"]["n_all_ranks_known"] == 0
+    assert m.summary["hierarchy"]["hierarchical_accuracy"] is None
 
 
 # ---------------------------------------------------------------------- calibration

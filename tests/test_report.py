@@ -19,44 +19,53 @@ from PIL import Image, ImageDraw
 
 from amanita.metrics import compute_metrics
 from amanita.predictions import synthetic_predictions, write_predictions
-from amanita.report import build_report, make_figures, render_report
+from amanita.report import render_report
+from amanita.report.figures import (FigureInfo, optional_figures, confusion_matrix_figure, focus_figure,
+                                    select_specimens)
 from amanita.report.html import SECTIONS
 from amanita.taxonomy import RANKS, build_taxonomy
 from tests.conftest import run_script
 
-# (scientificName, phylum, class, order, family, genus, species, poisonous, training images)
-SPECIES = [
-    ("Amanita phalloides", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae", "Amanita", "Amanita phalloides", 1, 120),
-    ("Amanita virosa", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae", "Amanita", "Amanita virosa", 1, 25),
-    ("Amanita muscaria", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae", "Amanita", "Amanita muscaria", 1, 300),
-    ("Amanita pantherina", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae", "Amanita", "Amanita pantherina", 1, 40),
-    ("Amanita rubescens", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae", "Amanita", "Amanita rubescens", 0, 200),
-    ("Amanita citrina", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae", "Amanita", "Amanita citrina", 0, 90),
-    ("Agaricus campestris", "Basidiomycota", "Agaricomycetes", "Agaricales", "Agaricaceae", "Agaricus", "Agaricus campestris", 0, 150),
-    ("Agaricus xanthodermus", "Basidiomycota", "Agaricomycetes", "Agaricales", "Agaricaceae", "Agaricus", "Agaricus xanthodermus", 1, 30),
-    ("Macrolepiota procera", "Basidiomycota", "Agaricomycetes", "Agaricales", "Agaricaceae", "Macrolepiota", "Macrolepiota procera", 0, 110),
-    ("Lepiota cristata", "Basidiomycota", "Agaricomycetes", "Agaricales", "Agaricaceae", "Lepiota", "Lepiota cristata", 1, 15),
-    ("Galerina marginata", "Basidiomycota", "Agaricomycetes", "Agaricales", "Hymenogastraceae", "Galerina", "Galerina marginata", 1, 20),
-    ("Hypholoma fasciculare", "Basidiomycota", "Agaricomycetes", "Agaricales", "Strophariaceae", "Hypholoma", "Hypholoma fasciculare", 1, 250),
-    ("Boletus edulis", "Basidiomycota", "Agaricomycetes", "Boletales", "Boletaceae", "Boletus", "Boletus edulis", 0, 280),
-    ("Rubroboletus satanas", "Basidiomycota", "Agaricomycetes", "Boletales", "Boletaceae", "Rubroboletus", "Rubroboletus satanas", 1, 12),
-    ("Cantharellus cibarius", "Basidiomycota", "Agaricomycetes", "Cantharellales", "Hydnaceae", "Cantharellus", "Cantharellus cibarius", 0, 260),
-    ("Russula emetica", "Basidiomycota", "Agaricomycetes", "Russulales", "Russulaceae", "Russula", "Russula emetica", 1, 60),
-    ("Lactarius deliciosus", "Basidiomycota", "Agaricomycetes", "Russulales", "Russulaceae", "Lactarius", "Lactarius deliciosus", 0, 45),
-    ("Merulius tremellosus", "Basidiomycota", "Agaricomycetes", "Polyporales", "Meruliaceae", "Phlebia", "Phlebia tremellosa", 0, 8),
-    ("Phlebia tremellosa", "Basidiomycota", "Agaricomycetes", "Polyporales", "Meruliaceae", "Phlebia", "Phlebia tremellosa", 0, 35),
-    ("Morchella esculenta", "Ascomycota", "Pezizomycetes", "Pezizales", "Morchellaceae", "Morchella", "Morchella esculenta", 0, 70),
-    ("Gyromitra esculenta", "Ascomycota", "Pezizomycetes", "Pezizales", "Discinaceae", "Gyromitra", "Gyromitra esculenta", 1, 25),
-    ("Cordyceps militaris", "Ascomycota", "Sordariomycetes", "Hypocreales", "Cordycipitaceae", "Cordyceps", "Cordyceps militaris", 0, 5),
+GENERA = {  # genus: (phylum, class, order, family)
+    "Amanita": ("Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae"),
+    "Agaricus": ("Basidiomycota", "Agaricomycetes", "Agaricales", "Agaricaceae"),
+    "Macrolepiota": ("Basidiomycota", "Agaricomycetes", "Agaricales", "Agaricaceae"),
+    "Lepiota": ("Basidiomycota", "Agaricomycetes", "Agaricales", "Agaricaceae"),
+    "Galerina": ("Basidiomycota", "Agaricomycetes", "Agaricales", "Hymenogastraceae"),
+    "Hypholoma": ("Basidiomycota", "Agaricomycetes", "Agaricales", "Strophariaceae"),
+    "Boletus": ("Basidiomycota", "Agaricomycetes", "Boletales", "Boletaceae"),
+    "Rubroboletus": ("Basidiomycota", "Agaricomycetes", "Boletales", "Boletaceae"),
+    "Cantharellus": ("Basidiomycota", "Agaricomycetes", "Cantharellales", "Hydnaceae"),
+    "Russula": ("Basidiomycota", "Agaricomycetes", "Russulales", "Russulaceae"),
+    "Lactarius": ("Basidiomycota", "Agaricomycetes", "Russulales", "Russulaceae"),
+    "Phlebia": ("Basidiomycota", "Agaricomycetes", "Polyporales", "Meruliaceae"),
+    "Morchella": ("Ascomycota", "Pezizomycetes", "Pezizales", "Morchellaceae"),
+    "Gyromitra": ("Ascomycota", "Pezizomycetes", "Pezizales", "Discinaceae"),
+    "Cordyceps": ("Ascomycota", "Sordariomycetes", "Hypocreales", "Cordycipitaceae"),
+}
+SPECIES = [  # (scientificName, accepted species, poisonous, training images); one synonym pair
+    ("Amanita phalloides", "Amanita phalloides", 1, 120), ("Amanita virosa", "Amanita virosa", 1, 25),
+    ("Amanita muscaria", "Amanita muscaria", 1, 300), ("Amanita pantherina", "Amanita pantherina", 1, 40),
+    ("Amanita rubescens", "Amanita rubescens", 0, 200), ("Amanita citrina", "Amanita citrina", 0, 90),
+    ("Agaricus campestris", "Agaricus campestris", 0, 150), ("Agaricus xanthodermus", "Agaricus xanthodermus", 1, 30),
+    ("Macrolepiota procera", "Macrolepiota procera", 0, 110), ("Lepiota cristata", "Lepiota cristata", 1, 15),
+    ("Galerina marginata", "Galerina marginata", 1, 20), ("Hypholoma fasciculare", "Hypholoma fasciculare", 1, 250),
+    ("Boletus edulis", "Boletus edulis", 0, 280), ("Rubroboletus satanas", "Rubroboletus satanas", 1, 12),
+    ("Cantharellus cibarius", "Cantharellus cibarius", 0, 260), ("Russula emetica", "Russula emetica", 1, 60),
+    ("Lactarius deliciosus", "Lactarius deliciosus", 0, 45), ("Merulius tremellosus", "Phlebia tremellosa", 0, 8),
+    ("Phlebia tremellosa", "Phlebia tremellosa", 0, 35), ("Morchella esculenta", "Morchella esculenta", 0, 70),
+    ("Gyromitra esculenta", "Gyromitra esculenta", 1, 25), ("Cordyceps militaris", "Cordyceps militaris", 0, 5),
 ]
 COLUMNS = ["scientificName", *RANKS, "poisonous"]
 PALETTE = [(196, 164, 120), (120, 70, 40), (220, 200, 150), (170, 40, 30), (230, 150, 40), (90, 110, 60)]
 
 
-def real_taxonomy(species=SPECIES):
+def real_taxonomy(species=SPECIES, genera=GENERA):
     """A small taxonomy of real names, with a synonym pair and long-tailed training counts."""
-    meta = pd.DataFrame([dict(zip(COLUMNS, s[:8]), category_id=i) for i, s in enumerate(species)])
-    train = meta.loc[meta.index.repeat([s[8] for s in species])]
+    rows = [dict(zip(COLUMNS, (name, *genera[accepted.split()[0]], accepted.split()[0], accepted, pois)),
+                 category_id=i) for i, (name, accepted, pois, _) in enumerate(species)]
+    meta = pd.DataFrame(rows)
+    train = meta.loc[meta.index.repeat([s[3] for s in species])]
     return build_taxonomy([meta], count_frame=train)
 
 
@@ -153,31 +162,39 @@ def test_html_is_self_contained_and_complete(report):
     assert not re.search(r'(src|href)="(https?:)?//', page), "external resource in the report"
     assert "<link" not in page and "@import" not in page
     srcs = re.findall(r'<img[^>]* src="([^"]+)"', page)
-    assert len(srcs) >= 16 and all((out / s).is_file() for s in srcs)
+    assert len(srcs) >= 15 and all((out / s).is_file() for s in srcs)
     assert "Amanita phalloides" in page and "Not in the taxonomy" in page
     assert "Δ" in page  # baseline comparison table
 
 
 def test_names_are_html_escaped_and_figures_survive_odd_names(tmp_path):
-    odd = list(SPECIES[:4])
-    odd[1] = ('<script>alert("x")</script> & $\\alpha$', *odd[1][1:6], '<script>alert("x")</script> & $\\alpha$',
-              1, 5)
-    tax = real_taxonomy(odd)
+    name = '<script>alert("x")</script> & $\\alpha$'
+    genera = GENERA | {"<script>alert(\"x\")</script>": GENERA["Amanita"]}
+    tax = real_taxonomy([SPECIES[0], (name, name, 1, 200), SPECIES[4], SPECIES[6]], genera)
     preds = synthetic_predictions(tax, 80, seed=3)
-    m = compute_metrics(preds, tax, focus=('<script>alert("x")</script> & $\\alpha$', "<b>nope</b>"))
-    figs, notes = make_figures(preds, tax, m, tmp_path)
-    page = render_report(m, figs, notes, provenance={"checkpoint": "<i>ckpt</i>", "args": {"x": "<y>"}})
-    assert "<script>alert" not in page and "<b>nope" not in page and "<i>ckpt" not in page
+    m = compute_metrics(preds, tax, focus=(name, "<b>nope</b>"))
+    figs = [FigureInfo(confusion_matrix_figure(preds, tax, "species", tmp_path), "<em>odd</em>", "a & b"),
+            FigureInfo(focus_figure(m.summary["focus"][0], tmp_path), name, name)]
+    page = render_report(m, figs, ["<u>note</u>"], provenance={"checkpoint": "<i>ckpt</i>", "args": {"x": "<y>"}})
+    for raw in ("<script>alert", "<b>nope", "<i>ckpt", "<em>odd", "<u>note", "<y>"):
+        assert raw not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp;" in page
-    assert (tmp_path / "confusion_matrix_species_normalized_viridis.png").is_file()
+    assert all((tmp_path / f.file).is_file() for f in figs)
 
 
-def test_report_without_images_or_log_says_why(tmp_path):
+def test_missing_images_and_log_give_notes_not_errors(tmp_path):
     tax = real_taxonomy()
     preds = synthetic_predictions(tax, 120, seed=4)
-    page = build_report(preds, tax, tmp_path, image_paths=[None] * len(preds)).read_text()
-    assert "no image files found" in page and "no metrics.jsonl" in page
-    assert "No baseline given" in page
+    assert len(select_specimens(preds, True, exists=lambda i: False)) == 0
+    rows = select_specimens(preds, False, exists=lambda i: True)
+    assert len(rows) == len(set(preds["species_true"].iloc[rows]))  # one per species
+    assert (preds["leaf_pred"].iloc[rows] != preds["leaf_true"].iloc[rows]).all()
+    m = compute_metrics(preds, tax)
+    notes: list[str] = []
+    figs = optional_figures(preds, tax, m, tmp_path, [None] * len(preds), tmp_path / "metrics.jsonl", notes)
+    assert [f.file for f in figs] == ["accuracy_vs_training_images.png"]
+    assert any("no image files found" in n for n in notes) and any("metrics.jsonl" in n for n in notes)
+    assert "No baseline given" in render_report(m, figs, notes)
 
 
 def test_cli_errors_are_one_line(tmp_path, report):
@@ -249,7 +266,7 @@ def test_report_in_headless_chromium(report, tmp_path):
             "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)"))
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.getAttribute('src'), i.naturalWidth])")
-        assert len(images) >= 16 and all(w > 0 for _, w in images), images
+        assert len(images) >= 15 and all(w > 0 for _, w in images), images
         for sid, _ in SECTIONS:
             assert driver.find_element(By.ID, sid).is_displayed()
         assert "Amanita phalloides" in driver.find_element(By.ID, "focus").text

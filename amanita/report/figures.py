@@ -105,7 +105,7 @@ def confusion_matrix_figure(preds: pd.DataFrame, tax: Taxonomy, rank: str, out_d
     with plt.rc_context(STYLE | {"axes.grid": False}):
         fig = plt.figure(figsize=(W, H), dpi=dpi)
         ax = fig.add_axes([margin_l / W, margin_b / H, side / W, side / H])
-        cmap = plt.get_cmap("viridis").with_extremes(bad="#d0d0d0")
+        cmap = plt.get_cmap("viridis").with_extremes(bad="#8c8c8c")
         im = ax.imshow(norm, cmap=cmap, norm=scale, interpolation="nearest", aspect="auto")
         _confusion_axes(ax, tax, rank, n, few)
         present = int(np.isfinite(norm[:, 0]).sum())
@@ -123,8 +123,8 @@ def _confusion_axes(ax, tax: Taxonomy, rank: str, n: int, few: bool) -> None:
     """Class names (few classes) or guide-rank block names, and block boundary lines."""
     guide, cuts, labels = guide_blocks(tax, rank)
     for c in cuts:
-        ax.axhline(c, color="white", lw=0.5 if few else 0.35, alpha=0.55)
-        ax.axvline(c, color="white", lw=0.5 if few else 0.35, alpha=0.55)
+        ax.axhline(c, color="white", lw=0.5 if few else 0.35, alpha=0.55 if few else 0.3)
+        ax.axvline(c, color="white", lw=0.5 if few else 0.35, alpha=0.55 if few else 0.3)
     if few:
         names = [text(s) for s in class_names(tax, rank)[:n]]
         ax.set_xticks(range(n), names, rotation=90, fontsize=7)
@@ -178,9 +178,11 @@ def reliability_figure(metrics: Metrics, out_dir: Path) -> str:
             centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
             acc = np.array([np.nan if a is None else a for a in rel["accuracy"]])
             conf = np.array([np.nan if c is None else c for c in rel["confidence"]])
-            ax.bar(centres, np.nan_to_num(acc), width=width * 0.92, color=MODEL_COLOR, label="accuracy")
-            ax.bar(centres, np.nan_to_num(conf - acc), bottom=np.nan_to_num(acc), width=width * 0.92,
-                   color=BAD, alpha=0.25, label="gap to confidence")
+            ax.bar(centres, np.nan_to_num(acc), width=width * 0.92, color=MODEL_COLOR, alpha=0.85, label="accuracy")
+            gap = np.nan_to_num(conf - acc)
+            ax.bar(centres, np.abs(gap), bottom=np.nan_to_num(np.minimum(acc, conf)), width=width * 0.92,
+                   facecolor="none", edgecolor=np.where(gap > 0, BAD, "#d68910"), hatch="////", lw=0.6,
+                   label="gap to confidence")
             ax.plot([0, 1], [0, 1], ls="--", color="#555", lw=0.8)
             ece = m["ece"]
             ax.set_title(f"{KEY_LABEL[key]}   ECE {ece * 100:.1f}%" if ece is not None else KEY_LABEL[key])
@@ -188,9 +190,11 @@ def reliability_figure(metrics: Metrics, out_dir: Path) -> str:
             ax.set_ylim(0, 1)
             ax.set_xlabel("confidence")
             ax.set_ylabel("accuracy")
-        axes[0].legend(fontsize=7, loc="upper left")
         fig.suptitle("Reliability diagrams (15 bins): bars on the diagonal = calibrated", fontweight="bold")
         fig.tight_layout()
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, ["accuracy", "gap to confidence:\nred over-, orange under-confident"],
+                   loc="center", bbox_to_anchor=(0.87, 0.25), fontsize=8)
         return _save(fig, out_dir / "reliability_diagrams.png")
 
 
@@ -200,7 +204,7 @@ def rank_summary_figure(metrics: Metrics, out_dir: Path, baseline: Metrics | Non
     ranks = list(RANKS) + [LEAF]
     x = np.arange(len(ranks))
     with plt.rc_context(STYLE):
-        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [1.6, 1]})
+        fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 7.6), gridspec_kw={"height_ratios": [1.25, 1]})
         for j, (name, field) in enumerate([("top-1", "top1"), ("macro-F1 (all classes)", "macro_f1_all")]):
             vals = [_get(metrics, k, field) for k in ranks]
             ax.bar(x + (j - 0.5) * 0.38, vals, 0.36, color=MODEL_COLOR, alpha=1 - 0.4 * j, label=f"model {name}")
@@ -211,7 +215,7 @@ def rank_summary_figure(metrics: Metrics, out_dir: Path, baseline: Metrics | Non
         ax.set_xticks(x, ["phylum", "class", "order", "family", "genus", "species", "leaf"])
         ax.set_ylim(0, 1.05)
         ax.set_title("Accuracy and macro-F1 at each rank")
-        ax.legend(fontsize=7, ncol=2, loc="lower left")
+        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.09))
         _relations_panel(ax2, metrics)
         fig.tight_layout()
         return _save(fig, out_dir / "rank_summary.png")
@@ -312,20 +316,21 @@ def _thumbnail(path: str, size: int = 320):
 def specimen_grid(preds: pd.DataFrame, tax: Taxonomy, rows: np.ndarray, paths: Sequence[str | None],
                   out_path: Path, title: str, cols: int = 4) -> str:
     """Thumbnails with, at each rank, the true name (green) or ``true → predicted`` (red)."""
-    tile_w, tile_h, text_h, head, line = 3.3, 4.4, 1.3, 0.5, 0.155  # inches
+    tile_w, img_h, text_h, head, line = 3.3, 2.35, 1.3, 0.5, 0.165  # inches
+    tile_h = img_h + text_h + 0.2
     n_rows = -(-len(rows) // cols)
     W, H = cols * tile_w, head + n_rows * tile_h
     with plt.rc_context(STYLE | {"axes.grid": False}):
         fig = plt.figure(figsize=(W, H))
         for k, i in enumerate(rows):
             r, c = divmod(k, cols)
-            x0, img_h = c * tile_w + 0.08, tile_h - text_h - 0.15
+            x0 = c * tile_w + 0.08
             bottom = H - head - r * tile_h - img_h
             ax = fig.add_axes([x0 / W, bottom / H, (tile_w - 0.16) / W, img_h / H])
             ax.imshow(_thumbnail(paths[i]))
             ax.set_axis_off()
             for j, (s, color) in enumerate(_specimen_lines(preds.iloc[i], tax)):
-                fig.text(x0 / W, (bottom - 0.05 - j * line) / H, _clip(text(s), 48), fontsize=7,
+                fig.text(x0 / W, (bottom - 0.06 - j * line) / H, _clip(text(s), 52), fontsize=7.5,
                          color=color, va="top")
         fig.text(0.5, 1 - 0.12 / H, title, ha="center", va="top", fontsize=11, fontweight="bold")
         fig.savefig(out_path, bbox_inches=None)
@@ -404,7 +409,7 @@ def accuracy_vs_train_figure(table: pd.DataFrame, out_dir: Path, key: str = LEAF
     edges = np.array([0, 1, 3, 10, 30, 100, 300, 1000, 3000, np.inf])
     b = np.digitize(t["train_images"].to_numpy(), edges) - 1
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(9, 4))
+        fig, ax = plt.subplots(figsize=(6, 5))
         jitter = np.random.default_rng(0).uniform(-0.015, 0.015, len(y))
         ax.scatter(x, np.clip(y + jitter, 0, 1), s=6, alpha=0.25, color=MODEL_COLOR, lw=0, label="one class")
         counts = np.bincount(b, minlength=len(edges) - 1)
@@ -418,7 +423,7 @@ def accuracy_vs_train_figure(table: pd.DataFrame, out_dir: Path, key: str = LEAF
         ax.set_ylim(-0.03, 1.05)
         ax.set_xlabel(f"training images of the class ({KEY_LABEL[key]}; 0 drawn at 0.5)")
         ax.set_ylabel("recall on validation")
-        ax.set_title("Accuracy against the number of training images (numbers: classes per bin)")
+        ax.set_title("Recall against training images\n(numbers: classes per bin)")
         ax.legend(fontsize=8, loc="lower right")
         fig.tight_layout()
         return _save(fig, out_dir / "accuracy_vs_training_images.png")
@@ -440,8 +445,9 @@ def make_figures(preds: pd.DataFrame, tax: Taxonomy, metrics: Metrics, out_dir: 
                        "and where the leaf mistakes fall in the tree.")]
     figs += _focus_figures(metrics, out)
     figs += [FigureInfo(reliability_figure(metrics, out), "Reliability diagrams",
-                        "Accuracy in 15 confidence bins; red = over-confidence. Bars on the diagonal "
-                        "mean the confidence can be read as a probability.", "calibration"),
+                        "Accuracy in 15 confidence bins; hatched: the gap to the mean confidence of the bin "
+                        "(red: over-confident, orange: under-confident). Bars on the diagonal mean the "
+                        "confidence can be read as a probability.", "calibration"),
              FigureInfo(confidence_figure(preds, out), "Confidence of correct and wrong predictions",
                         "A useful model is confident when right and unsure when wrong.", "calibration")]
     for rank in RANKS:
@@ -449,7 +455,7 @@ def make_figures(preds: pd.DataFrame, tax: Taxonomy, metrics: Metrics, out_dir: 
                                "Rows are true classes normalised to 1, classes in taxonomic order so that "
                                "related taxa sit together; grey rows have no validation images.", "confusion"))
     notes: list[str] = []
-    figs += _optional_figures(preds, tax, metrics, out, image_paths, training_log, notes)
+    figs += optional_figures(preds, tax, metrics, out, image_paths, training_log, notes)
     return figs, notes
 
 
@@ -463,7 +469,7 @@ def _focus_figures(metrics: Metrics, out: Path) -> list[FigureInfo]:
     return figs
 
 
-def _optional_figures(preds, tax, metrics, out, image_paths, training_log, notes) -> list[FigureInfo]:
+def optional_figures(preds, tax, metrics, out, image_paths, training_log, notes) -> list[FigureInfo]:
     """Training curves, accuracy vs training images and specimen grids, where their inputs exist."""
     figs = []
     if training_log is not None and Path(training_log).is_file():
@@ -472,11 +478,11 @@ def _optional_figures(preds, tax, metrics, out, image_paths, training_log, notes
             figs.append(FigureInfo(name, "Training curves", f"From {Path(training_log).name} beside the "
                                    "checkpoint.", "training"))
     else:
-        notes.append("Training curves: no metrics.jsonl beside the checkpoint.")
+        notes.append("Training curves: no metrics.jsonl (looked beside the checkpoint, or give --training-log).")
     name = accuracy_vs_train_figure(metrics.per_class[LEAF], out)
     if name:
         figs.append(FigureInfo(name, "Accuracy against training images", "Each dot is a leaf class; "
-                               "the red line is the mean recall of the classes in each bin.", "training"))
+                               "the red line is the mean recall of the classes in each bin.", "overview"))
     else:
         notes.append("Accuracy against training images: the taxonomy has no training counts.")
     figs += _specimen_figures(preds, tax, out, image_paths, notes)
@@ -487,6 +493,7 @@ def _specimen_figures(preds, tax, out, image_paths, notes) -> list[FigureInfo]:
     if image_paths is None:
         notes.append("Specimen grids: no image folder given (--val-path / --image-root).")
         return []
+
     def exists(i: int) -> bool:
         return image_paths[i] is not None and os.path.isfile(image_paths[i])
     figs = []
@@ -494,7 +501,8 @@ def _specimen_figures(preds, tax, out, image_paths, notes) -> list[FigureInfo]:
                               (False, "specimens_poorly_recognised.png", "Poorly recognised: confident mistakes")]:
         rows = select_specimens(preds, good, exists)
         if len(rows) == 0:
-            notes.append(f"{title}: no image files found (first looked for: {image_paths[0] if len(image_paths) else '-'}).")
+            first = image_paths[0] if len(image_paths) else "-"
+            notes.append(f"{title}: no image files found (first looked for: {first}).")
             continue
         figs.append(FigureInfo(specimen_grid(preds, tax, rows, image_paths, out / file, title), title,
                                "One specimen per species; green = right, red = true → predicted.", "specimens"))

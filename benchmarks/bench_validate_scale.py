@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Time and memory of validate.py's report stages at FungiTastic scale, without a model.
+
+Builds synthetic predictions for 89,659 validation images over a random taxonomy of
+FungiTastic's size (7 phyla, 28 classes, 95 orders, 308 families, 918 genera, 2,786 species,
+2,829 leaves) and a baseline, then runs what ``validate.py --from-predictions`` runs: metrics
+for both, predictions.csv, metrics.json + per-class CSVs, every figure (the specimen grids over
+a few shared thumbnails, training curves from a 30-epoch log) and the HTML page.
+Target (issue 4): metrics + figures + report under 60 s wall and 6 GB peak on 2 cores.
+
+Prints one JSON object. Example:
+  python benchmarks/bench_validate_scale.py --output-dir /tmp/bench_validate
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from amanita.metrics import compute_metrics  # noqa: E402
+from amanita.predictions import (FUNGITASTIC_SIZES, FUNGITASTIC_VAL_SIZE, synthetic_predictions,  # noqa: E402
+                                 synthetic_taxonomy, write_predictions)
+from amanita.report import base_provenance, make_figures, write_html, write_metrics  # noqa: E402
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--samples", type=int, default=FUNGITASTIC_VAL_SIZE, help="validation images")
+    p.add_argument("--output-dir", default=None, help="where the report goes (default: a temporary folder)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic taxonomy and predictions")
+    return p.parse_args()
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def inputs(out: Path, n: int, seed: int):
+    """Taxonomy, predictions, baseline, 32 shared thumbnails and a training log."""
+    tax = synthetic_taxonomy(seed=seed)
+    preds, baseline = synthetic_predictions(tax, n, seed=seed), synthetic_predictions(tax, n, seed=seed + 1)
+    rng = np.random.default_rng(seed)
+    thumbs = out / "thumbs"
+    thumbs.mkdir(parents=True, exist_ok=True)
+    for k in range(32):
+        Image.fromarray(rng.integers(0, 255, (225, 300, 3), dtype=np.uint8)).save(thumbs / f"{k}.jpg")
+    paths = [str(thumbs / f"{i % 32}.jpg") for i in range(n)]
+    log = out / "metrics.jsonl"
+    log.write_text("".join(json.dumps({"epoch": e, "lr": 1e-4, "train/loss": 3 / (e + 1),
+                                       **{f"val/{k}/acc1": 0.5 + e / 100 for k in ("leaf", "genus")}}) + "\n"
+                           for e in range(30)))
+    return tax, preds, baseline, paths, log
+
+
+def main():
+    args = parse_args()
+    out = Path(args.output_dir or tempfile.mkdtemp(prefix="bench_validate_"))
+    out.mkdir(parents=True, exist_ok=True)
+    rss_import = peak_rss_gb()
+    t = time.perf_counter()
+    tax, preds, baseline, paths, log = inputs(out, args.samples, args.seed)
+    stages = {"synthetic_inputs": time.perf_counter() - t}
+    rss_inputs = peak_rss_gb()
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        result = fn()
+        stages[name] = time.perf_counter() - t0
+        return result
+
+    metrics = timed("metrics", lambda: compute_metrics(preds, tax))
+    base = timed("metrics_baseline", lambda: compute_metrics(baseline, tax))
+    timed("predictions_csv", lambda: write_predictions(preds, out / "predictions.csv"))
+    prov = base_provenance(tax, vars(args))
+    timed("metrics_json", lambda: write_metrics(out, metrics, base, prov))
+    figs, notes = timed("figures", lambda: make_figures(preds, tax, metrics, out, base, paths, log))
+    page = timed("html", lambda: write_html(out, metrics, figs, notes, base, "baseline", prov))
+    measured = [k for k in stages if k != "synthetic_inputs"]
+    print(json.dumps({
+        "samples": len(preds), "classes": FUNGITASTIC_SIZES, "figures": len(figs),
+        "stages_s": {k: round(v, 2) for k, v in stages.items()},
+        "total_s": round(sum(stages[k] for k in measured), 2),
+        "peak_rss_gb": round(peak_rss_gb(), 3), "rss_after_imports_gb": round(rss_import, 3),
+        "rss_after_inputs_gb": round(rss_inputs, 3),
+        "report": str(page), "report_kb": round(page.stat().st_size / 1024),
+        "png_mb": round(sum(f.stat().st_size for f in out.glob("*.png")) / 2**20, 1),
+        "machine": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
+                    "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "python": platform.python_version()},
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
