@@ -75,7 +75,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return ckpt
 
 
-def check_compatible(ckpt: dict, taxonomy: Taxonomy, kind: str, path: str | os.PathLike) -> None:
+def check_compatible(ckpt: dict, taxonomy: Taxonomy, kind: str, path: str | os.PathLike,
+                     head_mode: str = "residual") -> None:
     """Refuse a checkpoint made with another taxonomy or another head layout."""
     if ckpt.get("taxonomy_sha256") not in (None, taxonomy.sha256()):
         raise UserError(f"{path} was trained with another taxonomy (sha256 {ckpt['taxonomy_sha256'][:12]}…, "
@@ -83,6 +84,8 @@ def check_compatible(ckpt: dict, taxonomy: Taxonomy, kind: str, path: str | os.P
     if ckpt.get("kind") != kind:
         raise UserError(f"{path} holds a {ckpt.get('kind')} model, this run trains a {kind} model")
     if kind == "multitask":
+        if ckpt.get("head_mode", "residual") != head_mode:
+            raise UserError(f"{path} has {ckpt.get('head_mode')} coarse heads, this run asks for {head_mode}")
         want = taxonomy.head_sizes()
         have = ckpt.get("head_sizes")
         if have != want:
@@ -94,9 +97,13 @@ def build_from_checkpoint(ckpt: dict, device="cpu") -> tuple[nn.Module, Taxonomy
     from amanita.model import create_multitask_model, create_single_head_model
     tax = Taxonomy.from_dict(ckpt["taxonomy"])
     arch = ckpt["architecture"]
-    make = create_multitask_model if ckpt.get("kind") == "multitask" else create_single_head_model
+    kw = dict(model_args=dict(ckpt.get("model_kwargs") or {}), pretrained=False)
+    if ckpt.get("kind") == "multitask":
+        make, kw["head_mode"] = create_multitask_model, ckpt.get("head_mode", "residual")
+    else:
+        make = create_single_head_model
     try:
-        model = make(arch, tax, model_args=dict(ckpt.get("model_kwargs") or {}), pretrained=False)
+        model = make(arch, tax, **kw)
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, ValueError) as e:
         raise UserError(f"checkpoint weights do not fit {arch}: {str(e).splitlines()[0]}") from None

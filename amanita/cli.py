@@ -75,6 +75,9 @@ def add_loss_args(p: argparse.ArgumentParser, multitask: bool) -> None:
         g.add_argument("--rank-weights", type=float, nargs=6, default=[0.1, 0.1, 0.1, 0.2, 0.3, 1.0],
                        metavar=tuple(r.upper() for r in RANKS),
                        help="loss weight of each head (phylum class order family genus species)")
+        g.add_argument("--head-mode", choices=("residual", "independent"), default="residual",
+                       help="residual: a coarse rank = the species probabilities summed up the tree + its own "
+                            "head (exactly the stock model's at step 0); independent: six separate heads")
         g.add_argument("--consistency-weight", type=float, default=0.0,
                        help="weight of KL(species summed up to a rank ‖ that rank's head)")
     g.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing")

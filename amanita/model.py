@@ -111,19 +111,36 @@ def resolve_data_config(model: nn.Module, name: str | None = None) -> dict:
 
 
 # ---------------------------------------------------------------------- the model
+HEAD_MODES = ("residual", "independent")
+
+
 class MultiTaskBEiT(nn.Module):
     """A timm backbone (``num_classes=0``) and one ``nn.Linear`` per rank.
 
     ``forward`` returns ``{rank: logits}`` for the five coarse ranks and ``"species"``, whose
     head has one output per leaf (``category_id``) exactly like the stock head.
+
+    With ``rollups`` (``{rank: (n_leaves, n_classes)}``, the *residual* head mode) a coarse
+    rank's logits are the log of the species probabilities summed up to that rank plus its own
+    linear head: with that head at zero the coarse ranks equal the stock model's summed
+    probabilities exactly, and training learns only what the coarse labels add. In the
+    *independent* mode each coarse head stands alone.
     """
 
-    def __init__(self, backbone: nn.Module, head_sizes: dict[str, int], drop_rate: float = 0.0):
+    def __init__(self, backbone: nn.Module, head_sizes: dict[str, int], drop_rate: float = 0.0,
+                 rollups: dict[str, torch.Tensor] | None = None):
         super().__init__()
         self.backbone = backbone
         dim = backbone.num_features
         self.head_drop = nn.Dropout(drop_rate)
         self.heads = nn.ModuleDict({r: nn.Linear(dim, n) for r, n in head_sizes.items()})
+        self.residual_ranks = tuple(r for r in (rollups or {}) if r in head_sizes and r != "species")
+        for r in self.residual_ranks:  # derived from the taxonomy, so not saved in state_dict
+            self.register_buffer(f"rollup_{r}", rollups[r].float(), persistent=False)
+
+    @property
+    def head_mode(self) -> str:
+        return "residual" if self.residual_ranks else "independent"
 
     @property
     def num_features(self) -> int:
@@ -131,7 +148,13 @@ class MultiTaskBEiT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.head_drop(self.backbone(x))  # (batch, dim), pooled and normed by timm
-        return {r: head(feats) for r, head in self.heads.items()}
+        out = {r: head(feats) for r, head in self.heads.items()}
+        if self.residual_ranks:
+            leaf_p = out["species"].float().softmax(1)  # (batch, n_leaves), fp32 under autocast
+            for r in self.residual_ranks:
+                prior = (leaf_p @ getattr(self, f"rollup_{r}")).clamp_min(1e-12).log()
+                out[r] = out[r].float() + prior
+        return out
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -160,8 +183,9 @@ def _prefix_matcher(spec):
 
 def create_multitask_model(name: str, taxonomy: Taxonomy, model_args: dict | None = None,
                            pretrained: bool | None = None, pretrained_file: str | None = None,
-                           drop_path_rate: float = 0.0, drop_rate: float = 0.0) -> MultiTaskBEiT:
-    """Backbone by name through timm + heads sized by the taxonomy.
+                           drop_path_rate: float = 0.0, drop_rate: float = 0.0,
+                           head_mode: str = "residual") -> MultiTaskBEiT:
+    """Backbone by name through timm + heads sized by the taxonomy (see :class:`MultiTaskBEiT`).
 
     When the named model comes with trained weights and a classifier covering every
     ``category_id`` (the stock FungiTastic model), the heads start from that classifier
@@ -174,7 +198,10 @@ def create_multitask_model(name: str, taxonomy: Taxonomy, model_args: dict | Non
     stock = (loaded and isinstance(head, nn.Linear) and head.out_features > max(taxonomy.category_ids))
     w, b = (head.weight.detach().clone(), head.bias.detach().clone()) if stock else (None, None)
     base.reset_classifier(0)
-    model = MultiTaskBEiT(base, taxonomy.head_sizes(), drop_rate)
+    if head_mode not in HEAD_MODES:
+        raise ValueError(f"unknown head mode {head_mode!r}; choose from {HEAD_MODES}")
+    rollups = ({r: taxonomy.rollup_matrix(r) for r in COARSE_RANKS} if head_mode == "residual" else None)
+    model = MultiTaskBEiT(base, taxonomy.head_sizes(), drop_rate, rollups)
     if stock:
         init_heads_from_classifier(model, w, b, taxonomy)
     return model
@@ -210,9 +237,11 @@ def init_heads_from_classifier(model: MultiTaskBEiT, weight: torch.Tensor, bias:
     """Heads from a stock classifier (one row per ``category_id``).
 
     The species head takes the row of each leaf's ``category_id``, so species logits equal the
-    stock logits at step 0; each coarse head starts from its descendants' rows: mean weight,
-    mean bias plus log(number of descendants), a linear stand-in for the log-sum-exp of
-    their logits (which it equals when the descendants' logits are equal).
+    stock logits at step 0. In the residual mode the coarse heads start at zero, so each coarse
+    rank starts as the stock species probabilities summed up the tree, exactly. In the
+    independent mode each coarse head starts from its descendants' rows: mean weight, mean
+    bias plus log(number of descendants), a linear stand-in for the log-sum-exp of their
+    logits (which it equals when the descendants' logits are equal).
     """
     ids = torch.tensor(taxonomy.category_ids)
     if ids.max() >= weight.shape[0]:
@@ -222,6 +251,10 @@ def init_heads_from_classifier(model: MultiTaskBEiT, weight: torch.Tensor, bias:
     model.heads["species"].weight.copy_(w_leaf)
     model.heads["species"].bias.copy_(b_leaf)
     for rank in COARSE_RANKS:
+        if rank in model.residual_ranks:
+            model.heads[rank].weight.zero_()
+            model.heads[rank].bias.zero_()
+            continue
         m = taxonomy.rollup_matrix(rank, dtype=weight.dtype)  # (n_leaves, n_classes)
         n = m.sum(0)
         has = n > 0

@@ -67,8 +67,10 @@ def build_model(args, tax: Taxonomy, multitask: bool) -> tuple[nn.Module, dict, 
               drop_path_rate=args.drop_path, drop_rate=args.drop)
     if args.init_from:
         return _model_from_checkpoint(args.init_from, tax, multitask, args)
-    make = create_multitask_model if multitask else create_single_head_model
-    model = make(args.model, tax, **kw)
+    if multitask:
+        model = create_multitask_model(args.model, tax, **kw, head_mode=args.head_mode)
+    else:
+        model = create_single_head_model(args.model, tax, **kw)
     arch, arch_kwargs = resolve_architecture(args.model, model_args)
     base = model.backbone if multitask else model
     return model, resolve_data_config(base, args.model), arch, arch_kwargs
@@ -80,11 +82,15 @@ def _model_from_checkpoint(path, tax: Taxonomy, multitask: bool, args) -> tuple[
     arch, arch_kwargs = src["architecture"], dict(src.get("model_kwargs", {}))
     stock, _, data_config = ck.build_from_checkpoint(src)
     kw = dict(model_args=arch_kwargs, pretrained=False, drop_path_rate=args.drop_path, drop_rate=args.drop)
-    if not multitask or src.get("kind") == "multitask":
-        model = (create_multitask_model if multitask else create_single_head_model)(arch, tax, **kw)
+    if not multitask:
+        model = create_single_head_model(arch, tax, **kw)
+        model.load_state_dict(stock.state_dict())
+    elif src.get("kind") == "multitask":
+        ck.check_compatible(src, tax, "multitask", path, args.head_mode)
+        model = create_multitask_model(arch, tax, **kw, head_mode=args.head_mode)
         model.load_state_dict(stock.state_dict())
     else:
-        model = create_multitask_model(arch, tax, **kw)
+        model = create_multitask_model(arch, tax, **kw, head_mode=args.head_mode)
         init_from_stock(model, stock, tax)
     return model, data_config, arch, arch_kwargs
 
@@ -191,6 +197,7 @@ class Checkpointer:
             "rng": ck.capture_rng(), "args": _plain(vars(self.args)), "kind": self.kind,
             "architecture": self.arch, "model_kwargs": self.arch_kwargs,
             "head_sizes": self.tax.head_sizes() if self.kind == "multitask" else None,
+            "head_mode": getattr(self.args, "head_mode", None),
             "taxonomy": self.tax.to_dict(), "taxonomy_sha256": self.tax.sha256(),
             "data_config": dict(self.data_config), "history": self.state.history,
             "best_metric": best_metric, "bad_epochs": bad_epochs,
@@ -214,7 +221,7 @@ class Checkpointer:
     def restore(self, path: Path) -> tuple[float | None, int]:
         """Load every state from ``path``; returns (best metric so far, epochs without improvement)."""
         c = ck.load_checkpoint(path)
-        ck.check_compatible(c, self.tax, self.kind, path)
+        ck.check_compatible(c, self.tax, self.kind, path, getattr(self.args, "head_mode", "residual"))
         ck.unwrap(self.model).load_state_dict(c["model"])
         if self.ema is not None and c.get("model_ema") is not None:
             ck.unwrap(self.ema.module).load_state_dict(c["model_ema"])

@@ -39,8 +39,9 @@ def hub_config(num_classes):
 
 
 def test_stock_start_from_hub_cache_offline(tmp_path):
-    """A small BEiT written into the hub cache under the stock id loads with HF_HUB_OFFLINE=1,
-    and the multi-task species logits equal the stock logits at step 0."""
+    """A small BEiT written into the hub cache under the stock id loads with HF_HUB_OFFLINE=1;
+    at step 0 the species logits equal the stock logits and (residual heads) every coarse rank
+    equals the stock probabilities summed up the tree; independent heads start from descendants."""
     torch.manual_seed(0)
     stock = timm.create_model("beit_base_patch16_224", pretrained=False, num_classes=8, **SMALL)
     write_hub_cache_model(tmp_path / "hub", stock, hub_config(8))
@@ -54,23 +55,26 @@ from amanita.taxonomy import build_taxonomy
 tax = build_taxonomy([pd.read_csv({str(tmp_path / 'train.csv')!r})])
 stock = create_timm_model(STOCK_MODEL).eval()
 mt = create_multitask_model(STOCK_MODEL, tax).eval()
+ind = create_multitask_model(STOCK_MODEL, tax, head_mode="independent").eval()
 x = torch.randn(3, 3, 32, 32)
 with torch.no_grad():
     s, out = stock(x), mt(x)
 ids = torch.tensor(tax.category_ids)
+summed = {{r: torch.softmax(s[:, ids], 1) @ tax.rollup_matrix(r) for r in ("phylum", "order", "genus")}}
 amanita = tax.rollup_matrix("genus")[:, tax.index("genus")["Amanita"]].bool()
-w = mt.heads["species"].weight[amanita].mean(0)
+w = ind.heads["species"].weight[amanita].mean(0)
 print(json.dumps(dict(
     equal=torch.allclose(out["species"], s[:, ids], atol=1e-5),
-    genus_from_descendants=torch.allclose(mt.heads["genus"].weight[tax.index("genus")["Amanita"]], w),
-    genus_bias=(mt.heads["genus"].bias[tax.index("genus")["Amanita"]] - mt.heads["species"].bias[amanita].mean()).item(),
+    coarse_equal_summed=all(torch.allclose(torch.softmax(out[r], 1), p, atol=1e-5) for r, p in summed.items()),
+    genus_from_descendants=torch.allclose(ind.heads["genus"].weight[tax.index("genus")["Amanita"]], w),
+    genus_bias=(ind.heads["genus"].bias[tax.index("genus")["Amanita"]] - ind.heads["species"].bias[amanita].mean()).item(),
     data_config=resolve_data_config(mt.backbone, STOCK_MODEL), arch=resolve_architecture(STOCK_MODEL))))
 """
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"), PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["equal"] and out["genus_from_descendants"]
+    assert out["equal"] and out["coarse_equal_summed"] and out["genus_from_descendants"]
     assert out["genus_bias"] == pytest.approx(math.log(2), abs=1e-5)  # two Amanita leaves
     # the FungiTastic transform, not timm's ImageNet mean/std and 0.875 crop
     assert out["data_config"] == {"input_size": [3, 32, 32], "interpolation": "bilinear", "mean": [0.5] * 3,
