@@ -27,7 +27,21 @@ demo-data: install
 		--method sqrt_inverse --output $(DEMO)/class_weights.pt
 	$(PYTHON) create_minimal_subset.py $(SPLITS) --output-dir $(DEMO)/minimal_subsets
 
+# The demo's "stock" model: a small BEiT trained from scratch on the CPU (no hub download).
+DEMO_MODEL := --model beit_base_patch16_224 --model-args '{"depth": 4, "embed_dim": 192, "num_heads": 3, "img_size": 96}' \
+	--crop-pct 1 --crop-mode squash --interpolation bilinear
+# Colour is a trait of the drawn fungi, so no RandAugment (its colour ops would erase it).
+DEMO_RUN := $(SPLITS) --mappings $(DEMO)/taxonomic_mappings.json --batch-size 64 --workers 2 \
+	--auto-augment none --drop-path 0 --resume none
+
 demo: demo-data
+	$(PYTHON) train_minimal.py $(DEMO_RUN) $(DEMO_MODEL) --opt adamw --lr 1e-3 --weight-decay 0.05 \
+		--accum-steps 1 --epochs 10 --warmup-epochs 1 --save-dir checkpoints/demo_minimal
+	$(PYTHON) train_multitask.py $(DEMO_RUN) --init-from checkpoints/demo_minimal/best_model.pth \
+		--lr 3e-4 --layer-decay 0.75 --head-lr-scale 3 --epochs 3 --warmup-epochs 0.5 \
+		--save-dir checkpoints/demo_multitask
+	$(PYTHON) validate.py --checkpoint checkpoints/demo_multitask/best_model.pth --val-path $(VAL_CSV) \
+		--baseline-checkpoint checkpoints/demo_minimal/best_model.pth --workers 2 --output-dir validation_results
 
 test: install
 	$(PYTHON) -m pytest

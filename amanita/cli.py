@@ -44,6 +44,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pretrained-file", default=None, help="local weights for --model (timm pretrained_cfg_overlay file=)")
     g.add_argument("--init-from", default=None,
                    help="start from an amanita checkpoint (a train_minimal.py model plays the stock model)")
+    g.add_argument("--crop-pct", type=float, default=None, help="override the data config's eval crop fraction")
+    g.add_argument("--crop-mode", choices=("center", "squash", "border"), default=None,
+                   help="override the data config's eval crop mode (squash = resize to the input size, no crop)")
+    g.add_argument("--interpolation", default=None, help="override the data config's resize interpolation")
+    g.add_argument("--mean", type=float, nargs=3, default=None, metavar=("R", "G", "B"), help="override the normalisation mean")
+    g.add_argument("--std", type=float, nargs=3, default=None, metavar=("R", "G", "B"), help="override the normalisation std")
     g.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate")
     g.add_argument("--drop", type=float, default=0.0, help="dropout before the heads")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")

@@ -66,14 +66,24 @@ def build_model(args, tax: Taxonomy, multitask: bool) -> tuple[nn.Module, dict, 
     kw = dict(model_args=model_args, pretrained=pretrained, pretrained_file=args.pretrained_file,
               drop_path_rate=args.drop_path, drop_rate=args.drop)
     if args.init_from:
-        return _model_from_checkpoint(args.init_from, tax, multitask, args)
+        model, cfg, arch, arch_kwargs = _model_from_checkpoint(args.init_from, tax, multitask, args)
+        return model, override_data_config(cfg, args), arch, arch_kwargs
     if multitask:
         model = create_multitask_model(args.model, tax, **kw, head_mode=args.head_mode)
     else:
         model = create_single_head_model(args.model, tax, **kw)
     arch, arch_kwargs = resolve_architecture(args.model, model_args)
     base = model.backbone if multitask else model
-    return model, resolve_data_config(base, args.model), arch, arch_kwargs
+    return model, override_data_config(resolve_data_config(base, args.model), args), arch, arch_kwargs
+
+
+def override_data_config(cfg: dict, args) -> dict:
+    """Apply ``--crop-pct``/``--crop-mode``/``--interpolation``/``--mean``/``--std`` when given."""
+    for key in ("crop_pct", "crop_mode", "interpolation", "mean", "std"):
+        value = getattr(args, key, None)
+        if value is not None:
+            cfg[key] = tuple(value) if isinstance(value, list) else value
+    return cfg
 
 
 def _model_from_checkpoint(path, tax: Taxonomy, multitask: bool, args) -> tuple[nn.Module, dict, str, dict]:
