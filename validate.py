@@ -11,6 +11,7 @@ turns such a file into the same report without the model.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -222,8 +223,39 @@ def main() -> int:
     report = build_report(preds, tax, out, baseline_preds=baseline, baseline_name=baseline_name,
                           focus=args.focus_species, provenance=provenance,
                           image_paths=specimen_paths(args, preds), training_log=training_log(args))
+    print_summary(out / "metrics.json", baseline_name)
     print(f"report: {report.resolve()}")
     return 0
+
+
+def print_summary(metrics_path: Path, baseline_name: str | None) -> None:
+    """The report's headline numbers on the terminal: per rank, then the safety lines."""
+    m = json.loads(metrics_path.read_text())
+    model, base = m["model"], m.get("baseline")
+    head = f"{'rank':<8} {'top-1':>7} {'top-5':>7} {'F1':>7} {'ECE':>6}"
+    print(head + (f" {'baseline':>9} {'Δ top-1':>8}" if base else ""))
+    for key in ("phylum", "class", "order", "family", "genus", "species", "leaf"):
+        k = model["keys"].get(key) or {}
+        if k.get("top1") is None:
+            continue
+        line = (f"{key:<8} {100 * k['top1']:6.2f}% {100 * k['top5']:6.2f}% {100 * k['macro_f1_present']:6.2f}% "
+                f"{k['ece']:6.3f}")
+        b = (base or {}).get("keys", {}).get(key) or {}
+        if b.get("top1") is not None:
+            line += f" {100 * b['top1']:8.2f}% {100 * (k['top1'] - b['top1']):+7.2f}"
+        print(line)
+    h, p = model["hierarchy"], model["poison"]
+    print(f"all six ranks right {100 * h['hierarchical_accuracy']:.2f}% · real lineages "
+          f"{100 * h['consistency_rate']:.2f}% · mean mistake severity {h['mistake_severity']:.2f}")
+    print(f"poisonous predicted as edible (PSC) {p['psc']} · edible predicted as poisonous (ESC) {p['esc']} · "
+          f"cost (100·PSC + ESC)/N = {p['cost']:.3f}")
+    for f in model.get("focus", []):
+        if f.get("found"):
+            acc = f["accuracy"]
+            print(f"{f['name']}: {f['support']} images, species {100 * acc['species']:.1f}%, "
+                  f"genus {100 * acc['genus']:.1f}%")
+    if base:
+        print(f"(baseline: {baseline_name})")
 
 
 if __name__ == "__main__":
