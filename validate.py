@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="multi-task checkpoint to validate (its taxonomy and data config are stored inside)")
     src.add_argument("--from-predictions", default=None, metavar="PATH",
                      help="make the report from a saved predictions.csv instead of running a model")
-    g.add_argument("--decode", choices=("independent", "consistent"), default="independent",
+    g.add_argument("--decode", choices=("independent", "consistent"), default="consistent",
                    help="independent: argmax per head; consistent: best root-to-leaf path over all heads")
     b = p.add_argument_group("Baseline parameters").add_mutually_exclusive_group()
     b.add_argument("--baseline-checkpoint", default=None, help="a second checkpoint to compare against")

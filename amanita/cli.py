@@ -111,6 +111,9 @@ def add_run_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     g.add_argument("--early-stopping-patience", type=int, default=0, help="stop after N epochs without improvement (0: off)")
     g.add_argument("--early-stopping-metric", default="species/f1",
                    help="validation metric for best_model.pth and early stopping: <leaf|rank>/<acc1|f1>")
+    g.add_argument("--decode", choices=("consistent", "independent"), default="consistent",
+                   help="validation decoding: consistent = best real root-to-leaf path over all heads; "
+                        "independent = argmax per head")
     g.add_argument("--log-interval", type=int, default=20, help="batches between progress-bar updates")
 
 

@@ -366,7 +366,7 @@ def _epoch(args, dist, train_model, model, train_ds, sampler, evals, criterion, 
     train = reduce_mean(train, dist.device)
     finite_or_raise(train, state.epoch)
     eval_model = ema.module if ema is not None else model
-    val = summarize(predict(eval_model, evals["val"], tax, dist.device, amp=dtype, show=dist.is_main), tax)
+    val = summarize(predict(eval_model, evals["val"], tax, dist.device, args.decode, dtype, dist.is_main), tax)
     record = {"epoch": state.epoch, "step": state.step, "lr": optimizer.param_groups[-1]["lr"] / optimizer.param_groups[-1].get("lr_scale", 1.0),
               "epoch_time_s": time.perf_counter() - t0, "images_per_s": train.pop("images_per_s") * dist.world_size}
     record |= {f"train/{k.removeprefix('loss/')}/loss" if k.startswith("loss/") else "train/loss": v
@@ -400,7 +400,7 @@ def test_best(args, dist, loader, tax, dtype) -> None:
     if not path.is_file():
         return
     best_model, _, _, info = ck.load_for_eval(path, dist.device)
-    test = summarize(predict(best_model, loader, tax, dist.device, amp=dtype, show=dist.is_main), tax)
+    test = summarize(predict(best_model, loader, tax, dist.device, args.decode, dtype, dist.is_main), tax)
     log(dist, f"test split, best checkpoint (epoch {info['epoch'] - 1}):\n{rank_table({}, test)}")
     if dist.is_main:
         atomic_write_text(Path(args.save_dir) / "test_metrics.json",
