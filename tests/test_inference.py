@@ -1,0 +1,181 @@
+"""test.py: inference on images with a multi-task and a single-head checkpoint trained here."""
+import importlib.util
+import json
+import shutil
+import sys
+
+import pytest
+import torch
+
+from amanita.checkpoint import load_for_eval
+from amanita.data import create_transforms, load_rgb
+from amanita.taxonomy import RANKS, Taxonomy
+from tests.conftest import ROOT, run_script
+from tests.helpers import LINEAGES, SMALL_MODEL, make_image_dataset
+
+# test.py shares its name with the standard library's ``test`` package: load it by path
+_spec = importlib.util.spec_from_file_location("amanita_test_script", ROOT / "test.py")
+script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(script)
+
+POISONOUS = {name for name, *_, poisonous in LINEAGES.values() if poisonous}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Tiny single-head and multi-task checkpoints (one epoch each) and a few validation images."""
+    root = tmp_path_factory.mktemp("infer")
+    data = make_image_dataset(root, n_train=36, n_val=12)
+    common = ["--train-path", data["train"], "--val-path", data["val"], "--mappings", root / "m.json",
+              *SMALL_MODEL, "--batch-size", 12, "--workers", 0, "--auto-augment", "none", "--epochs", 1]
+    run_script("train_minimal.py", *common, "--save-dir", root / "single", "--accum-steps", 1, "--lr", 0.05)
+    run_script("train_multitask.py", *common, "--save-dir", root / "multi", "--lr", 1e-3)
+    images = sorted((root / "FungiTastic" / "val" / "300p").iterdir())
+    return {"root": root, "single": root / "single" / "best_model.pth", "multi": root / "multi" / "best_model.pth",
+            "mappings": root / "m.json", "images": images}
+
+
+def run(monkeypatch, capsys, *args):
+    """Run test.py's main in this process; returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["test.py", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        script.main()
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def records(out):
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_human_output_lists_lineage_topk_and_backoff(trained, monkeypatch, capsys):
+    images = trained["images"][:2]
+    code, out, err = run(monkeypatch, capsys, "--checkpoint", trained["multi"], "--top-k", 3, "--workers", 0, *images)
+    assert code == 0, err
+    _, js, _ = run(monkeypatch, capsys, "--checkpoint", trained["multi"], "--top-k", 3, "--workers", 0, "--json", *images)
+    blocks = out.strip().split("\n\n")
+    assert len(blocks) == 2 and "multi-task model" in err
+    for block, rec in zip(blocks, records(js)):
+        lines = block.splitlines()
+        assert lines[0] == rec["path"]
+        for line, step in zip(lines[1:7], rec["lineage"]):
+            assert line.split()[0] == step["rank"] and step["name"] in line and f"{step['confidence']:.3f}" in line
+        assert "top-3 species:" in block
+        for t in rec["topk"]:
+            assert t["species"] in block and t["scientificName"] in block
+
+
+def test_json_lines_topk_sorted_and_consistent_lineage(trained, monkeypatch, capsys):
+    images = trained["images"]
+    code, out, err = run(monkeypatch, capsys, "--checkpoint", trained["multi"], "--json", "--decode", "consistent",
+                         "--top-k", 4, "--batch-size", 5, "--workers", 0, *images)
+    assert code == 0, err
+    recs = records(out)
+    tax = Taxonomy.load(trained["mappings"])
+    assert [r["path"] for r in recs] == [str(p) for p in images]
+    for rec in recs:
+        probs = [t["probability"] for t in rec["topk"]]
+        assert len(probs) == 4 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-5
+        # a real lineage: every rank is the ancestor of the predicted species
+        species = rec["lineage"][-1]["name"]
+        leaf = next(i for i in range(tax.n_leaves) if tax.lineage(i)["species"] == species)
+        assert [s["name"] for s in rec["lineage"]] == [tax.lineage(leaf)[r] for r in RANKS]
+        assert [s["rank"] for s in rec["lineage"]] == list(RANKS)
+        for t in rec["topk"]:
+            assert t["poisonous"] == (t["species"] in POISONOUS)
+            assert t["scientificName"] == LINEAGES[t["category_id"]][0]
+        assert rec["poisonous_in_topk"] == any(t["poisonous"] for t in rec["topk"])
+
+
+def test_backoff_is_the_finest_rank_reaching_the_threshold(trained, monkeypatch, capsys):
+    image = trained["images"][0]
+    _, out, _ = run(monkeypatch, capsys, "--checkpoint", trained["multi"], "--json", "--workers", 0, image)
+    lineage = records(out)[0]["lineage"]
+    threshold = sorted(s["confidence"] for s in lineage)[3]
+    _, out, _ = run(monkeypatch, capsys, "--checkpoint", trained["multi"], "--json", "--workers", 0,
+                    "--backoff", threshold, image)
+    expected = [s for s in lineage if s["confidence"] >= threshold][-1]
+    assert records(out)[0]["backoff"] == expected
+    _, out, _ = run(monkeypatch, capsys, "--checkpoint", trained["multi"], "--workers", 0, "--backoff", 0, image)
+    assert f"confident down to species: {lineage[-1]['name']}" in out
+    _, out, _ = run(monkeypatch, capsys, "--checkpoint", trained["multi"], "--workers", 0, "--backoff", 1, image)
+    assert "not confident at any rank" in out
+
+
+def test_single_head_coarse_ranks_are_summed_species_probabilities(trained, monkeypatch, capsys):
+    images = trained["images"][:6]
+    code, out, err = run(monkeypatch, capsys, "--checkpoint", trained["single"], "--json", "--decode", "independent",
+                         "--top-k", 6, "--workers", 0, *images)
+    assert code == 0, err
+    model, tax, data_config, info = load_for_eval(trained["single"])
+    assert info["kind"] == "single"
+    transform = create_transforms(data_config, train=False)
+    with torch.no_grad():
+        logits = model(torch.stack([transform(load_rgb(str(p))) for p in images]))
+    leaf_p = logits[:, tax.category_ids].softmax(1)  # (6 images, 6 leaves)
+    for rec, p in zip(records(out), leaf_p):
+        for step in rec["lineage"]:
+            summed = p @ tax.rollup_matrix(step["rank"])  # (n_classes,)
+            assert step["confidence"] == pytest.approx(summed[tax.index(step["rank"])[step["name"]]].item(), abs=1e-5)
+            assert step["confidence"] == pytest.approx(summed.max().item(), abs=1e-5)
+        by_id = {t["category_id"]: t["probability"] for t in rec["topk"]}
+        assert by_id == pytest.approx({c: p[i].item() for i, c in enumerate(tax.category_ids)}, abs=1e-5)
+        assert sum(by_id.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_poisonous_warning_follows_the_taxonomy_flags(trained, monkeypatch, capsys, tmp_path):
+    image = trained["images"][0]
+    code, out, _ = run(monkeypatch, capsys, "--checkpoint", trained["multi"], "--top-k", 6, "--workers", 0, image)
+    warning = [line for line in out.splitlines() if "⚠ POISONOUS" in line]
+    assert code == 0 and len(warning) == 1
+    assert "Amanita phalloides" in warning[0] and "Amanita muscaria" in warning[0] and "do not eat" in warning[0]
+    # the same tree with every flag cleared (the sha256 ignores flags): no warning at all
+    tax = Taxonomy.load(trained["mappings"])
+    tax.poisonous = [False] * tax.n_leaves
+    tax.save(tmp_path / "harmless.json")
+    code, out, _ = run(monkeypatch, capsys, "--checkpoint", trained["multi"], "--top-k", 6, "--workers", 0,
+                       "--mappings", tmp_path / "harmless.json", image)
+    assert code == 0 and "POISONOUS" not in out and "☠" not in out
+
+
+def test_mappings_of_another_tree_are_refused(trained, monkeypatch, capsys, tmp_path):
+    tax = Taxonomy.load(trained["mappings"])
+    tax.classes["genus"][0] = "Verpa"
+    tax.save(tmp_path / "other.json")
+    code, out, err = run(monkeypatch, capsys, "--checkpoint", trained["multi"], "--mappings", tmp_path / "other.json",
+                         trained["images"][0])
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and "not the taxonomy" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_files_are_reported_and_the_rest_still_predicted(trained, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    good = trained["images"][:3]
+    proc = run_script("test.py", "--checkpoint", trained["single"], "--json", "--batch-size", 2,
+                      good[0], bad, good[1], tmp_path / "missing.png", good[2], check=False)
+    assert proc.returncode == 1
+    assert [r["path"] for r in records(proc.stdout)] == [str(p) for p in good]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {tmp_path / 'missing.png'}: no such file or folder",
+                      f"error: {bad}: not an image (unrecognised file format)"]
+
+
+def test_directories_expand_recursively_by_extension(trained, monkeypatch, capsys, tmp_path):
+    src = trained["images"]
+    (tmp_path / "b" / "deep").mkdir(parents=True)
+    expected = [tmp_path / "a.PNG", tmp_path / "b" / "deep" / "c.jpeg", tmp_path / "b" / "z.jpg"]
+    for s, d in zip(src, expected):
+        shutil.copy(s, d)  # JPEG bytes under any image extension: Pillow reads the content
+    (tmp_path / "b" / "readme.txt").write_text("skipped: not an image extension")
+    code, out, err = run(monkeypatch, capsys, "--checkpoint", trained["multi"], "--json", tmp_path)
+    assert code == 0, err
+    assert [r["path"] for r in records(out)] == [str(p) for p in expected]
+
+
+def test_help_lists_every_flag_with_its_default():
+    proc = run_script("test.py", "--help")
+    for flag in ("--checkpoint", "--mappings", "--top-k", "--decode", "--backoff", "--json", "--batch-size",
+                 "--device"):
+        assert flag in proc.stdout
+    assert "Output parameters" in proc.stdout and "(default: 5)" in proc.stdout and "Examples:" in proc.stdout

@@ -1,0 +1,114 @@
+"""fungitastic_multitask.isc: a valid ISC launch file whose command trains, survives a kill and resumes."""
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from tests.helpers import SMALL_MODEL, make_image_dataset
+
+ISC_FILE = ROOT / "fungitastic_multitask.isc"
+ISC_VARIABLES = ("$NNODES", "$N_PROC", "$MASTER_ADDR", "$MASTER_PORT", "$NODE_RANK")
+EPOCHS, UPDATES_PER_EPOCH = 4, 4  # 32 images / (2 processes x batch 4)
+
+
+@pytest.fixture(scope="module")
+def isc():
+    with open(ISC_FILE, "rb") as f:
+        return tomllib.load(f)
+
+
+def test_launch_file_has_the_isc_fields(isc):
+    assert isinstance(isc["isc_project_id"], str) and isc["isc_project_id"]
+    assert isinstance(isc["experiment_name"], str) and isc["experiment_name"]
+    assert isinstance(isc["gpus"], int) and 1 <= isc["gpus"] <= 72  # the ISC's documented range
+    assert isc["compute_mode"] == "cycle"
+    text = ISC_FILE.read_text()
+    assert '"interruptible"' in text and '"burst"' in text  # the other modes are explained beside it
+    ids = isc["dataset_id_list"]
+    assert isinstance(ids, list) and len(ids) == 1 and all(isinstance(i, str) for i in ids)
+    command = isc["command"]
+    assert isinstance(command, str) and "\n" not in command  # one shell line, however the ISC runs it
+    torchrun = command.split(" && ")[-1]
+    assert torchrun.startswith("torchrun ") and "train_multitask.py" in torchrun
+    for var in ISC_VARIABLES:
+        assert var in torchrun
+    assert f'DATA="/data/{ids[0]}"' in command
+    for csv in ("FungiTastic-Train.csv", "FungiTastic-ClosedSet-Val.csv", "FungiTastic-ClosedSet-Test.csv"):
+        assert f'"$DATA/metadata/FungiTastic/{csv}"' in torchrun
+    assert "--save-every-steps" in torchrun
+
+
+def local_command(isc, data_root, *extra):
+    """The launch command made runnable here: no environment set-up, this interpreter, the tiny data.
+
+    The set-up steps (``source`` the venv, ``cd`` to the clone) are the ``&&``-joined prefix;
+    flags appended at the end override the file's (argparse keeps the last value).
+    """
+    steps = isc["command"].split(" && ")
+    kept = [s for s in steps if s.split()[0] not in ("source", "cd")]
+    assert len(steps) - len(kept) == 2, steps
+    local = " && ".join(kept).replace(f"/data/{isc['dataset_id_list'][0]}", str(data_root))
+    local = local.replace("torchrun ", f"{shlex.quote(sys.executable)} -m torch.distributed.run ", 1)
+    return local + " " + " ".join(shlex.quote(str(a)) for a in extra)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_fungitastic(root):
+    """make_image_dataset plus a ClosedSet-Test split (a copy of val), in the FungiTastic layout."""
+    paths = make_image_dataset(root, n_train=32, n_val=9)
+    shutil.copy(paths["val"], paths["val"].parent / "FungiTastic-ClosedSet-Test.csv")
+    shutil.copytree(root / "FungiTastic" / "val", root / "FungiTastic" / "test")
+
+
+def kill_mid_run(cmd, env, last, min_step):
+    """Start ``cmd`` in its own process group; SIGKILL the group once ``last`` records ``min_step``."""
+    proc = subprocess.Popen(["bash", "-c", cmd], env=env, cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists() and torch.load(last, weights_only=True)["step"] >= min_step:
+            break
+        time.sleep(0.05)
+    alive = proc.poll() is None
+    os.killpg(proc.pid, signal.SIGKILL)  # bash, torchrun and both workers, as a preempted node
+    stderr = proc.communicate()[1]
+    assert alive, f"the run ended before it could be killed:\n{stderr[-3000:]}"
+
+
+def test_command_trains_is_killed_and_resumes_from_the_checkpoint_artifact(isc, tmp_path):
+    tiny_fungitastic(tmp_path / "data")
+    ckpt, lossy = tmp_path / "checkpoints", tmp_path / "lossy"
+    cmd = local_command(isc, tmp_path / "data", *SMALL_MODEL, "--mappings", tmp_path / "m.json", "--workers", 0,
+                        "--batch-size", 4, "--epochs", EPOCHS, "--save-every-steps", 1, "--auto-augment", "none")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", NNODES="1", N_PROC="2",
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), NODE_RANK="0",
+               CHECKPOINT_ARTIFACT_PATH=str(ckpt), LOSSY_ARTIFACT_PATH=str(lossy))
+    kill_mid_run(cmd, env, ckpt / "last.pth", min_step=UPDATES_PER_EPOCH + 1)
+    killed = torch.load(ckpt / "last.pth", weights_only=True)
+    assert UPDATES_PER_EPOCH < killed["step"] < EPOCHS * UPDATES_PER_EPOCH
+    assert killed["sampler"]["world_size"] == 2
+    # the cycle starts again: the very same command, nothing pointing at the checkpoint
+    env["MASTER_PORT"] = str(free_port())
+    proc = subprocess.run(["bash", "-c", cmd], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resumed from {ckpt / 'last.pth'}" in proc.stdout
+    done = torch.load(ckpt / "last.pth", weights_only=True)
+    assert done["epoch"] == EPOCHS and done["step"] == EPOCHS * UPDATES_PER_EPOCH
+    history = [json.loads(line) for line in (lossy / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == list(range(EPOCHS))
+    assert (ckpt / "best_model.pth").is_file() and (ckpt / "test_metrics.json").is_file()
