@@ -1,4 +1,5 @@
 """fungitastic_multitask.isc: a valid ISC launch file whose command trains, survives a kill and resumes."""
+import contextlib
 import json
 import os
 import shlex
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,17 +77,43 @@ def tiny_fungitastic(root):
     shutil.copytree(root / "FungiTastic" / "val", root / "FungiTastic" / "test")
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, read from /proc."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        parent[int(stat.parent.name)] = int(fields[1])
+    out, todo = [], [pid]
+    while todo:
+        pid = todo.pop()
+        kids = [c for c, p in parent.items() if p == pid]
+        out += kids
+        todo += kids
+    return out
+
+
 def kill_mid_run(cmd, env, last, min_step):
-    """Start ``cmd`` in its own process group; SIGKILL the group once ``last`` records ``min_step``."""
+    """Start ``cmd``; SIGKILL it and every process under it once ``last`` records ``min_step``.
+
+    The process group is not enough: torchrun starts each worker in a session of its own, so the
+    workers would outlive their agent. A preempted ISC node loses all of them at once.
+    """
     proc = subprocess.Popen(["bash", "-c", cmd], env=env, cwd=ROOT, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if last.exists() and torch.load(last, weights_only=True)["step"] >= min_step:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     alive = proc.poll() is None
-    os.killpg(proc.pid, signal.SIGKILL)  # bash, torchrun and both workers, as a preempted node
+    tree = descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     stderr = proc.communicate()[1]
     assert alive, f"the run ended before it could be killed:\n{stderr[-3000:]}"
 
@@ -106,7 +134,9 @@ def test_command_trains_is_killed_and_resumes_from_the_checkpoint_artifact(isc, 
     env["MASTER_PORT"] = str(free_port())
     proc = subprocess.run(["bash", "-c", cmd], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"resumed from {ckpt / 'last.pth'}" in proc.stdout
+    # same epoch, same sample: the update count comes out exactly as without the kill
+    assert (f"resumed from {ckpt / 'last.pth'}: epoch {killed['epoch']}, batch {killed['sampler']['batch_in_epoch']}, "
+            f"update {killed['step']}") in proc.stdout
     done = torch.load(ckpt / "last.pth", weights_only=True)
     assert done["epoch"] == EPOCHS and done["step"] == EPOCHS * UPDATES_PER_EPOCH
     history = [json.loads(line) for line in (lossy / "metrics.jsonl").read_text().splitlines()]

@@ -84,8 +84,11 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(data, tmp_path):
     assert [h["val/species/acc1"] for h in a["history"]] == [h["val/species/acc1"] for h in b["history"]]
 
 
-def test_resume_refuses_another_taxonomy(data, tmp_path):
+def test_resume_refuses_another_taxonomy_or_head_layout(data, tmp_path):
     run_script("train_multitask.py", *common(data, tmp_path / "a", "--epochs", 1))
+    heads = run_script("train_multitask.py", *common(data, tmp_path / "a", "--epochs", 2, "--head-mode", "independent"),
+                       check=False)
+    assert heads.returncode == 2 and "has residual coarse heads, this run asks for independent" in heads.stderr
     other = tmp_path / "other.csv"
     rows([0, 1, 2, 5]).to_csv(other, index=False)
     run_script("create_taxonomic_mappings.py", "--train-path", other, "--output", tmp_path / "other.json")
