@@ -27,8 +27,20 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from amanita.checkpoint import load_for_eval
 from amanita.cli import HelpFormatter
+from amanita.data import create_transforms, load_rgb
+from amanita.engine import amp_dtype, as_outputs, autocast
 from amanita.io import UserError, cli_main
+from amanita.model import decode as decode_predictions
+from amanita.model import rank_log_probs
+from amanita.taxonomy import LEAF, RANKS, Taxonomy
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -81,7 +93,7 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
     return paths, errors
 
 
-class ImageFiles:
+class ImageFiles(Dataset):
     """A map-style dataset: ``(tensor, error)``; an unreadable file gives zeros and its reason."""
 
     def __init__(self, paths: list[Path], transform, shape: tuple[int, int, int]):
@@ -91,10 +103,6 @@ class ImageFiles:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        import torch
-        from PIL import Image
-
-        from amanita.data import load_rgb
         try:
             return self.transform(load_rgb(str(self.paths[i]))), ""
         except Image.UnidentifiedImageError:
@@ -106,11 +114,9 @@ class ImageFiles:
 # ---------------------------------------------------------------------- model
 def load_model(args: argparse.Namespace):
     """``(model, taxonomy, data_config, info, device)``; --mappings must hold the checkpoint's tree."""
-    import torch
-
-    from amanita.checkpoint import load_for_eval
-    from amanita.taxonomy import Taxonomy
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: CUDA is not available here (use --device cpu)")
     model, tax, data_config, info = load_for_eval(args.checkpoint, device, use_ema=not args.no_ema)
     if args.mappings is not None:
         given = Taxonomy.load(args.mappings)
@@ -128,12 +134,6 @@ def predict_batch(model, images, tax, device, decode: str, amp: str, top_k: int)
 
     Returns numpy arrays: ``pred[rank]`` and ``conf[rank]`` (B,), ``top_leaf`` and ``top_p`` (B, k).
     """
-    import torch
-
-    from amanita.engine import amp_dtype, as_outputs, autocast
-    from amanita.model import decode as decode_predictions
-    from amanita.model import rank_log_probs
-    from amanita.taxonomy import LEAF, RANKS
     with torch.no_grad(), autocast(device, amp_dtype(amp, device)):
         outputs = as_outputs(model(images.to(device)))
     # a single-head model has one output per category_id 0..max: keep the leaves' columns
@@ -148,17 +148,15 @@ def predict_batch(model, images, tax, device, decode: str, amp: str, top_k: int)
             "top_leaf": top.indices.cpu().numpy(), "top_p": top.values.exp().cpu().numpy()}
 
 
-def poisonous_leaves(tax):
+def poisonous_leaves(tax: Taxonomy) -> np.ndarray:
     """Per leaf: poisonous itself, or any synonym of its accepted species is (n_leaves,) bool."""
-    from amanita.taxonomy import RANKS
     species = tax.ancestors[:, RANKS.index("species")]
     by_species = tax.class_poisonous("species")[species.clip(min=0)] & (species >= 0)
     return tax.class_poisonous("leaf") | by_species
 
 
-def describe(path: Path, batch: dict, i: int, tax, poisonous, backoff: float) -> dict:
+def describe(path: Path, batch: dict, i: int, tax: Taxonomy, poisonous: np.ndarray, backoff: float) -> dict:
     """The JSON record of image ``i`` of a batch (see --json)."""
-    from amanita.taxonomy import RANKS
     lineage = [{"rank": r, "name": tax.classes[r][int(batch["pred"][r][i])],
                 "confidence": float(batch["conf"][r][i])} for r in RANKS]
     species_col = tax.ancestors[:, RANKS.index("species")]
@@ -176,10 +174,6 @@ def describe(path: Path, batch: dict, i: int, tax, poisonous, backoff: float) ->
 
 def run_inference(args, loaded, paths: list[Path], on_result, on_error) -> None:
     """Predict ``paths`` in batches; ``on_result(record)`` per image, ``on_error(path, reason, bar)`` per bad file."""
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
-    from amanita.data import create_transforms
     model, tax, data_config, _, device = loaded
     poisonous = poisonous_leaves(tax)
     dataset = ImageFiles(paths, create_transforms(data_config, train=False), tuple(data_config["input_size"]))

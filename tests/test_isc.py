@@ -142,3 +142,33 @@ def test_command_trains_is_killed_and_resumes_from_the_checkpoint_artifact(isc, 
     history = [json.loads(line) for line in (lossy / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == list(range(EPOCHS))
     assert (ckpt / "best_model.pth").is_file() and (ckpt / "test_metrics.json").is_file()
+
+
+def readme_dry_run_block() -> str:
+    """The bash block of README_ISC.md's section 7 (the local dry run)."""
+    text = (ROOT / "README_ISC.md").read_text()
+    section = text[text.index("## 7. Local dry run"):]
+    return section.split("```bash\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_dry_run_block_trains_on_a_demo_set(tmp_path):
+    """The README block as pasted, on a small generated demo set, with shorter training appended."""
+    demo = tmp_path / "data" / "demo"
+    subprocess.run([sys.executable, str(ROOT / "create_synthetic_dataset.py"), "--output-dir", str(demo),
+                    "--n-observations", "300", "--image-size", "48", "--workers", "1"],
+                   check=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    block = readme_dry_run_block()
+    assert block.startswith("source .venv/bin/activate\n") and "MASTER_PORT=29500" in block
+    # the venv is this interpreter's (on PATH below); paths and the port made local to the test
+    block = block.removeprefix("source .venv/bin/activate\n").replace("MASTER_PORT=29500", f"MASTER_PORT={free_port()}")
+    block = block.replace('"data/demo"', shlex.quote(str(demo))).replace("$PWD/isc_dry_run", str(tmp_path / "run"))
+    block = block.rstrip() + " --epochs 1 --model-args '{\"depth\": 1, \"embed_dim\": 32, \"num_heads\": 2, " \
+                             "\"img_size\": 32, \"patch_size\": 8}' --workers 0 --save-every-steps 2 --image-size-folder 48p"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(["bash", "-c", block], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.pth", weights_only=True)["epoch"] == 1
+    assert len((tmp_path / "run" / "lossy" / "metrics.jsonl").read_text().splitlines()) == 1
+    assert (demo / "taxonomic_mappings.json").is_file()  # built from the CSVs where the README points
