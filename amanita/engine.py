@@ -203,23 +203,15 @@ def _batch_columns(logp: dict, preds: dict, labels: torch.Tensor, idx) -> dict[s
 def summarize(preds: pd.DataFrame, taxonomy: Taxonomy) -> dict[str, float]:
     """Top-1 and macro-F1 (over classes present in the split) per key, for training logs.
 
-    The full metric suite lives in ``amanita.metrics``; this is the quick per-epoch view,
-    vectorised with ``np.bincount``.
+    The same numbers as the report (``amanita.metrics.key_metrics``), named ``<key>/acc1``
+    and ``<key>/f1``; keys without a known label are left out.
     """
+    from amanita.metrics import key_metrics
     out = {}
     for k in KEYS:
-        t, p = preds[f"{k}_true"].to_numpy(), preds[f"{k}_pred"].to_numpy()
-        m = t >= 0
-        t, p = t[m], p[m]
-        if len(t) == 0:
-            continue
-        n = taxonomy.num_classes(k)
-        tp = np.bincount(t[t == p], minlength=n)
-        support, predicted = np.bincount(t, minlength=n), np.bincount(p[p >= 0], minlength=n)
-        denom = support + predicted
-        f1 = np.divide(2 * tp, denom, out=np.zeros(n), where=denom > 0)
-        out[f"{k}/acc1"] = float((t == p).mean())
-        out[f"{k}/f1"] = float(f1[support > 0].mean())
+        m = key_metrics(preds, k, taxonomy.num_classes(k))
+        if m["n"]:
+            out[f"{k}/acc1"], out[f"{k}/f1"] = m["top1"], m["macro_f1_present"]
     return out
 
 
