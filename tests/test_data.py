@@ -7,7 +7,7 @@ from PIL import Image
 from amanita.data import (BAD_IMAGE, BadImageCounter, FungiTasticDataset, create_transforms,
                           default_image_root, load_rgb, scan_images, stratified_subset)
 from amanita.io import UserError
-from amanita.losses import class_weights_from_counts, compute_class_weights
+from amanita.losses import class_weights_from_counts
 from amanita.taxonomy import build_taxonomy
 from tests.conftest import run_script
 from tests.helpers import TRAIN_IDS, rows

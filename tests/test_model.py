@@ -5,13 +5,12 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import timm
 import torch
 
 from amanita.losses import MultiTaskLoss
-from amanita.model import (STOCK_MODEL, MultiTaskBEiT, create_timm_model, decode, rank_log_probs,
+from amanita.model import (MultiTaskBEiT, create_timm_model, decode, rank_log_probs,
                            resolve_data_config, write_hub_cache_model)
 from amanita.taxonomy import LEAF, RANKS, build_taxonomy
 from amanita.training import group_table, make_optimizer

@@ -7,7 +7,7 @@ import torch
 
 from amanita.taxonomy import RANKS, Taxonomy, TaxonomyError, build_taxonomy, encode_labels
 from tests.conftest import run_script
-from tests.helpers import EXPECTED_ANCESTORS, EXPECTED_CLASSES, LINEAGES, TRAIN_IDS, rows
+from tests.helpers import EXPECTED_ANCESTORS, EXPECTED_CLASSES, TRAIN_IDS, rows
 
 
 @pytest.fixture
