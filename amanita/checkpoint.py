@@ -13,9 +13,6 @@ import torch.nn as nn
 from amanita.io import UserError, atomic_torch_save
 from amanita.taxonomy import Taxonomy
 
-KINDS = ("multitask", "single")
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module under DDP and ``torch.compile`` wrappers (no ``module.``/``_orig_mod.``)."""
     while True:

@@ -12,6 +12,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Defaults in every flag's help and the script's docstring kept as written."""
 
 
+def optional_float(text: str) -> float | None:
+    """A float, or ``none``/``0`` for "off" (``--layer-decay none``)."""
+    if text.lower() in ("none", "off", "0"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
 def add_dataset_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     g = p.add_argument_group("Dataset parameters")
     g.add_argument("--train-path", required=True, help="FungiTastic train CSV")
@@ -62,7 +72,7 @@ def add_optimizer_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     g.add_argument("--lr", type=float, default=5e-5 if multitask else 0.01, help="peak learning rate")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--weight-decay", type=float, default=0.05 if multitask else 1e-4, help="weight decay")
-    g.add_argument("--layer-decay", type=float, default=0.75 if multitask else None,
+    g.add_argument("--layer-decay", type=optional_float, default=0.75 if multitask else None,
                    help="layer-wise lr decay (timm param_groups_layer_decay); none to disable")
     g.add_argument("--head-lr-scale", type=float, default=10.0 if multitask else 1.0,
                    help="lr multiplier of the heads over the last backbone layer")

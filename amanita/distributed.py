@@ -67,12 +67,8 @@ def all_gather_objects(obj) -> list:
     return out
 
 
-def broadcast_object(obj, src: int = 0):
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

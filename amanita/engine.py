@@ -14,7 +14,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from amanita.data import BAD_IMAGE, BadImageCounter
-from amanita.distributed import all_gather_objects, all_reduce_sum
+from amanita.distributed import all_gather_objects, all_reduce_sum, world_size
 from amanita.model import decode as decode_predictions
 from amanita.model import rank_log_probs
 from amanita.taxonomy import LEAF, RANKS, Taxonomy
@@ -56,7 +56,6 @@ class StepConfig:
     amp: torch.dtype | None = None
     log_interval: int = 20
     save_every_steps: int = 0
-    max_bad_fraction: float = 0.001
 
 
 def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer, scheduler, device,
@@ -150,6 +149,7 @@ def predict(model: nn.Module, loader, taxonomy: Taxonomy, device, decode: str = 
     model.eval()
     dtype = amp_dtype(amp, device) if isinstance(amp, str) else amp
     ancestors = taxonomy.ancestor_matrix().to(device)
+    rollups = {r: m.to(device) for r, m in taxonomy.rollup_matrices().items()}  # built once, not per batch
     chunks = []
     for images, labels, idx in tqdm(loader, disable=not show, desc="predict", dynamic_ncols=True, leave=False):
         images = images.to(device, non_blocking=True)
@@ -157,7 +157,7 @@ def predict(model: nn.Module, loader, taxonomy: Taxonomy, device, decode: str = 
             outputs = as_outputs(model(images))
         if leaf_index is None and outputs["species"].shape[1] != taxonomy.n_leaves:
             leaf_index = torch.tensor(taxonomy.category_ids, device=device)
-        logp = rank_log_probs(outputs, taxonomy, leaf_index)
+        logp = rank_log_probs(outputs, taxonomy, leaf_index, rollups)
         preds = decode_predictions(logp, ancestors, decode)
         chunks.append(_batch_columns(logp, preds, labels.to(device), idx))
     local = {k: np.concatenate([c[k] for c in chunks]) if chunks else np.zeros(0) for k in _column_names()}
@@ -215,16 +215,11 @@ def summarize(preds: pd.DataFrame, taxonomy: Taxonomy) -> dict[str, float]:
     return out
 
 
-def evaluate(model, loader, taxonomy, device, amp=None, show=True, decode="independent") -> dict[str, float]:
-    """Validation metrics per key (``leaf/acc1``, ``species/f1``, ...) on all ranks' samples."""
-    return summarize(predict(model, loader, taxonomy, device, decode, amp, show), taxonomy)
-
-
 def reduce_mean(values: dict[str, float], device) -> dict[str, float]:
     """Average per-rank numbers (train losses) over DDP ranks; one collective."""
     keys = sorted(values)
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    t = all_reduce_sum(t) / max(torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1, 1)
+    t = all_reduce_sum(t) / world_size()
     return {k: float(v) for k, v in zip(keys, t.tolist())}
 
 

@@ -265,13 +265,15 @@ def init_heads_from_classifier(model: MultiTaskBEiT, weight: torch.Tensor, bias:
 
 # ---------------------------------------------------------------------- probabilities and decoding
 def rank_log_probs(outputs: dict[str, torch.Tensor], taxonomy: Taxonomy,
-                   leaf_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                   leaf_index: torch.Tensor | None = None,
+                   rollups: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Log-probabilities at the leaf and all six ranks from a model's outputs.
 
     ``outputs`` holds ``"species"`` logits over leaves (or over all stock outputs, then
     ``leaf_index`` picks the leaves' columns) and optionally coarse-rank logits; ranks without
     a head (a single-head model) and the species rank are the log of summed leaf probabilities.
-    Returns ``{"leaf": (B, n_leaves), rank: (B, n_classes)}`` in float32.
+    Returns ``{"leaf": (B, n_leaves), rank: (B, n_classes)}`` in float32. Pass ``rollups``
+    (``taxonomy.rollup_matrices()`` on the device) when calling per batch, to build them once.
     """
     leaf_logits = outputs["species"].float()
     if leaf_index is not None:
@@ -282,7 +284,7 @@ def rank_log_probs(outputs: dict[str, torch.Tensor], taxonomy: Taxonomy,
         if rank in outputs and rank != "species":
             out[rank] = F.log_softmax(outputs[rank].float(), dim=1)
         else:
-            m = taxonomy.rollup_matrix(rank).to(leaf_p.device)
+            m = rollups[rank] if rollups is not None else taxonomy.rollup_matrix(rank).to(leaf_p.device)
             out[rank] = torch.log((leaf_p @ m).clamp_min(1e-30))
     return out
 

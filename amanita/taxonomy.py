@@ -72,9 +72,6 @@ class Taxonomy:
         """``category_id`` → leaf index."""
         return {c: i for i, c in enumerate(self.category_ids)}
 
-    def leaf_names(self) -> list[str]:
-        return list(self.scientific_names)
-
     def lineage(self, leaf: int) -> dict[str, str | None]:
         """Names of a leaf's ancestors at every rank (None where unknown)."""
         return {r: (self.classes[r][a] if a >= 0 else None) for r, a in zip(RANKS, self.ancestors[leaf])}
@@ -112,17 +109,6 @@ class Taxonomy:
     def rollup_matrices(self, dtype=torch.float32) -> dict[str, torch.Tensor]:
         """:meth:`rollup_matrix` for each of the six ranks."""
         return {r: self.rollup_matrix(r, dtype) for r in RANKS}
-
-    def parent_index(self, rank: str) -> np.ndarray:
-        """For each class of ``rank``, the index of its parent at the rank above (-1 unknown)."""
-        i = RANKS.index(rank)
-        if i == 0:
-            return np.full(len(self.classes[rank]), -1, dtype=np.int64)
-        out = np.full(len(self.classes[rank]), -1, dtype=np.int64)
-        col, par = self.ancestors[:, i], self.ancestors[:, i - 1]
-        known = col >= 0
-        out[col[known]] = par[known]
-        return out
 
     def class_ancestors(self, rank: str) -> np.ndarray:
         """``(n_classes(rank), 6)``: the ancestors of each class of ``rank`` (-1 below it)."""

@@ -189,8 +189,10 @@ class Checkpointer:
 
     def __init__(self, args, dist, kind, tax, model, optimizer, scheduler, scaler, ema, state,
                  data_config, arch, arch_kwargs, sampler_batch_size):
-        self.__dict__.update(locals())
-        del self.__dict__["self"]
+        self.args, self.dist, self.kind, self.tax, self.state = args, dist, kind, tax, state
+        self.model, self.optimizer, self.scheduler, self.scaler, self.ema = model, optimizer, scheduler, scaler, ema
+        self.data_config, self.arch, self.arch_kwargs = data_config, arch, arch_kwargs
+        self.sampler_batch_size = sampler_batch_size
         self.dir = Path(args.save_dir)
 
     def state_dict(self, best_metric, bad_epochs) -> dict:
@@ -335,8 +337,7 @@ def _run(args, multitask: bool, dist: DistInfo) -> int:
     if dist.is_main:
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(args.save_dir) / "args.json", json.dumps(_plain(vars(args)), indent=1))
-    cfg = StepConfig(accum, args.clip_grad or None, dtype, args.log_interval, args.save_every_steps,
-                     args.max_bad_image_fraction)
+    cfg = StepConfig(accum, args.clip_grad or None, dtype, args.log_interval, args.save_every_steps)
     bad = BadImageCounter(len(sampler), args.max_bad_image_fraction, f"train images on rank {dist.rank}")
     saver.model = train_model
     while state.epoch < args.epochs:

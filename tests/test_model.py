@@ -157,3 +157,12 @@ def test_consistency_term_is_zero_when_heads_agree_with_the_species_head(tax):
     assert crit(out, torch.full((4, 7), -1))["loss/consistency"].item() == pytest.approx(0.0, abs=1e-5)
     out["genus"] = torch.zeros(4, 4)
     assert crit(out, torch.full((4, 7), -1))["loss/consistency"].item() > 0.01
+
+
+def test_layer_decay_flag_takes_none():
+    from amanita.cli import build_train_parser
+    base = ["--train-path", "t.csv", "--val-path", "v.csv"]
+    p = build_train_parser("", multitask=True)
+    assert p.parse_args(base).layer_decay == 0.75
+    assert p.parse_args(base + ["--layer-decay", "none"]).layer_decay is None
+    assert p.parse_args(base + ["--layer-decay", "0.65"]).layer_decay == 0.65
