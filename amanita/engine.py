@@ -78,12 +78,12 @@ def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer, s
     for images, labels, _ in bar:
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        boundary = (state.batch_in_epoch + 1) % cfg.accum_steps == 0
+        group, boundary = accumulation_group(state.batch_in_epoch, total, cfg.accum_steps)
         sync = contextlib.nullcontext() if boundary or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast(device, cfg.amp):
                 losses = criterion(as_outputs(model(images)), labels)
-            loss = losses["loss"] / cfg.accum_steps
+            loss = losses["loss"] / group
             (scaler.scale(loss) if scaler is not None else loss).backward()
         for k, v in losses.items():
             sums[k] = sums.get(k, 0) + v.detach()
@@ -107,11 +107,6 @@ def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer, s
                 bar.set_postfix(loss=f"{(sums['loss'] / n_batches).item():.3f}",
                                 lr=f"{optimizer.param_groups[-1]['lr']:.2e}",
                                 img_s=f"{n_images / (time.perf_counter() - t0):.0f}")
-    if state.batch_in_epoch % cfg.accum_steps:  # the epoch's last, partial accumulation
-        _update(model, optimizer, scaler, cfg.clip_grad)
-        state.step += 1
-        if ema is not None:
-            ema.update(model, step=state.step)
     if bad is not None:
         bad.update(int(bad_count.item()) - bad.count)
     bar.close()
@@ -119,6 +114,24 @@ def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer, s
     out = {k: (v / max(n_batches, 1)).item() for k, v in sums.items()}
     out["images_per_s"] = n_images / max(elapsed, 1e-9)
     return out
+
+
+def accumulation_group(batch: int, total: int, accum: int) -> tuple[int, bool]:
+    """(size of the accumulation group holding ``batch``, does ``batch`` end it?).
+
+    Groups are ``accum`` batches long except the epoch's last, which holds the remainder: it
+    ends on the epoch's last batch, so under DDP that batch all-reduces (stepping inside
+    ``no_sync()`` would leave every rank with its own gradients), and its loss is divided by
+    the group's real size so a partial update has the same scale as a full one.
+    """
+    start = batch - batch % accum
+    size = min(accum, total - start)
+    return size, batch + 1 == start + size
+
+
+def updates_per_epoch(n_batches: int, accum: int) -> int:
+    """Optimizer updates in an epoch of ``n_batches`` batches, the last partial group included."""
+    return max(-(-n_batches // accum), 1)
 
 
 def _update(model, optimizer, scaler, clip_grad):

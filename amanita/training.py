@@ -18,7 +18,7 @@ from amanita.data import BadImageCounter, FungiTasticDataset, create_transforms,
 from amanita.distributed import (DistInfo, ResumableDistributedSampler, ShardSampler, barrier,
                                  cleanup, init_distributed)
 from amanita.engine import StepConfig, TrainState, amp_dtype, finite_or_raise, predict, reduce_mean, \
-    summarize, train_one_epoch
+    summarize, train_one_epoch, updates_per_epoch
 from amanita.io import UserError, atomic_write_text
 from amanita.losses import MultiTaskLoss, compute_class_weights
 from amanita.model import (create_multitask_model, create_single_head_model, describe, init_from_stock,
@@ -307,11 +307,11 @@ def _run(args, multitask: bool, dist: DistInfo) -> int:
     criterion = make_criterion(args, tax, multitask, device)
     optimizer = make_optimizer(model, args, device, multitask)
     accum = max(args.accum_steps, 1)
-    updates_per_epoch = -(-len(sampler) // args.batch_size // accum) or 1
+    n_updates = updates_per_epoch(-(-len(sampler) // args.batch_size), accum)
     from timm.scheduler import create_scheduler_v2
     scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=args.epochs, min_lr=args.min_lr,
                                        warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs,
-                                       step_on_epochs=False, updates_per_epoch=updates_per_epoch)
+                                       step_on_epochs=False, updates_per_epoch=n_updates)
     dtype = amp_dtype(args.amp, device)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     ema = None
@@ -327,7 +327,7 @@ def _run(args, multitask: bool, dist: DistInfo) -> int:
         best, bad_epochs = saver.restore(resume)
         log(dist, f"resumed from {resume}: epoch {state.epoch}, batch {state.batch_in_epoch}, update {state.step}")
     scheduler.step_update(num_updates=state.step)
-    announce(args, dist, model, optimizer, tax, data_config, len(train_ds), updates_per_epoch)
+    announce(args, dist, model, optimizer, tax, data_config, len(train_ds), n_updates)
     train_model = model
     if args.compile:
         train_model = torch.compile(model)

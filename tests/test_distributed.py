@@ -63,3 +63,12 @@ def test_an_error_on_one_rank_stops_every_rank(tmp_path):
                     "--log-interval", 1, timeout=240)
     assert proc.returncode != 0
     assert "could not be read" in proc.stderr and str(bad) in proc.stderr
+
+
+def test_accumulation_remainder_keeps_ranks_identical(tmp_path):
+    """2 ranks, accumulation 3, 8 batches (groups of 3, 3, 2): the last group must all-reduce."""
+    out = tmp_path / "accum.json"
+    proc = torchrun(ROOT / "tests" / "ddp_accum_worker.py", out, 3, 8, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result == {"equal": True, "steps": 3, "batches": 8}
