@@ -72,6 +72,38 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return ckpt
 
 
+PLAIN_TYPES = (str, int, float, bool, type(None), torch.Tensor)
+
+
+def _check_plain(value, where: str) -> None:
+    """Raise a UserError unless ``value`` is plain (dicts, lists, numbers, strings, tensors)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, (str, int)):
+                raise UserError(f"{where}: key {k!r} is not a str or int")
+            _check_plain(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+    elif not isinstance(value, PLAIN_TYPES):
+        raise UserError(f"{where} is a {type(value).__name__}, not a plain type a weights_only load accepts")
+
+
+def update_checkpoint(path: str | os.PathLike, **fields) -> None:
+    """Add or replace top-level entries of a checkpoint file, atomically.
+
+    What validation measures for later inference (an unknown-species threshold, per-rank
+    temperatures) is stored this way beside the weights, so test.py finds it with the model.
+    Values must be plain types (checked first, nothing is written otherwise); a kill while
+    writing leaves the previous file whole.
+    """
+    for key, value in fields.items():
+        _check_plain(value, key)
+    ckpt = load_checkpoint(path)
+    ckpt.update(fields)
+    save_checkpoint(ckpt, path)
+
+
 def check_compatible(ckpt: dict, taxonomy: Taxonomy, kind: str, path: str | os.PathLike,
                      head_mode: str = "residual") -> None:
     """Refuse a checkpoint made with another taxonomy or another head layout."""
