@@ -147,32 +147,61 @@ def _update(model, optimizer, scaler, clip_grad):
     optimizer.zero_grad(set_to_none=True)
 
 
+TTA_MODES = ("none", "flip")
+
+
+def forward_tta(model: nn.Module, images: torch.Tensor, tta: str = "none") -> dict[str, torch.Tensor]:
+    """``{head: logits}``; with ``tta="flip"`` the mean of the logits of the image and its mirror image."""
+    outputs = as_outputs(model(images))
+    if tta == "none":
+        return outputs
+    if tta != "flip":
+        raise ValueError(f"unknown test-time augmentation {tta!r} ({' or '.join(TTA_MODES)})")
+    mirrored = as_outputs(model(images.flip(-1)))  # horizontal flip: (B, C, H, W) along W
+    return {k: (v.float() + mirrored[k].float()) / 2 for k, v in outputs.items()}
+
+
+@torch.no_grad()
+def iter_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=None, show: bool = True,
+                   tta: str = "none", temperatures: dict[str, float] | None = None):
+    """Yield ``(log_probs, labels, idx)`` per batch: ``{key: (B, n_classes)}`` on the device.
+
+    A single-head model's outputs are indexed by ``category_id``: the leaves' columns are
+    picked when the model has one output per id. ``temperatures`` (see amanita.calibration)
+    rescale each key's distribution.
+    """
+    from amanita.calibration import apply_temperatures
+    model.eval()
+    dtype = amp_dtype(amp, device) if isinstance(amp, str) else amp
+    rollups = {r: m.to(device) for r, m in taxonomy.rollup_matrices().items()}  # built once, not per batch
+    leaf_index = None
+    for images, labels, idx in tqdm(loader, disable=not show, desc="predict", dynamic_ncols=True, leave=False):
+        with autocast(device, dtype):
+            outputs = forward_tta(model, images.to(device, non_blocking=True), tta)
+        if leaf_index is None and outputs["species"].shape[1] != taxonomy.n_leaves:
+            leaf_index = torch.tensor(taxonomy.category_ids, device=device)
+        logp = apply_temperatures(rank_log_probs(outputs, taxonomy, leaf_index, rollups), temperatures)
+        yield logp, labels.to(device), idx
+
+
 @torch.no_grad()
 def predict(model: nn.Module, loader, taxonomy: Taxonomy, device, decode: str = "independent",
-            amp: str | torch.dtype | None = None, show: bool = True, leaf_index: torch.Tensor | None = None,
-            metadata: pd.DataFrame | None = None) -> pd.DataFrame:
+            amp: str | torch.dtype | None = None, show: bool = True, metadata: pd.DataFrame | None = None,
+            tta: str = "none", temperatures: dict[str, float] | None = None) -> pd.DataFrame:
     """Per-sample predictions at the leaf and six ranks, gathered from every rank exactly once.
 
     Returns one row per readable sample, sorted by ``index`` (the row of the CSV), with
-    ``{key}_true``, ``{key}_pred``, ``{key}_conf``, ``{key}_ptrue`` and ``{key}_top1..5`` for
-    ``key`` in leaf and the six ranks (see ``amanita/predictions.py``). A single-head model's
-    outputs are indexed by ``category_id``: ``leaf_index`` (defaults to the taxonomy's ids when
-    the model has one output per id) picks the leaves' columns.
+    ``{key}_true``, ``{key}_pred``, ``{key}_conf``, ``{key}_lconf``, ``{key}_ptrue`` and
+    ``{key}_top1..5`` for ``key`` in leaf and the six ranks (see ``amanita/predictions.py``).
+    ``tta`` and ``temperatures``: see :func:`iter_log_probs`.
     """
-    model.eval()
-    dtype = amp_dtype(amp, device) if isinstance(amp, str) else amp
+    from amanita.calibration import lineage_confidence
     ancestors = taxonomy.ancestor_matrix().to(device)
-    rollups = {r: m.to(device) for r, m in taxonomy.rollup_matrices().items()}  # built once, not per batch
     chunks = []
-    for images, labels, idx in tqdm(loader, disable=not show, desc="predict", dynamic_ncols=True, leave=False):
-        images = images.to(device, non_blocking=True)
-        with autocast(device, dtype):
-            outputs = as_outputs(model(images))
-        if leaf_index is None and outputs["species"].shape[1] != taxonomy.n_leaves:
-            leaf_index = torch.tensor(taxonomy.category_ids, device=device)
-        logp = rank_log_probs(outputs, taxonomy, leaf_index, rollups)
+    for logp, labels, idx in iter_log_probs(model, loader, taxonomy, device, amp, show, tta, temperatures):
         preds = decode_predictions(logp, ancestors, decode)
-        chunks.append(_batch_columns(logp, preds, labels.to(device), idx))
+        lconf = lineage_confidence(logp[LEAF], preds, ancestors)
+        chunks.append(_batch_columns(logp, preds, lconf, labels, idx))
     local = {k: np.concatenate([c[k] for c in chunks]) if chunks else np.zeros(0) for k in _column_names()}
     gathered = all_gather_objects(local)
     cols = {k: np.concatenate([g[k] for g in gathered]) for k in local}
@@ -186,15 +215,33 @@ def predict(model: nn.Module, loader, taxonomy: Taxonomy, device, decode: str = 
     return df
 
 
+@torch.no_grad()
+def collect_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=None, show: bool = True,
+                      tta: str = "none") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Every sample's log-probabilities ``{key: (N, n_classes)}`` and labels ``(N, 7)``, on the CPU.
+
+    What temperature fitting needs (one process; unreadable images dropped). Memory is
+    N × (all heads' classes) floats: about 2.5 GB for FungiTastic's 89,659 validation images.
+    """
+    parts, labels = {}, []
+    for logp, y, _ in iter_log_probs(model, loader, taxonomy, device, amp, show, tta):
+        keep = (y[:, 0] != BAD_IMAGE).cpu()
+        for k, v in logp.items():
+            parts.setdefault(k, []).append(v.cpu()[keep])
+        labels.append(y.cpu()[keep])
+    if not labels:
+        return {k: torch.zeros(0, taxonomy.num_classes(k)) for k in KEYS}, torch.zeros(0, len(KEYS), dtype=torch.long)
+    return {k: torch.cat(v) for k, v in parts.items()}, torch.cat(labels)
+
 
 def _column_names() -> list[str]:
     names = ["index"]
     for k in KEYS:
-        names += [f"{k}_true", f"{k}_pred", f"{k}_conf", f"{k}_ptrue"] + [f"{k}_top{i}" for i in range(1, 6)]
+        names += [f"{k}_true", f"{k}_pred", f"{k}_conf", f"{k}_lconf", f"{k}_ptrue"] + [f"{k}_top{i}" for i in range(1, 6)]
     return names
 
 
-def _batch_columns(logp: dict, preds: dict, labels: torch.Tensor, idx) -> dict[str, np.ndarray]:
+def _batch_columns(logp: dict, preds: dict, lconf: dict, labels: torch.Tensor, idx) -> dict[str, np.ndarray]:
     """One batch's columns as numpy (one device→host copy per tensor)."""
     out = {"index": np.asarray(idx)}
     for j, k in enumerate(KEYS):
@@ -207,6 +254,7 @@ def _batch_columns(logp: dict, preds: dict, labels: torch.Tensor, idx) -> dict[s
                             torch.full_like(conf, float("nan")))
         out[f"{k}_true"], out[f"{k}_pred"] = true.cpu().numpy(), pred.cpu().numpy()
         out[f"{k}_conf"], out[f"{k}_ptrue"] = conf.cpu().numpy(), ptrue.cpu().numpy()
+        out[f"{k}_lconf"] = lconf[k].cpu().numpy()
         top = top.cpu().numpy()
         for i in range(5):
             out[f"{k}_top{i + 1}"] = top[:, i]

@@ -7,7 +7,9 @@ rebuilds the whole report from it without the model. Columns, for each key in :d
 ``{key}_true`` (-1 = unknown label), ``{key}_pred``, ``{key}_conf`` (probability of the
 predicted class), ``{key}_top1`` … ``{key}_top5`` (classes with the five highest
 probabilities, -1 padding when a head has fewer classes) and ``{key}_ptrue`` (probability of
-the true class, NaN when unknown; optional). Plus ``index`` (row in the validation CSV),
+the true class, NaN when unknown; optional) and ``{key}_lconf`` (the lineage confidence: the
+probability that the prediction is right from the phylum down to this key, never rising towards
+the leaf, see :mod:`amanita.calibration`; optional). Plus ``index`` (row in the validation CSV),
 ``filename`` and ``observationID``.
 
 :func:`synthetic_taxonomy` and :func:`synthetic_predictions` build test data of any size,
