@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Name the fungus in a photo: lineage phylum → species, top-k species, and a poison warning.
 
-For each image: the predicted class and its confidence at each of the six ranks, the top-k
+For each image: the predicted class and its confidence at each of the six ranks (the lineage
+confidence: the probability that the lineage is right from the phylum down to that rank, so it
+never rises towards the species; see amanita/calibration.py), the top-k
 species (accepted names; a synonym's own scientificName is shown beside it), the finest rank
 whose confidence reaches --backoff, and a loud warning when any top-k species is poisonous.
 Works with a multi-task checkpoint (train_multitask.py) and with a single-head one
@@ -36,7 +38,8 @@ from tqdm import tqdm
 from amanita.checkpoint import load_for_eval
 from amanita.cli import HelpFormatter
 from amanita.data import create_transforms, load_rgb
-from amanita.engine import amp_dtype, as_outputs, autocast
+from amanita.calibration import apply_temperatures, lineage_confidence
+from amanita.engine import TTA_MODES, amp_dtype, autocast, forward_tta
 from amanita.io import UserError, cli_main
 from amanita.model import decode as decode_predictions
 from amanita.model import rank_log_probs
@@ -56,6 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--decode", choices=("independent", "consistent"), default="consistent",
                    help="independent: argmax per rank; consistent: the best real root-to-leaf lineage")
     g.add_argument("--no-ema", action="store_true", help="use the raw weights even when the checkpoint has EMA weights")
+    g.add_argument("--tta", choices=TTA_MODES, default="none",
+                   help="test-time augmentation: flip = mean logits of each image and its mirror image (2× the time)")
+    g.add_argument("--no-temperatures", action="store_true",
+                   help="ignore the temperatures stored by validate.py --calibrate (uncalibrated confidences)")
     o = p.add_argument_group("Output parameters")
     o.add_argument("--top-k", type=int, default=5, help="species listed per image")
     o.add_argument("--backoff", type=float, default=0.9, metavar="THRESHOLD",
@@ -129,22 +136,26 @@ def load_model(args: argparse.Namespace):
 
 
 # ---------------------------------------------------------------------- inference
-def predict_batch(model, images, tax, device, decode: str, amp: str, top_k: int) -> dict:
-    """Per-rank predicted index and confidence, and the top-k leaves with their probabilities.
+def predict_batch(model, images, tax, device, args: argparse.Namespace, temperatures: dict | None) -> dict:
+    """Per-rank predicted index, lineage and own confidence, and the top-k leaves with their probabilities.
 
-    Returns numpy arrays: ``pred[rank]`` and ``conf[rank]`` (B,), ``top_leaf`` and ``top_p`` (B, k).
+    Returns numpy arrays: ``pred[rank]``, ``conf[rank]`` (lineage) and ``head_conf[rank]`` (B,),
+    ``top_leaf`` and ``top_p`` (B, k).
     """
-    with torch.no_grad(), autocast(device, amp_dtype(amp, device)):
-        outputs = as_outputs(model(images.to(device)))
+    with torch.no_grad(), autocast(device, amp_dtype(args.amp, device)):
+        outputs = forward_tta(model, images.to(device), args.tta)
     # a single-head model has one output per category_id 0..max: keep the leaves' columns
     leaf_index = None
     if outputs["species"].shape[1] != tax.n_leaves:
         leaf_index = torch.tensor(tax.category_ids, device=device)
-    logp = rank_log_probs(outputs, tax, leaf_index)
-    preds = decode_predictions(logp, tax.ancestor_matrix().to(device), decode)
-    top = logp[LEAF].topk(min(top_k, tax.n_leaves), dim=1)
+    logp = apply_temperatures(rank_log_probs(outputs, tax, leaf_index), temperatures)
+    ancestors = tax.ancestor_matrix().to(device)
+    preds = decode_predictions(logp, ancestors, args.decode)
+    lineage = lineage_confidence(logp[LEAF], preds, ancestors)
+    top = logp[LEAF].topk(min(args.top_k, tax.n_leaves), dim=1)
     return {"pred": {r: preds[r].cpu().numpy() for r in RANKS},
-            "conf": {r: logp[r].gather(1, preds[r][:, None]).squeeze(1).exp().cpu().numpy() for r in RANKS},
+            "conf": {r: lineage[r].cpu().numpy() for r in RANKS},
+            "head_conf": {r: logp[r].gather(1, preds[r][:, None]).squeeze(1).exp().cpu().numpy() for r in RANKS},
             "top_leaf": top.indices.cpu().numpy(), "top_p": top.values.exp().cpu().numpy()}
 
 
@@ -158,7 +169,8 @@ def poisonous_leaves(tax: Taxonomy) -> np.ndarray:
 def describe(path: Path, batch: dict, i: int, tax: Taxonomy, poisonous: np.ndarray, backoff: float) -> dict:
     """The JSON record of image ``i`` of a batch (see --json)."""
     lineage = [{"rank": r, "name": tax.classes[r][int(batch["pred"][r][i])],
-                "confidence": float(batch["conf"][r][i])} for r in RANKS]
+                "confidence": float(batch["conf"][r][i]), "rank_confidence": float(batch["head_conf"][r][i])}
+               for r in RANKS]
     species_col = tax.ancestors[:, RANKS.index("species")]
     topk = []
     for leaf, p in zip(batch["top_leaf"][i], batch["top_p"][i]):
@@ -174,7 +186,8 @@ def describe(path: Path, batch: dict, i: int, tax: Taxonomy, poisonous: np.ndarr
 
 def run_inference(args, loaded, paths: list[Path], on_result, on_error) -> None:
     """Predict ``paths`` in batches; ``on_result(record)`` per image, ``on_error(path, reason, bar)`` per bad file."""
-    model, tax, data_config, _, device = loaded
+    model, tax, data_config, info, device = loaded
+    temperatures = None if args.no_temperatures else info.get("temperatures")
     poisonous = poisonous_leaves(tax)
     dataset = ImageFiles(paths, create_transforms(data_config, train=False), tuple(data_config["input_size"]))
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
@@ -183,7 +196,7 @@ def run_inference(args, loaded, paths: list[Path], on_result, on_error) -> None:
     bar = tqdm(total=len(paths), disable=None if folders else True, desc="images", unit="img", file=sys.stderr)
     start = 0
     for images, errors in loader:
-        batch = predict_batch(model, images, tax, device, args.decode, args.amp, args.top_k)
+        batch = predict_batch(model, images, tax, device, args, temperatures)
         for i, error in enumerate(errors):
             if error:
                 on_error(paths[start + i], error, bar)
@@ -224,7 +237,9 @@ def main() -> int:
     info = loaded[3]
     kind = {"multitask": "multi-task", "single": "single-head"}.get(info["kind"], info["kind"])
     print(f"{info['path']}: {kind} model, epoch {info['epoch']}, update {info['step']}"
-          f"{', EMA weights' if info['ema'] else ''}; decode {args.decode}", file=sys.stderr)
+          f"{', EMA weights' if info['ema'] else ''}; decode {args.decode}, tta {args.tta}, "
+          f"{'calibrated' if info.get('temperatures') and not args.no_temperatures else 'uncalibrated'} confidences",
+          file=sys.stderr)
     paths, errors = expand_inputs(args.inputs)
     for line in errors:
         print(f"error: {line}", file=sys.stderr)

@@ -31,6 +31,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="make the report from a saved predictions.csv instead of running a model")
     g.add_argument("--decode", choices=("independent", "consistent"), default="consistent",
                    help="independent: argmax per head; consistent: best root-to-leaf path over all heads")
+    g.add_argument("--tta", choices=("none", "flip"), default="none",
+                   help="test-time augmentation: flip = mean logits of each image and its mirror image (2× the time)")
+    c = p.add_argument_group("Calibration parameters")
+    c.add_argument("--calibrate", action="store_true",
+                   help="fit one temperature per rank on --val-path by NLL, store them in --checkpoint "
+                        "('temperatures', 'calibration'; rewritten atomically) and use them; one more pass over the images")
+    c.add_argument("--no-temperatures", action="store_true",
+                   help="ignore the temperatures stored in the checkpoint (uncalibrated confidences)")
     b = p.add_argument_group("Baseline parameters").add_mutually_exclusive_group()
     b.add_argument("--baseline-checkpoint", default=None, help="a second checkpoint to compare against")
     b.add_argument("--baseline-model", default=None,
@@ -74,6 +82,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--checkpoint needs --val-path (the validation CSV)")
     if args.from_predictions is not None and (args.baseline_checkpoint or args.baseline_model):
         raise UserError("with --from-predictions, give the baseline as --baseline-predictions")
+    if args.calibrate and (args.checkpoint is None or args.no_temperatures):
+        raise UserError("--calibrate needs --checkpoint (the model to calibrate) and not --no-temperatures")
 
 
 # ---------------------------------------------------------------------- inference
@@ -106,7 +116,7 @@ def run_inference(args: argparse.Namespace, spec: str | None = None, taxonomy=No
     """
     import torch
     from amanita.data import FungiTasticDataset, create_transforms
-    from amanita.engine import predict
+    from amanita.engine import Readout, predict, with_metadata
 
     device = resolve_device(args.device)
     model, tax, data_config, info = load_model(args, device, spec, taxonomy)
@@ -116,8 +126,27 @@ def run_inference(args: argparse.Namespace, spec: str | None = None, taxonomy=No
                                  image_root=args.image_root)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
                                          num_workers=args.workers, pin_memory=device.type == "cuda")
-    preds = predict(model, loader, tax, device=device, decode=args.decode, amp=args.amp, metadata=dataset.df)
-    return preds, tax, info
+    if args.calibrate and spec is None:
+        info["calibration"] = calibrate(args, model, loader, tax, device)
+        info["temperatures"] = info["calibration"]["temperatures"]
+    temperatures = None if args.no_temperatures else info.get("temperatures")
+    preds = predict(model, loader, tax, device, args.decode, args.amp, readout=Readout(args.tta, temperatures))
+    return with_metadata(preds, dataset.df), tax, info
+
+
+def calibrate(args: argparse.Namespace, model, loader, tax, device) -> dict:
+    """Fit the temperatures on the validation images and store them in the checkpoint; returns the summary."""
+    from amanita.calibration import calibration_summary
+    from amanita.checkpoint import update_checkpoint
+    from amanita.engine import Readout, collect_log_probs
+    log_probs, labels = collect_log_probs(model, loader, tax, device, args.amp, readout=Readout(args.tta))
+    if len(labels) == 0:
+        raise UserError(f"--calibrate: no readable image in {args.val_path}")
+    summary = calibration_summary(log_probs, labels, f"{args.val_path} (tta {args.tta})")
+    update_checkpoint(args.checkpoint, temperatures=summary["temperatures"], calibration=summary)
+    print("temperatures " + " ".join(f"{k} {t:.3f}" for k, t in summary["temperatures"].items())
+          + f" stored in {args.checkpoint}")
+    return summary
 
 
 def _load_taxonomy(path: str):
@@ -157,7 +186,7 @@ def load_predictions(args: argparse.Namespace, out: Path):
         return preds, tax, prov | earlier_provenance(Path(args.from_predictions).parent / "metrics.json")
     preds, tax, info = run_inference(args)
     write_predictions(preds, out / "predictions.csv")
-    return preds, tax, model_provenance(args.checkpoint, info) | {"decode": args.decode}
+    return preds, tax, model_provenance(args.checkpoint, info) | {"decode": args.decode, "tta": args.tta}
 
 
 def earlier_provenance(metrics_json: Path) -> dict:

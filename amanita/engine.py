@@ -161,44 +161,52 @@ def forward_tta(model: nn.Module, images: torch.Tensor, tta: str = "none") -> di
     return {k: (v.float() + mirrored[k].float()) / 2 for k, v in outputs.items()}
 
 
+@dataclass
+class Readout:
+    """How outputs become probabilities: test-time augmentation and per-key temperatures."""
+    tta: str = "none"                          # none | flip (see forward_tta)
+    temperatures: dict[str, float] | None = None  # see amanita.calibration; None: T = 1
+
+
 @torch.no_grad()
 def iter_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=None, show: bool = True,
-                   tta: str = "none", temperatures: dict[str, float] | None = None):
+                   readout: Readout | None = None):
     """Yield ``(log_probs, labels, idx)`` per batch: ``{key: (B, n_classes)}`` on the device.
 
     A single-head model's outputs are indexed by ``category_id``: the leaves' columns are
-    picked when the model has one output per id. ``temperatures`` (see amanita.calibration)
-    rescale each key's distribution.
+    picked when the model has one output per id.
     """
     from amanita.calibration import apply_temperatures
+    readout = readout or Readout()
     model.eval()
     dtype = amp_dtype(amp, device) if isinstance(amp, str) else amp
     rollups = {r: m.to(device) for r, m in taxonomy.rollup_matrices().items()}  # built once, not per batch
     leaf_index = None
     for images, labels, idx in tqdm(loader, disable=not show, desc="predict", dynamic_ncols=True, leave=False):
         with autocast(device, dtype):
-            outputs = forward_tta(model, images.to(device, non_blocking=True), tta)
+            outputs = forward_tta(model, images.to(device, non_blocking=True), readout.tta)
         if leaf_index is None and outputs["species"].shape[1] != taxonomy.n_leaves:
             leaf_index = torch.tensor(taxonomy.category_ids, device=device)
-        logp = apply_temperatures(rank_log_probs(outputs, taxonomy, leaf_index, rollups), temperatures)
+        logp = apply_temperatures(rank_log_probs(outputs, taxonomy, leaf_index, rollups), readout.temperatures)
         yield logp, labels.to(device), idx
 
 
 @torch.no_grad()
 def predict(model: nn.Module, loader, taxonomy: Taxonomy, device, decode: str = "independent",
-            amp: str | torch.dtype | None = None, show: bool = True, metadata: pd.DataFrame | None = None,
-            tta: str = "none", temperatures: dict[str, float] | None = None) -> pd.DataFrame:
+            amp: str | torch.dtype | None = None, show: bool = True, readout: Readout | None = None
+            ) -> pd.DataFrame:
     """Per-sample predictions at the leaf and six ranks, gathered from every rank exactly once.
 
     Returns one row per readable sample, sorted by ``index`` (the row of the CSV), with
     ``{key}_true``, ``{key}_pred``, ``{key}_conf``, ``{key}_lconf``, ``{key}_ptrue`` and
     ``{key}_top1..5`` for ``key`` in leaf and the six ranks (see ``amanita/predictions.py``).
-    ``tta`` and ``temperatures``: see :func:`iter_log_probs`.
+    ``readout``: test-time augmentation and temperatures. See :func:`with_metadata` for the
+    ``filename`` and ``observationID`` columns.
     """
     from amanita.calibration import lineage_confidence
     ancestors = taxonomy.ancestor_matrix().to(device)
     chunks = []
-    for logp, labels, idx in iter_log_probs(model, loader, taxonomy, device, amp, show, tta, temperatures):
+    for logp, labels, idx in iter_log_probs(model, loader, taxonomy, device, amp, show, readout):
         preds = decode_predictions(logp, ancestors, decode)
         lconf = lineage_confidence(logp[LEAF], preds, ancestors)
         chunks.append(_batch_columns(logp, preds, lconf, labels, idx))
@@ -207,24 +215,27 @@ def predict(model: nn.Module, loader, taxonomy: Taxonomy, device, decode: str = 
     cols = {k: np.concatenate([g[k] for g in gathered]) for k in local}
     df = pd.DataFrame(cols)
     df = df[df["leaf_true"] != BAD_IMAGE].drop_duplicates("index").sort_values("index", kind="stable")
-    df = df.reset_index(drop=True)
-    if metadata is not None:
-        meta = metadata.iloc[df["index"].to_numpy()]
-        df.insert(1, "filename", meta["filename"].astype(str).to_numpy())
-        df.insert(2, "observationID", meta["observationID"].to_numpy() if "observationID" in meta else np.nan)
-    return df
+    return df.reset_index(drop=True)
+
+
+def with_metadata(preds: pd.DataFrame, metadata: pd.DataFrame) -> pd.DataFrame:
+    """``preds`` with the ``filename`` and ``observationID`` of each row's ``index`` in ``metadata`` (the CSV)."""
+    meta = metadata.iloc[preds["index"].to_numpy()]
+    preds.insert(1, "filename", meta["filename"].astype(str).to_numpy())
+    preds.insert(2, "observationID", meta["observationID"].to_numpy() if "observationID" in meta else np.nan)
+    return preds
 
 
 @torch.no_grad()
 def collect_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=None, show: bool = True,
-                      tta: str = "none") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+                      readout: Readout | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Every sample's log-probabilities ``{key: (N, n_classes)}`` and labels ``(N, 7)``, on the CPU.
 
     What temperature fitting needs (one process; unreadable images dropped). Memory is
     N × (all heads' classes) floats: about 2.5 GB for FungiTastic's 89,659 validation images.
     """
     parts, labels = {}, []
-    for logp, y, _ in iter_log_probs(model, loader, taxonomy, device, amp, show, tta):
+    for logp, y, _ in iter_log_probs(model, loader, taxonomy, device, amp, show, readout):
         keep = (y[:, 0] != BAD_IMAGE).cpu()
         for k, v in logp.items():
             parts.setdefault(k, []).append(v.cpu()[keep])

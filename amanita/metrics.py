@@ -11,7 +11,9 @@ Definitions
 * **macro-F1 (all)**: mean F1 over every class of the head, classes absent from the split
   counting 0 (the FungiTastic convention).
 * **ECE**: 15 equal-width confidence bins ``(lo, hi]`` (0 in the first),
-  ``sum_b n_b / N * |acc_b - conf_b|``.
+  ``sum_b n_b / N * |acc_b - conf_b|``. Per key it scores the head's own confidence against
+  that key being right; the *lineage* ECE scores the lineage confidence (see
+  :mod:`amanita.calibration`) against every rank from the phylum down being right.
 * **LCA height** (Bertinetto et al., *Making Better Mistakes*, CVPR 2020): 0 same species,
   1 same genus, …, 5 same phylum, 6 only the root shared. *Mistake severity* is its mean over
   leaf-level mistakes; *hierarchical distance@k* its mean between the true leaf and the
@@ -132,6 +134,28 @@ def key_metrics(preds: pd.DataFrame, key: str, n_classes: int) -> dict:
         "nll": _mean(-np.log(np.clip(ptrue, 1e-12, 1))) if len(ptrue) else None,
         "reliability": reliability_bins(a["conf"], correct),
     }
+
+
+def lineage_calibration(preds: pd.DataFrame) -> dict | None:
+    """Per rank (phylum first) and leaf: mean lineage confidence (``{key}_lconf``), the share of
+    samples right from the phylum down to that key, and the ECE between the two.
+
+    Samples with an unknown label at or above a key are left out of it. None when the
+    predictions have no ``_lconf`` columns (files written before they existed).
+    """
+    if any(f"{k}_lconf" not in preds for k in KEYS):
+        return None
+    right = np.ones(len(preds), dtype=bool)
+    known = np.ones(len(preds), dtype=bool)
+    out = {}
+    for k in RANKS + (LEAF,):
+        true = preds[f"{k}_true"].to_numpy(np.int64)
+        right &= preds[f"{k}_pred"].to_numpy(np.int64) == true
+        known &= true >= 0
+        conf = preds[f"{k}_lconf"].to_numpy(float)[known]
+        out[k] = {"n": int(known.sum()), "avg_confidence": _mean(conf), "accuracy": _mean(right[known]),
+                  "ece": expected_calibration_error(conf, right[known])}
+    return out
 
 
 # ---------------------------------------------------------------------- hierarchy
@@ -357,6 +381,7 @@ def compute_metrics(preds: pd.DataFrame, tax: Taxonomy, focus=DEFAULT_FOCUS, top
         "n_samples": int(len(preds)),
         "keys": {k: key_metrics(preds, k, tax.num_classes(k)) for k in KEYS},
         "hierarchy": hierarchy_metrics(preds, tax),
+        "lineage_calibration": lineage_calibration(preds),
         "poison": poison_metrics(preds, tax),
         "safety": safety_table(preds, tax),
         "focus": [focus_species(preds, tax, name) for name in focus],

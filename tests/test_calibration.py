@@ -9,6 +9,8 @@ from amanita.model import decode, rank_log_probs
 from amanita.taxonomy import LEAF, RANKS, build_taxonomy
 from tests.helpers import TRAIN_IDS, rows
 
+SMALL = {"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 8}
+
 
 @pytest.fixture
 def tax():
@@ -125,3 +127,57 @@ def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror():
     assert forward_tta(Asymmetric(), x, "flip")["species"].tolist() == [[0.5, 0.5]]
     with pytest.raises(ValueError, match="rotate"):
         forward_tta(Asymmetric(), x, "rotate")
+
+
+# ---------------------------------------------------------------------- validate.py --calibrate
+def write_checkpoint(path, tax):
+    """An untrained tiny multi-task checkpoint in the format the training scripts write."""
+    from amanita.checkpoint import save_checkpoint
+    from amanita.model import create_multitask_model, resolve_data_config
+    torch.manual_seed(0)
+    model = create_multitask_model("beit_base_patch16_224", tax, model_args=SMALL, pretrained=False)
+    with torch.no_grad():  # spread the untrained logits so the confidences are far from calibrated
+        for head in model.heads.values():
+            head.weight.mul_(40)
+    save_checkpoint({"model": model.state_dict(), "architecture": "beit_base_patch16_224", "model_kwargs": SMALL,
+                     "kind": "multitask", "head_mode": "residual", "head_sizes": tax.head_sizes(),
+                     "taxonomy": tax.to_dict(), "taxonomy_sha256": tax.sha256(), "epoch": 1, "step": 1,
+                     "data_config": resolve_data_config(model.backbone)}, path)
+
+
+def test_validate_calibrate_stores_temperatures_and_reports_ece_before_and_after(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from amanita.checkpoint import load_checkpoint
+    from amanita.data import read_split
+    from tests.helpers import make_image_dataset
+    from tests.test_report import run_validate
+    data = make_image_dataset(tmp_path / "data", n_train=6, n_val=30)
+    tax = build_taxonomy([read_split(data["train"]), read_split(data["val"])])
+    ckpt = tmp_path / "best_model.pth"
+    write_checkpoint(ckpt, tax)
+    out = tmp_path / "out"
+    code, stdout, err = run_validate("--checkpoint", ckpt, "--val-path", data["val"], "--calibrate", "--workers", 0,
+                                     "--output-dir", out, "--tta", "flip", "--decode", "independent")
+    assert code == 0, err
+    stored = load_checkpoint(ckpt)
+    temps = stored["temperatures"]
+    assert set(temps) == {LEAF, *RANKS} and all(0.05 <= t <= 20 for t in temps.values())
+    assert temps[LEAF] > 1.5  # the blown-up logits are overconfident: flattened
+    assert "stored in" in stdout
+    m = json.loads((out / "metrics.json").read_text())
+    cal = m["provenance"]["calibration"]
+    assert cal["temperatures"] == temps and m["provenance"]["tta"] == "flip"
+    assert cal["keys"][LEAF]["ece_after"] < cal["keys"][LEAF]["ece_before"]
+    # the predictions use the stored temperatures, so the report's ECE is the "after" one
+    assert m["model"]["keys"][LEAF]["ece"] == pytest.approx(cal["keys"][LEAF]["ece_after"], abs=1e-4)
+    preds = pd.read_csv(out / "predictions.csv")
+    chain = preds[[f"{k}_lconf" for k in RANKS + (LEAF,)]].to_numpy()
+    assert (chain[:, 1:] <= chain[:, :-1] + 1e-6).all()
+    assert set(m["model"]["lineage_calibration"]) == {LEAF, *RANKS}
+    html = (out / "validation_report.html").read_text()
+    assert "ECE before" in html and "Lineage confidence" in html
+    code, _, err = run_validate("--checkpoint", ckpt, "--val-path", data["val"], "--calibrate", "--no-temperatures")
+    assert code == 2 and "--calibrate" in err

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from amanita.checkpoint import load_for_eval
+from amanita.checkpoint import load_for_eval, update_checkpoint
 from amanita.data import create_transforms, load_rgb
 from amanita.taxonomy import RANKS, Taxonomy
 from tests.conftest import ROOT, run_script
@@ -116,8 +116,10 @@ def test_single_head_coarse_ranks_are_summed_species_probabilities(trained, monk
     for rec, p in zip(records(out), leaf_p):
         for step in rec["lineage"]:
             summed = p @ tax.rollup_matrix(step["rank"])  # (n_classes,)
-            assert step["confidence"] == pytest.approx(summed[tax.index(step["rank"])[step["name"]]].item(), abs=1e-5)
-            assert step["confidence"] == pytest.approx(summed.max().item(), abs=1e-5)
+            own = summed[tax.index(step["rank"])[step["name"]]].item()
+            assert step["rank_confidence"] == pytest.approx(own, abs=1e-5)
+            assert step["rank_confidence"] == pytest.approx(summed.max().item(), abs=1e-5)
+            assert step["confidence"] <= own + 1e-6  # the lineage down to here is at most as likely
         by_id = {t["category_id"]: t["probability"] for t in rec["topk"]}
         assert by_id == pytest.approx({c: p[i].item() for i, c in enumerate(tax.category_ids)}, abs=1e-5)
         assert sum(by_id.values()) == pytest.approx(1.0, abs=1e-5)
@@ -179,3 +181,38 @@ def test_help_lists_every_flag_with_its_default():
                  "--device"):
         assert flag in proc.stdout
     assert "Output parameters" in proc.stdout and "(default: 5)" in proc.stdout and "Examples:" in proc.stdout
+
+
+def test_lineage_confidences_never_rise_and_follow_stored_temperatures(trained, monkeypatch, capsys, tmp_path):
+    images = trained["images"][:6]
+    args = ["--json", "--workers", 0, "--decode", "independent", *images]
+    code, out, err = run(monkeypatch, capsys, "--checkpoint", trained["multi"], *args)
+    assert code == 0 and "uncalibrated confidences" in err, err
+    plain = records(out)
+    for rec in plain:
+        conf = [s["confidence"] for s in rec["lineage"]]
+        assert all(fine <= coarse + 1e-9 for coarse, fine in zip(conf, conf[1:])), conf
+    calibrated = tmp_path / "calibrated.pth"
+    shutil.copyfile(trained["multi"], calibrated)
+    update_checkpoint(calibrated, temperatures={k: 4.0 for k in ("leaf",) + RANKS})  # much flatter
+    code, out, err = run(monkeypatch, capsys, "--checkpoint", calibrated, *args)
+    assert code == 0 and "calibrated confidences" in err
+    for hot, cold in zip(plain, records(out)):
+        assert cold["topk"][0]["probability"] < hot["topk"][0]["probability"]
+        assert [s["name"] for s in cold["lineage"]] == [s["name"] for s in hot["lineage"]]  # argmax unchanged
+    code, out, _ = run(monkeypatch, capsys, "--checkpoint", calibrated, "--no-temperatures", *args)
+    assert records(out) == plain
+
+
+def test_flip_tta_is_the_mean_logit_of_image_and_mirror(trained, monkeypatch, capsys):
+    image = trained["images"][0]
+    code, out, err = run(monkeypatch, capsys, "--checkpoint", trained["single"], "--json", "--workers", 0,
+                         "--tta", "flip", "--top-k", 6, image)
+    assert code == 0, err
+    model, tax, data_config, _ = load_for_eval(trained["single"])
+    x = create_transforms(data_config, train=False)(load_rgb(str(image)))[None]
+    with torch.no_grad():
+        logits = (model(x) + model(x.flip(-1))) / 2
+    p = logits[0, tax.category_ids].softmax(0)
+    by_id = {t["category_id"]: t["probability"] for t in records(out)[0]["topk"]}
+    assert by_id == pytest.approx({c: p[i].item() for i, c in enumerate(tax.category_ids)}, abs=1e-5)
