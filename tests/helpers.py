@@ -72,3 +72,23 @@ def make_image_dataset(root, n_train=48, n_val=21, seed=0):
             Image.fromarray(np.clip(np.array(COLOURS[c]) + noise, 0, 255).astype(np.uint8)).save(folder / f)
         paths[split] = meta / name
     return paths
+
+
+TINY_BEIT = ("beit_base_patch16_224", {"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 8})
+
+
+def tiny_checkpoint(path, taxonomy, arch=TINY_BEIT[0], model_args=TINY_BEIT[1], seed=0, **extra):
+    """Write a multi-task amanita checkpoint of an untrained tiny model in-process (no training run)."""
+    import torch
+
+    from amanita.checkpoint import save_checkpoint
+    from amanita.model import create_multitask_model, resolve_data_config
+    torch.manual_seed(seed)
+    model = create_multitask_model(arch, taxonomy, model_args=dict(model_args), pretrained=False)
+    for head in model.heads.values():  # non-zero coarse heads, so every output depends on its own weights
+        torch.nn.init.normal_(head.weight, std=0.5)
+    cfg = resolve_data_config(model.backbone, arch)
+    save_checkpoint(dict(model=model.state_dict(), kind="multitask", architecture=arch, model_kwargs=dict(model_args),
+                         head_mode="residual", head_sizes=taxonomy.head_sizes(), taxonomy=taxonomy.to_dict(),
+                         taxonomy_sha256=taxonomy.sha256(), data_config=cfg, epoch=1, step=1, **extra), path)
+    return model.eval(), cfg
