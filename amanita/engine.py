@@ -203,19 +203,26 @@ def predict(model: nn.Module, loader, taxonomy: Taxonomy, device, decode: str = 
     ``readout``: test-time augmentation and temperatures. See :func:`with_metadata` for the
     ``filename`` and ``observationID`` columns.
     """
-    from amanita.calibration import lineage_confidence
     ancestors = taxonomy.ancestor_matrix().to(device)
-    chunks = []
-    for logp, labels, idx in iter_log_probs(model, loader, taxonomy, device, amp, show, readout):
-        preds = decode_predictions(logp, ancestors, decode)
-        lconf = lineage_confidence(logp[LEAF], preds, ancestors)
-        chunks.append(_batch_columns(logp, preds, lconf, labels, idx))
+    chunks = [prediction_columns(logp, labels, idx, ancestors, decode)
+              for logp, labels, idx in iter_log_probs(model, loader, taxonomy, device, amp, show, readout)]
     local = {k: np.concatenate([c[k] for c in chunks]) if chunks else np.zeros(0) for k in _column_names()}
     gathered = all_gather_objects(local)
     cols = {k: np.concatenate([g[k] for g in gathered]) for k in local}
     df = pd.DataFrame(cols)
     df = df[df["leaf_true"] != BAD_IMAGE].drop_duplicates("index").sort_values("index", kind="stable")
     return df.reset_index(drop=True)
+
+
+def prediction_columns(logp: dict[str, torch.Tensor], labels: torch.Tensor, idx, ancestors: torch.Tensor,
+                       decode: str) -> dict[str, np.ndarray]:
+    """Decode ``logp`` (``{key: (B, n_classes)}``) and return the predictions-table columns of these samples.
+
+    What :func:`predict` does per batch; also usable on :func:`collect_log_probs`'s output.
+    """
+    from amanita.calibration import lineage_confidence
+    preds = decode_predictions(logp, ancestors, decode)
+    return _batch_columns(logp, preds, lineage_confidence(logp[LEAF], preds, ancestors), labels, idx)
 
 
 def with_metadata(preds: pd.DataFrame, metadata: pd.DataFrame) -> pd.DataFrame:
