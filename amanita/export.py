@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from amanita.io import UserError, atomic_write_bytes, atomic_write_text
+from amanita.io import UserError, atomic_write_bytes, atomic_write_text, import_optional
 from amanita.taxonomy import Taxonomy
 
 INPUT_NAME = "image"
@@ -25,13 +25,8 @@ INSTALL_HINT = "pip install onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0"
 
 
 def require(module: str):
-    """Import an optional dependency, or a :class:`UserError` saying how to install it."""
-    import importlib
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise UserError(f"ONNX export needs the '{module}' package: {INSTALL_HINT} "
-                        "(or pip install -r requirements-test.txt)") from None
+    """Import one of the export's optional dependencies (a :class:`UserError` says how to install it)."""
+    return import_optional(module, "ONNX export", INSTALL_HINT + " (or pip install -r requirements-test.txt)")
 
 
 class _ExportHeads(nn.ModuleDict):

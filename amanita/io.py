@@ -98,3 +98,12 @@ def cli_main(fn: Callable[[], int | None]) -> Callable[[], None]:
             sys.exit(0)
         sys.exit(code or 0)
     return wrapper
+
+
+def import_optional(module: str, feature: str, hint: str):
+    """Import an optional dependency, or a :class:`UserError` saying which feature needs it and how to install it."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"{feature} needs the '{module}' package, which is not installed: {hint}") from None

@@ -1,0 +1,165 @@
+"""Experiment tracking: Weights & Biases and TensorBoard, both optional, on rank 0 only.
+
+One :class:`Tracker` fans a record out to every backend asked for. Records are flat
+``{name: number}`` dicts named as in ``metrics.jsonl`` (``train/<head>/loss``, ``val/<rank>/f1``,
+``lr``, ``images_per_s``) and logged against the optimizer update (``update``), which a resumed
+run continues: the checkpoint keeps :meth:`Tracker.state` (the W&B run id and the TensorBoard
+folder), and the resumed process reopens the same W&B run and drops TensorBoard events past
+the resumed update (``purge_step``) so a killed run's tail is not drawn twice.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from amanita.io import import_optional
+
+WANDB_HINT = "pip install wandb==0.31.0 (or pip install -r requirements-test.txt)"
+TENSORBOARD_HINT = "pip install tensorboard==2.21.0 (or pip install -r requirements-test.txt)"
+
+
+def scalars(record: dict) -> dict[str, float]:
+    """The finite numbers of ``record`` (bools, strings and NaN left out)."""
+    return {k: float(v) for k, v in record.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+class WandbBackend:
+    """One W&B run; ``run_id`` reopens an earlier run (``resume="allow"``)."""
+
+    def __init__(self, project: str, name: str | None, config: dict, run_id: str | None = None,
+                 directory: str | None = None, group: str | None = None):
+        wandb = import_optional("wandb", "--log-wandb", WANDB_HINT)
+        if directory:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+        self.wandb = wandb
+        self.run = wandb.init(project=project, name=name, id=run_id, resume="allow",
+                              config=config, dir=directory, group=group, reinit="finish_previous")
+        self.run.define_metric("update")
+        self.run.define_metric("*", step_metric="update")  # our own x axis: a resumed run continues it
+
+    def state(self) -> dict:
+        return {"wandb_run_id": self.run.id, "wandb_project": self.run.project}
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        self.run.log({**values, "update": step})
+
+    def summary(self, values: dict[str, float]) -> None:
+        self.run.summary.update(values)
+
+    def images(self, paths: dict[str, str], step: int) -> None:
+        self.run.log({k: self.wandb.Image(str(p)) for k, p in paths.items()} | {"update": step})
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class TensorBoardBackend:
+    """A ``torch.utils.tensorboard.SummaryWriter`` on ``log_dir``; ``purge_step`` on resume."""
+
+    def __init__(self, log_dir: str, config: dict, purge_step: int | None = None):
+        import_optional("tensorboard", "--log-tensorboard", TENSORBOARD_HINT)
+        from torch.utils.tensorboard import SummaryWriter
+        self.log_dir = str(log_dir)
+        self.writer = SummaryWriter(self.log_dir, purge_step=purge_step)
+        if config:
+            text = "\n".join(f"    {line}" for line in json.dumps(config, indent=1, sort_keys=True).splitlines())
+            self.writer.add_text("config", text, global_step=purge_step or 0)
+
+    def state(self) -> dict:
+        return {"tensorboard_dir": self.log_dir}
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, global_step=step)
+        self.writer.flush()
+
+    def summary(self, values: dict[str, float]) -> None:
+        self.log(values, 0)
+
+    def images(self, paths: dict[str, str], step: int) -> None:
+        import numpy as np
+        from PIL import Image
+        for k, p in paths.items():
+            with Image.open(p) as im:
+                self.writer.add_image(k, np.asarray(im.convert("RGB")), global_step=step, dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Tracker:
+    """Every backend asked for, or none (then each call does nothing)."""
+
+    def __init__(self, backends: list | None = None):
+        self.backends = list(backends or [])
+
+    def __bool__(self) -> bool:
+        return bool(self.backends)
+
+    def state(self) -> dict:
+        """What a checkpoint keeps so a resumed run logs into the same runs."""
+        out = {}
+        for b in self.backends:
+            out |= b.state()
+        return out
+
+    def log(self, record: dict, step: int) -> None:
+        values = scalars(record)
+        for b in self.backends:
+            b.log(values, step)
+
+    def summary(self, record: dict) -> None:
+        values = scalars(record)
+        for b in self.backends:
+            b.summary(values)
+
+    def images(self, paths: dict[str, str | os.PathLike], step: int) -> None:
+        for b in self.backends:
+            b.images({k: str(p) for k, p in paths.items()}, step)
+
+    def close(self) -> None:
+        for b in self.backends:
+            b.close()
+
+
+def create_tracker(args, is_main: bool, config: dict, previous: dict | None = None,
+                   step: int = 0) -> Tracker:
+    """The tracker ``--log-wandb``/``--log-tensorboard`` ask for (rank 0; an empty one elsewhere).
+
+    ``previous`` is the :meth:`Tracker.state` stored in the checkpoint being resumed: its W&B
+    run is reopened (unless ``--wandb-run-id`` names another) and its TensorBoard folder is
+    reused when ``--log-tensorboard`` is not given a new one.
+    """
+    previous = previous or {}
+    backends = []
+    if not is_main:
+        return Tracker()
+    if getattr(args, "log_wandb", False):
+        run_id = getattr(args, "wandb_run_id", None) or previous.get("wandb_run_id")
+        project = getattr(args, "wandb_project", None) or previous.get("wandb_project") or "amanita"
+        backends.append(WandbBackend(project, getattr(args, "wandb_name", None), config, run_id,
+                                     getattr(args, "wandb_dir", None), getattr(args, "wandb_group", None)))
+    tb = getattr(args, "log_tensorboard", None)
+    if tb:
+        tb = previous.get("tensorboard_dir") if tb == "auto" else tb
+        backends.append(TensorBoardBackend(tb or "runs", config, purge_step=step or None))
+    return Tracker(backends)
+
+
+def add_tracking_args(parser) -> None:
+    """The ``Tracking parameters`` flag group (training scripts and validate.py)."""
+    g = parser.add_argument_group("Tracking parameters")
+    g.add_argument("--log-wandb", action="store_true",
+                   help=f"log to Weights & Biases (rank 0; WANDB_MODE=offline works without a network; {WANDB_HINT})")
+    g.add_argument("--wandb-project", default=None, help="W&B project (default: the resumed run's, else 'amanita')")
+    g.add_argument("--wandb-name", default=None, help="W&B run name (default: W&B's)")
+    g.add_argument("--wandb-group", default=None, help="W&B run group, e.g. one per experiment")
+    g.add_argument("--wandb-run-id", default=None,
+                   help="W&B run id to continue (default: the one stored in the resumed checkpoint)")
+    g.add_argument("--wandb-dir", default=None, help="folder for W&B's local files (default: W&B's, ./wandb)")
+    g.add_argument("--log-tensorboard", default=None, metavar="DIR",
+                   help=f"write TensorBoard events to DIR ('auto': the resumed checkpoint's folder; {TENSORBOARD_HINT})")
