@@ -1,16 +1,24 @@
 """Checkpoints: one plain dict, written atomically, read with ``weights_only=True``."""
 from __future__ import annotations
 
+import copy
 import os
 import random
+import re
+import secrets
+import shutil
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from amanita.io import UserError, atomic_torch_save
+from amanita.io import UserError, atomic_torch_save, atomic_write_stream
 from amanita.taxonomy import Taxonomy
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -152,3 +160,160 @@ def load_for_eval(path: str | os.PathLike, device="cpu", use_ema: bool = True
     info["path"] = str(path)
     info["ema"] = bool(use_ema and ckpt.get("model_ema") is not None)
     return model, tax, data_config, info
+
+
+# ---------------------------------------------------------------------- background writing
+WRITE_DELAY_ENV = "AMANITA_TEST_CHECKPOINT_WRITE_DELAY_S"  # tests: hold each write before its rename
+_TEMPORARY = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{8}\.tmp$")  # what io's atomic writes leave when killed
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written: the run stops, the previous file is still whole."""
+
+
+class SaveSchedule:
+    """When to save ``last.pth``: every ``every_steps`` updates and/or every ``every_minutes`` minutes.
+
+    Checked at update boundaries; either condition makes a save due, and a save resets the clock.
+    """
+
+    def __init__(self, every_steps: int = 0, every_minutes: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.every_steps, self.every_s, self.clock = every_steps, 60.0 * every_minutes, clock
+        self.last = clock()
+
+    def due(self, step: int) -> bool:
+        by_steps = bool(self.every_steps) and step % self.every_steps == 0
+        by_time = bool(self.every_s) and self.clock() - self.last >= self.every_s
+        return by_steps or by_time
+
+    def saved(self) -> None:
+        self.last = self.clock()
+
+
+class CheckpointWriter:
+    """Writes checkpoints from a CPU snapshot on a background thread, so training waits only for the copy.
+
+    ``save`` waits for the previous write, copies every tensor of the state into CPU buffers
+    (reused from save to save; pinned and asynchronous for CUDA tensors), and returns; a thread
+    then writes the file atomically and links the extra names to it. ``close`` waits for the last
+    write. A failed write is printed at once and raised as :class:`CheckpointWriteError` by the
+    next ``save``/``wait``/``close``. ``background=False`` writes in the caller (the old behaviour).
+    """
+
+    def __init__(self, background: bool = True):
+        self.background = background
+        self._thread: threading.Thread | None = None
+        self._error: str | None = None
+        self._buffers: dict[str, torch.Tensor] = {}
+        self._from_cuda = False
+
+    def save(self, state: dict, path: str | os.PathLike, also: Iterable[str | os.PathLike] = ()) -> float:
+        """Snapshot ``state`` and write it to ``path`` (and ``also``); returns the seconds the caller was held."""
+        t0 = time.perf_counter()
+        self.wait()
+        snap, ready = self._snapshot(state)
+        job = (snap, ready, Path(path), [Path(a) for a in also])
+        if self.background:
+            self._thread = threading.Thread(target=self._write, args=job, name="checkpoint-writer")
+            self._thread.start()
+        else:
+            self._write(*job)
+            self.wait()
+        return time.perf_counter() - t0
+
+    def wait(self) -> None:
+        """Block until the write in flight (if any) is on disk; raise if a write failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise CheckpointWriteError(error)
+
+    close = wait
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _snapshot(self, obj, key: str = ""):
+        """``(copy, ready)``: ``obj`` with every tensor copied to CPU; ``ready`` is a CUDA event or None."""
+        self._from_cuda = False
+        snap = self._copy(obj, key)
+        ready = None
+        if self._from_cuda:
+            ready = torch.cuda.Event()
+            ready.record()  # the copies are queued on the current stream, before any later update
+        return snap, ready
+
+    def _copy(self, obj, key: str):
+        if isinstance(obj, torch.Tensor):
+            return self._copy_tensor(obj.detach(), key)
+        if isinstance(obj, dict):
+            return {k: self._copy(v, f"{key}/{k}") for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            items = [self._copy(v, f"{key}/{i}") for i, v in enumerate(obj)]
+            return items if isinstance(obj, list) else tuple(items)
+        if obj is None or isinstance(obj, (str, bytes, int, float, bool)):
+            return obj
+        return copy.deepcopy(obj)
+
+    def _copy_tensor(self, t: torch.Tensor, key: str) -> torch.Tensor:
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+            buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
+            self._buffers[key] = buf
+        self._from_cuda |= t.is_cuda
+        return buf.copy_(t, non_blocking=t.is_cuda)
+
+    def _write(self, snap: dict, ready, path: Path, also: list[Path]) -> None:
+        try:
+            if ready is not None:
+                ready.synchronize()
+            atomic_write_stream(path, lambda f: _save_then_pause(snap, f))
+            for other in also:
+                link_or_copy(path, other)
+        except BaseException as e:  # noqa: BLE001 - reported to the training loop, never lost
+            self._error = (f"writing checkpoint {path} failed: {type(e).__name__}: {e}; "
+                           f"the previous {path.name} is intact, training stopped")
+            print(f"error: {self._error}", file=sys.stderr, flush=True)
+
+
+def _save_then_pause(obj, f) -> None:
+    torch.save(obj, f)
+    delay = float(os.environ.get(WRITE_DELAY_ENV, 0) or 0)
+    if delay:  # tests: a write in flight that a SIGKILL can land in
+        f.flush()
+        time.sleep(delay)
+
+
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Make ``dst`` the file ``src`` atomically: a hard link (no second write), or a copy where links fail.
+
+    Like timm's ``CheckpointSaver``; ``src`` being replaced later by a rename leaves ``dst`` as it was.
+    """
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        os.link(src, tmp)
+    except OSError:  # a file system without hard links
+        with open(src, "rb") as f:
+            atomic_write_stream(dst, lambda out: shutil.copyfileobj(f, out, 16 << 20))
+        return
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed atomic write left in ``folder``; returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if p.is_file() and _TEMPORARY.match(p.name)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale

@@ -59,6 +59,11 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     _atomic_write(path, lambda f: torch.save(obj, f), "wb")
 
 
+def atomic_write_stream(path: str | os.PathLike, write: Callable[[object], None]) -> None:
+    """Atomically write ``path`` with ``write(f)`` on a binary file (e.g. ``torch.save`` then a pause)."""
+    _atomic_write(path, write, "wb")
+
+
 def atomic_to_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
     _atomic_write(path, lambda f: f.write(df.to_csv(index=False).encode("utf-8")), "wb")
 

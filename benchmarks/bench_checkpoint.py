@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""How long a checkpoint save blocks the training loop: synchronous against background writing.
+
+A BEiT-B-sized training state on the CPU (timm ``beit_base_patch16_224`` with FungiTastic's 2,829
+outputs, AdamW moments filled, RNG states, a scheduler-sized dict; optionally an EMA copy) is
+saved ``--rounds`` times each way, interleaved:
+- synchronous: ``amanita.checkpoint.save_checkpoint`` (temp file, fsync, rename), the old path;
+- background: ``CheckpointWriter.save`` (CPU snapshot into reused buffers, then a thread writes).
+For the background writer the loop is blocked only by ``save``; the write itself is timed apart,
+and the next save starts after it ends (as with saves minutes apart). The first background save
+also allocates the snapshot buffers, so it is reported separately from the steady state.
+Target (issue 8): blocked <= 15% of the synchronous time.
+
+Prints one JSON object. Example:
+  python benchmarks/bench_checkpoint.py --dir /tmp/bench_ckpt --rounds 3
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from amanita import checkpoint as ck  # noqa: E402
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dir", default=None, help="where the checkpoints are written (default: a temporary folder)")
+    p.add_argument("--rounds", type=int, default=3, help="saves of each kind, interleaved; medians are reported")
+    p.add_argument("--classes", type=int, default=2829, help="outputs of the head (FungiTastic leaves)")
+    p.add_argument("--ema", action="store_true", help="add an EMA copy of the weights, as --model-ema does")
+    return p.parse_args()
+
+
+def training_state(classes: int, ema: bool) -> dict:
+    """What ``Checkpointer.state_dict`` holds for BEiT-B + AdamW, built without a forward pass."""
+    import timm
+    model = timm.create_model("beit_base_patch16_224", pretrained=False, num_classes=classes)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 1e-3)
+    opt.step()  # fills exp_avg / exp_avg_sq
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+             "scheduler": {"base_values": [1e-4] * 30, "t_initial": 20}, "rng": ck.capture_rng(),
+             "epoch": 3, "step": 1234, "history": [{"epoch": e, "val/leaf/acc1": 0.5} for e in range(3)]}
+    if ema:
+        state["model_ema"] = {k: v.clone() for k, v in state["model"].items()}
+    return state
+
+
+def main():
+    args = parse_args()
+    folder = Path(args.dir or tempfile.mkdtemp(prefix="bench_ckpt_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    state = training_state(args.classes, args.ema)
+    n_bytes = sum(t.numel() * t.element_size() for t in _tensors(state))
+    writer = ck.CheckpointWriter()
+    sync, blocked, written = [], [], []
+    try:
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            ck.save_checkpoint(state, folder / "sync.pth")
+            sync.append(time.perf_counter() - t0)
+            blocked.append(writer.save(state, folder / "last.pth", also=[folder / "best_model.pth"]))
+            t0 = time.perf_counter()
+            writer.wait()
+            written.append(time.perf_counter() - t0 + blocked[-1])
+        size = os.path.getsize(folder / "last.pth")
+    finally:
+        writer.close()
+        if args.dir is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    steady = statistics.median(blocked[1:]) if len(blocked) > 1 else blocked[0]
+    print(json.dumps({
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+                   f"({torch.get_num_threads()} threads)",
+        "state": f"BEiT-B + AdamW{' + EMA' if args.ema else ''}, {args.classes} outputs",
+        "state_mb": round(n_bytes / 2**20), "file_mb": round(size / 2**20), "rounds": args.rounds,
+        "sync_save_s": round(statistics.median(sync), 3),
+        "background_blocked_s": {"first (allocates buffers)": round(blocked[0], 3), "steady": round(steady, 3)},
+        "background_write_s": round(statistics.median(written), 3),
+        "blocked_over_sync": round(steady / statistics.median(sync), 3),
+        "all_s": {"sync": [round(x, 3) for x in sync], "blocked": [round(x, 3) for x in blocked]},
+    }, indent=1))
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+if __name__ == "__main__":
+    main()
