@@ -78,6 +78,26 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def wrap_for_training(model: torch.nn.Module, info: DistInfo, compile: bool = False) -> torch.nn.Module:
+    """The module the training step calls: DDP (when distributed), then ``torch.compile`` over it.
+
+    DDP first, as PyTorch's DDP notes describe: Dynamo then compiles the inner module while
+    inside DDP's forward and splits its graph at DDP's bucket boundaries (DDPOptimizer), so
+    gradient all-reduces still overlap the backward pass. No buffer broadcast before each
+    forward (``forward_sync_buffers=False``, torch 2.14's name for ``broadcast_buffers=False``;
+    buffers are still synced once at start-up): the buffers (roll-up matrices, relative-position
+    indices) are constants. ``gradient_as_bucket_view=True``: gradients live in the all-reduce
+    buckets, saving a copy and a second gradient set. ``checkpoint.unwrap`` gives the plain module.
+    """
+    if info.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.local_rank] if info.device.type == "cuda" else None,
+            forward_sync_buffers=False, gradient_as_bucket_view=True)
+    if compile:
+        model = torch.compile(model)
+    return model
+
+
 class ResumableDistributedSampler(Sampler[int]):
     """Shuffles every epoch like ``DistributedSampler`` and can start part-way into an epoch.
 

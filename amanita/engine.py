@@ -191,7 +191,7 @@ def iter_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=Non
         yield logp, labels.to(device), idx
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict(model: nn.Module, loader, taxonomy: Taxonomy, device, decode: str = "independent",
             amp: str | torch.dtype | None = None, show: bool = True, readout: Readout | None = None
             ) -> pd.DataFrame:
@@ -201,14 +201,18 @@ def predict(model: nn.Module, loader, taxonomy: Taxonomy, device, decode: str = 
     ``{key}_true``, ``{key}_pred``, ``{key}_conf``, ``{key}_lconf``, ``{key}_ptrue`` and
     ``{key}_top1..5`` for ``key`` in leaf and the six ranks (see ``amanita/predictions.py``).
     ``readout``: test-time augmentation and temperatures. See :func:`with_metadata` for the
-    ``filename`` and ``observationID`` columns.
+    ``filename`` and ``observationID`` columns. Results stay on the device until the split
+    ends, then come to the host in two copies (integer and float columns), not per batch.
     """
     ancestors = taxonomy.ancestor_matrix().to(device)
-    chunks = [prediction_columns(logp, labels, idx, ancestors, decode)
-              for logp, labels, idx in iter_log_probs(model, loader, taxonomy, device, amp, show, readout)]
-    local = {k: np.concatenate([c[k] for c in chunks]) if chunks else np.zeros(0) for k in _column_names()}
-    gathered = all_gather_objects(local)
-    cols = {k: np.concatenate([g[k] for g in gathered]) for k in local}
+    ints, floats, index = [], [], []
+    for logp, labels, idx in iter_log_probs(model, loader, taxonomy, device, amp, show, readout):
+        i, f = _device_columns(logp, labels, ancestors, decode)
+        ints.append(i)
+        floats.append(f)
+        index.append(torch.as_tensor(idx))
+    gathered = all_gather_objects(_host_columns(ints, floats, index))
+    cols = {k: np.concatenate([g[k] for g in gathered]) for k in COLUMNS}
     df = pd.DataFrame(cols)
     df = df[df["leaf_true"] != BAD_IMAGE].drop_duplicates("index").sort_values("index", kind="stable")
     return df.reset_index(drop=True)
@@ -218,11 +222,11 @@ def prediction_columns(logp: dict[str, torch.Tensor], labels: torch.Tensor, idx,
                        decode: str) -> dict[str, np.ndarray]:
     """Decode ``logp`` (``{key: (B, n_classes)}``) and return the predictions-table columns of these samples.
 
-    What :func:`predict` does per batch; also usable on :func:`collect_log_probs`'s output.
+    What :func:`predict` does per batch (there the columns stay on the device until the split
+    ends); also usable on :func:`collect_log_probs`'s output.
     """
-    from amanita.calibration import lineage_confidence
-    preds = decode_predictions(logp, ancestors, decode)
-    return _batch_columns(logp, preds, lineage_confidence(logp[LEAF], preds, ancestors), labels, idx)
+    ints, floats = _device_columns(logp, labels, ancestors, decode)
+    return _host_columns([ints], [floats], [torch.as_tensor(idx)])
 
 
 def with_metadata(preds: pd.DataFrame, metadata: pd.DataFrame) -> pd.DataFrame:
@@ -252,16 +256,19 @@ def collect_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=
     return {k: torch.cat(v) for k, v in parts.items()}, torch.cat(labels)
 
 
-def _column_names() -> list[str]:
-    names = ["index"]
-    for k in KEYS:
-        names += [f"{k}_true", f"{k}_pred", f"{k}_conf", f"{k}_lconf", f"{k}_ptrue"] + [f"{k}_top{i}" for i in range(1, 6)]
-    return names
+INT_COLUMNS = [f"{k}_{c}" for k in KEYS for c in ("true", "pred", "top1", "top2", "top3", "top4", "top5")]
+FLOAT_COLUMNS = [f"{k}_{c}" for k in KEYS for c in ("conf", "lconf", "ptrue")]
+COLUMNS = ["index"] + [f"{k}_{c}" for k in KEYS for c in ("true", "pred", "conf", "lconf", "ptrue", "top1", "top2",
+                                                           "top3", "top4", "top5")]
 
 
-def _batch_columns(logp: dict, preds: dict, lconf: dict, labels: torch.Tensor, idx) -> dict[str, np.ndarray]:
-    """One batch's columns as numpy (one device→host copy per tensor)."""
-    out = {"index": np.asarray(idx)}
+def _device_columns(logp: dict, labels: torch.Tensor, ancestors: torch.Tensor, decode: str
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch's columns, on the device: ``(B, len(INT_COLUMNS))`` int64, ``(B, len(FLOAT_COLUMNS))`` float32."""
+    from amanita.calibration import lineage_confidence
+    preds = decode_predictions(logp, ancestors, decode)
+    lconf = lineage_confidence(logp[LEAF], preds, ancestors)
+    ints, floats = [], []
     for j, k in enumerate(KEYS):
         lp, pred, true = logp[k], preds[k], labels[:, j]
         top = lp.topk(min(5, lp.shape[1]), dim=1).indices
@@ -270,13 +277,21 @@ def _batch_columns(logp: dict, preds: dict, lconf: dict, labels: torch.Tensor, i
         conf = lp.gather(1, pred[:, None]).squeeze(1).exp()
         ptrue = torch.where(true >= 0, lp.gather(1, true.clamp_min(0)[:, None]).squeeze(1).exp(),
                             torch.full_like(conf, float("nan")))
-        out[f"{k}_true"], out[f"{k}_pred"] = true.cpu().numpy(), pred.cpu().numpy()
-        out[f"{k}_conf"], out[f"{k}_ptrue"] = conf.cpu().numpy(), ptrue.cpu().numpy()
-        out[f"{k}_lconf"] = lconf[k].cpu().numpy()
-        top = top.cpu().numpy()
-        for i in range(5):
-            out[f"{k}_top{i + 1}"] = top[:, i]
-    return out
+        ints += [true[:, None], pred[:, None], top]
+        floats += [conf[:, None], lconf[k].float()[:, None], ptrue[:, None]]
+    return torch.cat(ints, 1).long(), torch.cat(floats, 1).float()
+
+
+def _host_columns(ints: list, floats: list, index: list) -> dict[str, np.ndarray]:
+    """Columns as numpy: the blocks joined on the device, then one host copy per dtype."""
+    if ints:
+        i, f, index = torch.cat(ints).cpu().numpy(), torch.cat(floats).cpu().numpy(), torch.cat(index).numpy()
+    else:  # a rank with no samples
+        i, f, index = np.zeros((0, len(INT_COLUMNS)), np.int64), np.zeros((0, len(FLOAT_COLUMNS)), np.float32), \
+            np.zeros(0, np.int64)
+    found = {"index": index} | {k: i[:, n] for n, k in enumerate(INT_COLUMNS)} | {
+        k: f[:, n] for n, k in enumerate(FLOAT_COLUMNS)}
+    return {k: found[k] for k in COLUMNS}
 
 
 def summarize(preds: pd.DataFrame, taxonomy: Taxonomy) -> dict[str, float]:

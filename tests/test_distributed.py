@@ -72,3 +72,26 @@ def test_accumulation_remainder_keeps_ranks_identical(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result == {"equal": True, "steps": 3, "batches": 8}
+
+
+def test_training_wrapper_is_ddp_without_buffer_broadcast_then_compile():
+    import torch.distributed as dist
+    from torch._dynamo.eval_frame import OptimizedModule
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from amanita.checkpoint import unwrap
+    from amanita.distributed import DistInfo, wrap_for_training
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = torch.nn.Linear(3, 2)
+        info = DistInfo(rank=0, world_size=2)  # "distributed": the group above stands in for it
+        wrapped = wrap_for_training(model, info, compile=True)
+        assert isinstance(wrapped, OptimizedModule) and isinstance(wrapped._orig_mod, DDP)  # DDP inside compile
+        ddp = wrapped._orig_mod
+        assert ddp.forward_sync_buffers is False and ddp.gradient_as_bucket_view is True
+        assert unwrap(wrapped) is model and hasattr(wrapped, "no_sync")  # accumulation still skips syncs
+        eager = wrap_for_training(model, info)
+        assert isinstance(eager, DDP) and eager.broadcast_buffers is False
+        assert wrap_for_training(model, DistInfo()) is model  # one process, no compile: the module itself
+    finally:
+        dist.destroy_process_group()

@@ -51,3 +51,52 @@ def test_the_scheduler_steps_for_every_update_the_last_partial_one_included():
     batches = [(torch.randn(2, 3, generator=g), torch.randn(2, 1, generator=g), None) for _ in range(5)]
     _, state, sched = _run(batches, accum=2)
     assert state.step == 3 and sched.calls == [1, 2, 3]
+
+
+class _LeafLinear(nn.Module):
+    """A single-head model over leaves that records whether it ran under inference mode."""
+
+    def __init__(self, n_leaves):
+        super().__init__()
+        self.fc = nn.Linear(12, n_leaves)
+        self.modes = []
+
+    def forward(self, x):
+        self.modes.append(torch.is_inference_mode_enabled())
+        return self.fc(x.flatten(1))
+
+
+def test_predict_keeps_results_on_the_device_and_copies_once_per_split(monkeypatch):
+    import numpy as np
+
+    from amanita.data import BAD_IMAGE
+    from amanita.engine import COLUMNS, predict
+    from amanita.taxonomy import build_taxonomy, encode_labels
+    from tests.helpers import TRAIN_IDS, rows
+    df = rows(TRAIN_IDS)
+    tax = build_taxonomy([df])
+    labels = torch.as_tensor(encode_labels(tax, df))  # (10, 7)
+    labels[4, 0] = BAD_IMAGE  # an unreadable image is left out
+    g = torch.Generator().manual_seed(3)
+    images = torch.randn(10, 3, 2, 2, generator=g)
+    order = [7, 2, 9, 0, 5, 1, 8, 3, 6, 4]  # batches of 4, 4, 2 in a shuffled order
+    loader = [(images[order[s:s + 4]], labels[order[s:s + 4]], torch.tensor(order[s:s + 4])) for s in (0, 4, 8)]
+    model = _LeafLinear(tax.n_leaves)
+    copies = []
+    real_cpu = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda t, *a, **k: copies.append(t.shape) or real_cpu(t, *a, **k))
+    got = predict(model, loader, tax, torch.device("cpu"), show=False)
+    monkeypatch.undo()
+    assert model.modes == [True, True, True]
+    assert len(copies) == 2  # one integer block, one float block for the whole split
+    assert list(got.columns) == COLUMNS and got["index"].tolist() == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+    with torch.no_grad():
+        p = model.fc(images.flatten(1)).softmax(1)
+    keep = torch.tensor(got["index"].to_numpy())
+    np.testing.assert_array_equal(got["leaf_pred"], p[keep].argmax(1).numpy())
+    np.testing.assert_array_equal(got["leaf_true"], labels[keep, 0].numpy())
+    np.testing.assert_allclose(got["leaf_conf"], p[keep].max(1).values.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(got["leaf_ptrue"], p[keep, labels[keep, 0]].numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(got["leaf_top1"], got["leaf_pred"])
+    assert got["leaf_top2"].dtype == np.int64 and got["phylum_top3"].eq(-1).all()  # 2 phyla: top-3 padded
+    assert got["phylum_conf"].dtype == np.float32
