@@ -47,13 +47,14 @@ def check_batch(args, taxonomy, data_config) -> torch.Tensor:
     """The images the check runs on: the first rows of --check-csv, or seeded random tensors."""
     if args.check_csv is None:
         return torch.randn(args.check_images, *data_config["input_size"], generator=torch.Generator().manual_seed(0))
-    from amanita.data import FungiTasticDataset, create_transforms
+    from amanita.data import FungiTasticDataset, create_transforms, to_model_input
     ds = FungiTasticDataset(args.check_csv, taxonomy, create_transforms(data_config, train=False),
                             image_root=args.image_root, input_size=data_config["input_size"])
     n = min(args.check_images, len(ds))
     if n == 0:
         raise UserError(f"--check-csv {args.check_csv} has no rows")
-    return torch.stack([ds[i][0] for i in range(n)])
+    images = torch.stack([ds[i][0] for i in range(n)])  # uint8
+    return to_model_input(images, torch.device("cpu"), data_config["mean"], data_config["std"])
 
 
 @cli_main

@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from amanita.checkpoint import load_for_eval
 from amanita.cli import HelpFormatter
-from amanita.data import create_transforms, load_rgb
+from amanita.data import DeviceLoader, create_transforms, make_loader, read_image
 from amanita.calibration import apply_temperatures, lineage_confidence
 from amanita.engine import TTA_MODES, amp_dtype, autocast, forward_tta
 from amanita.io import UserError, cli_main
@@ -101,7 +101,7 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
 
 
 class ImageFiles(Dataset):
-    """A map-style dataset: ``(tensor, error)``; an unreadable file gives zeros and its reason."""
+    """A map-style dataset: ``(uint8 tensor, error)``; an unreadable file gives zeros and its reason."""
 
     def __init__(self, paths: list[Path], transform, shape: tuple[int, int, int]):
         self.paths, self.transform, self.shape = paths, transform, shape
@@ -111,11 +111,11 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            return self.transform(load_rgb(str(self.paths[i]))), ""
+            return self.transform(read_image(self.paths[i])), ""
         except Image.UnidentifiedImageError:
-            return torch.zeros(self.shape), "not an image (unrecognised file format)"
+            return torch.zeros(self.shape, dtype=torch.uint8), "not an image (unrecognised file format)"
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            return torch.zeros(self.shape), f"not an image ({type(e).__name__}: {str(e).splitlines()[0]})"
+            return torch.zeros(self.shape, dtype=torch.uint8), f"not an image ({type(e).__name__}: {str(e).splitlines()[0]})"
 
 
 # ---------------------------------------------------------------------- model
@@ -190,7 +190,8 @@ def run_inference(args, loaded, paths: list[Path], on_result, on_error) -> None:
     temperatures = None if args.no_temperatures else info.get("temperatures")
     poisonous = poisonous_leaves(tax)
     dataset = ImageFiles(paths, create_transforms(data_config, train=False), tuple(data_config["input_size"]))
-    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
+    loader = DeviceLoader(make_loader(dataset, args.batch_size, args.workers, device, persistent=False),
+                          device, data_config)  # normalised on the device
     folders = any(Path(p).is_dir() for p in args.inputs)
     # disable=None: a bar only on a terminal, so logs and pipes stay clean; always on stderr
     bar = tqdm(total=len(paths), disable=None if folders else True, desc="images", unit="img", file=sys.stderr)

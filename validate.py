@@ -114,24 +114,24 @@ def run_inference(args: argparse.Namespace, spec: str | None = None, taxonomy=No
     Returns ``(preds, tax, info)``: the predictions table (see amanita.predictions), the
     taxonomy of the model's heads and what the checkpoint says about itself.
     """
-    import torch
-    from amanita.data import FungiTasticDataset, create_transforms
+    from amanita.data import DeviceLoader, FungiTasticDataset, create_transforms, make_loader, read_split
     from amanita.engine import Readout, predict, with_metadata
 
     device = resolve_device(args.device)
     model, tax, data_config, info = load_model(args, device, spec, taxonomy)
     expected = taxonomy if taxonomy is not None else _load_taxonomy(args.mappings) if args.mappings else None
     check_same_taxonomy(tax, expected, spec or args.checkpoint)
+    metadata = read_split(args.val_path)  # kept here for the predictions' filename/observationID columns
     dataset = FungiTasticDataset(args.val_path, tax, transform=create_transforms(data_config, train=False),
-                                 image_root=args.image_root)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
-                                         num_workers=args.workers, pin_memory=device.type == "cuda")
+                                 image_root=args.image_root, input_size=data_config["input_size"], metadata=metadata)
+    loader = DeviceLoader(make_loader(dataset, args.batch_size, args.workers, device, persistent=False),
+                          device, data_config)  # normalised on the device
     if args.calibrate and spec is None:
         info["calibration"] = calibrate(args, model, loader, tax, device)
         info["temperatures"] = info["calibration"]["temperatures"]
     temperatures = None if args.no_temperatures else info.get("temperatures")
     preds = predict(model, loader, tax, device, args.decode, args.amp, readout=Readout(args.tta, temperatures))
-    return with_metadata(preds, dataset.df), tax, info
+    return with_metadata(preds, metadata), tax, info
 
 
 def calibrate(args: argparse.Namespace, model, loader, tax, device) -> dict:

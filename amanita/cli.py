@@ -33,6 +33,8 @@ def add_dataset_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     g.add_argument("--mappings", default="taxonomic_mappings.json",
                    help="taxonomic_mappings.json; built from the given CSVs when the file does not exist")
     g.add_argument("--workers", type=int, default=4, help="data-loading processes per GPU/process")
+    g.add_argument("--prefetch-factor", type=int, default=4,
+                   help="batches each worker loads ahead (DataLoader prefetch_factor; ignored with --workers 0)")
     g.add_argument("--max-bad-image-fraction", type=float, default=0.001,
                    help="stop when more than this share of a split's images cannot be read")
     if multitask:
@@ -100,6 +102,9 @@ def add_loss_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     g.add_argument("--auto-augment", default="rand-m20-n2",
                    help="timm auto-augment policy (stock: RandAugment 2 ops, magnitude 20); 'none' to disable")
     g.add_argument("--scale", type=float, nargs=2, default=[0.8, 1.0], help="RandomResizedCrop scale range")
+    g.add_argument("--color-jitter", type=float, default=0.0,
+                   help="colour jitter strength (brightness, contrast, saturation), with or without --auto-augment; "
+                        "0: none (the stock recipe has none; timm would add 0.4 silently without auto-augment)")
     g.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability")
     g.add_argument("--vflip", type=float, default=0.5, help="vertical flip probability")
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import logging
 import os
 import random
@@ -12,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from amanita.io import UserError, read_metadata_csv
 from amanita.taxonomy import REQUIRED_COLUMNS, Taxonomy, encode_labels
@@ -21,6 +23,8 @@ log = logging.getLogger(__name__)
 
 BAD_IMAGE = -2  # leaf label of a sample whose image could not be read (other labels -1)
 SPLIT_WORDS = {"train": "train", "val": "val", "test": "test"}
+JPEG_MAGIC = b"\xff\xd8\xff"
+IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def read_split(path: str | os.PathLike) -> pd.DataFrame:
@@ -51,7 +55,7 @@ def image_paths(df: pd.DataFrame, csv_path: str | os.PathLike | None,
     return [str(root / f) for f in df["filename"].astype(str)]
 
 
-def load_rgb(path: str) -> Image.Image:
+def load_rgb(path: str | os.PathLike | io.BytesIO) -> Image.Image:
     """Open an image of any mode (L, P, RGBA, CMYK, I;16, EXIF-rotated) as upright RGB."""
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im)
@@ -66,49 +70,89 @@ def load_rgb(path: str) -> Image.Image:
         return im.convert("RGB")
 
 
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """An image file as an upright RGB uint8 tensor ``(3, H, W)``.
+
+    JPEGs decode with ``torchvision.io.decode_jpeg`` (libjpeg-turbo, EXIF orientation applied),
+    about twice as fast as PIL with its conversions; other formats, and JPEGs it refuses
+    (truncated, corrupt), take the safe PIL path of :func:`load_rgb`, which raises one of
+    :data:`IMAGE_ERRORS` for a file that cannot be read.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms.functional import pil_to_tensor
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    if data[:3] == JPEG_MAGIC:
+        try:
+            return decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB,
+                               apply_exif_orientation=True)
+        except RuntimeError:
+            pass  # PIL decides: it reads some files libjpeg refuses, and names the problem of the rest
+    return pil_to_tensor(load_rgb(io.BytesIO(data)))
+
+
 class FungiTasticDataset(Dataset):
     """FungiTastic images with their labels at the leaf and the six ranks.
 
-    ``__getitem__`` returns ``(image, labels, index)``: ``labels`` is a LongTensor of 7 (leaf
-    = ``category_id`` index, then phylum … species), -1 for unknown. An image that cannot be
-    read is logged with its path and returned as zeros with leaf label :data:`BAD_IMAGE`
-    and other labels -1, so losses and metrics skip it and the engine can count it.
+    ``__getitem__`` returns ``(image, labels, index)``: ``image`` is the transform's uint8
+    ``(3, h, w)`` tensor (normalised later, on the device: :class:`DeviceLoader`), ``labels``
+    a LongTensor of 7 (leaf = ``category_id`` index, then phylum … species), -1 for unknown.
+    An image that cannot be read is logged with its path and returned as zeros with leaf
+    label :data:`BAD_IMAGE` and other labels -1, so losses and metrics skip it and the engine
+    can count it.
+
+    Loader workers only touch compact arrays: the paths as one numpy byte array and the
+    labels as one tensor. The metadata frame is not kept (a DataFrame or a list of str is
+    copied page by page into every worker as reference counts are touched); a caller that
+    needs its columns reads the CSV itself and passes the frame as ``metadata``.
     """
 
-    def __init__(self, csv_path: str | os.PathLike | pd.DataFrame, taxonomy: Taxonomy,
-                 transform=None, image_root: str | os.PathLike | None = None,
-                 image_size_folder: str = "300p", input_size: tuple[int, int, int] = (3, 224, 224)):
+    def __init__(self, csv_path: str | os.PathLike | pd.DataFrame | None, taxonomy: Taxonomy,
+                 transform=None, image_root: str | os.PathLike | None = None, image_size_folder: str = "300p",
+                 input_size: tuple[int, int, int] = (3, 224, 224), metadata: pd.DataFrame | None = None):
         if isinstance(csv_path, pd.DataFrame):
-            self.df, self.csv_path = csv_path.reset_index(drop=True), None
-            missing = [c for c in REQUIRED_COLUMNS if c not in self.df.columns]
+            metadata, csv_path = csv_path, None
+        if metadata is not None:
+            df = metadata.reset_index(drop=True)
+            missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
             if missing:
-                raise UserError(f"metadata is missing columns {missing}")
+                raise UserError(f"{csv_path or 'metadata'} is missing columns {missing}")
         else:
-            self.csv_path = Path(csv_path)
-            self.df = read_split(csv_path)
-        self.taxonomy = taxonomy
+            df = read_split(csv_path)
         self.transform = transform
         self.input_size = tuple(input_size)
-        self.paths = image_paths(self.df, self.csv_path, image_root, image_size_folder)
-        self.labels = torch.from_numpy(encode_labels(taxonomy, self.df))  # (n, 7)
+        self.paths = np.array([os.fsencode(p) for p in image_paths(df, csv_path, image_root, image_size_folder)],
+                              dtype=np.bytes_)  # (n,) fixed-width bytes: one buffer, no Python objects
+        self.labels = torch.from_numpy(encode_labels(taxonomy, df))  # (n, 7)
         self.seed: int | None = None  # set for training: augmentations follow (seed, epoch, index)
-        self.epoch = 0
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # persistent workers read it
+
+    def path(self, i: int) -> str:
+        """Row ``i``'s image path."""
+        return os.fsdecode(self.paths[i])
 
     def set_epoch(self, epoch: int) -> None:
-        """The epoch whose augmentations ``__getitem__`` draws (workers copy it per epoch)."""
-        self.epoch = epoch
+        """The epoch whose augmentations ``__getitem__`` draws; call it before iterating the loader.
+
+        It lives in shared memory, so persistent loader workers see it too.
+        """
+        self._epoch[0] = epoch
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            img = load_rgb(self.paths[i])
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            log.warning("bad image %s (%s)", self.paths[i], type(e).__name__ + ": " + str(e)[:120])
+            img = read_image(self.path(i))
+        except IMAGE_ERRORS as e:
+            log.warning("bad image %s (%s)", self.path(i), type(e).__name__ + ": " + str(e)[:120])
             labels = torch.full_like(self.labels[i], -1)
             labels[0] = BAD_IMAGE
-            return torch.zeros(self.input_size), labels, i
+            return torch.zeros(self.input_size, dtype=torch.uint8), labels, i
         if self.transform is not None:
             with self._seeded(i):
                 img = self.transform(img)
@@ -117,50 +161,157 @@ class FungiTasticDataset(Dataset):
     def _seeded(self, i: int):
         """Random augmentations drawn from (seed, epoch, index), whichever worker or resume serves them.
 
-        This is what makes a run resumed mid-epoch see the same crops as an uninterrupted one;
-        the caller's RNG states are restored afterwards.
+        This is what makes a run resumed mid-epoch see the same crops as an uninterrupted one.
         """
         if self.seed is None:
             return contextlib.nullcontext()
-        return _fork_rngs(hash((self.seed, self.epoch, i)) & 0x7FFFFFFF)
+        seed = hash((self.seed, self.epoch, i)) & 0x7FFFFFFF
+        if get_worker_info() is not None:  # a worker's streams serve only this dataset: no restore
+            _seed_rngs(seed)
+            return contextlib.nullcontext()
+        return _fork_rngs(seed)
+
+
+def _seed_rngs(seed: int) -> None:
+    """Seed python, numpy and torch's CPU generator (~15 µs; ``torch.manual_seed`` costs 0.3 ms).
+
+    timm's RandomResizedCrop and RandAugment draw from ``random`` and numpy; torchvision's
+    flips and colour jitter from torch.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.default_generator.manual_seed(seed)
 
 
 @contextlib.contextmanager
 def _fork_rngs(seed: int):
-    """Seed python, numpy and torch (CPU) for one sample, restoring the caller's states after.
-
-    timm's RandAugment draws its ops from numpy and their magnitudes from ``random``;
-    torchvision's flips draw from torch.
-    """
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+    """:func:`_seed_rngs` for one sample in the main process, restoring the caller's states after."""
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    _seed_rngs(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
 
 
 # ---------------------------------------------------------------------- transforms
 def create_transforms(data_config: dict, train: bool, hflip: float = 0.5, vflip: float = 0.5,
-                      scale: tuple[float, float] = (0.8, 1.0), auto_augment: str | None = "rand-m20-n2"):
-    """The train or eval transform for a model's data config, through timm.
+                      scale: tuple[float, float] = (0.8, 1.0), auto_augment: str | None = "rand-m20-n2",
+                      color_jitter: float = 0.0) -> "ImageTransform":
+    """The train or eval transform for a model's data config, through timm, giving uint8 tensors.
 
     Eval follows the config (``crop_mode='squash'`` + ``crop_pct=1`` is the FungiTastic
     squash-resize). Train is the stock FungiTastic recipe: RandomResizedCrop(scale 0.8–1),
-    flips and RandAugment(2 ops, magnitude 20).
+    flips and RandAugment(2 ops, magnitude 20). Colour jitter is applied only when
+    ``color_jitter > 0``, with or without auto-augment (timm would silently add
+    ColorJitter(0.4) when there is no auto-augment). Normalisation is left to the device
+    (timm's ``use_prefetcher`` convention): see :class:`DeviceLoader`.
     """
     from timm.data import create_transform
-    common = dict(input_size=data_config["input_size"], interpolation=data_config["interpolation"],
-                  mean=data_config["mean"], std=data_config["std"])
+    from timm.data.transforms import MaybePILToTensor
+    from timm.data.transforms_factory import transforms_imagenet_train
+    common = dict(interpolation=data_config["interpolation"], mean=data_config["mean"], std=data_config["std"],
+                  use_prefetcher=True)  # ends with PIL→uint8 tensor, no normalisation
     if not train:
-        return create_transform(**common, is_training=False, crop_pct=data_config["crop_pct"],
-                                crop_mode=data_config.get("crop_mode", "center"))
-    return create_transform(**common, is_training=True, scale=scale, hflip=hflip, vflip=vflip,
-                            auto_augment=auto_augment, re_prob=0.0)
+        steps = create_transform(**common, input_size=data_config["input_size"], is_training=False,
+                                 crop_pct=data_config["crop_pct"], crop_mode=data_config.get("crop_mode", "center"))
+        return ImageTransform([t for t in steps.transforms if not isinstance(t, MaybePILToTensor)], [])
+    primary, secondary, _ = transforms_imagenet_train(
+        tuple(data_config["input_size"][-2:]), **common, scale=scale, hflip=hflip, vflip=vflip,
+        auto_augment=auto_augment or None, color_jitter=color_jitter or None,
+        force_color_jitter=bool(color_jitter), re_prob=0.0, separate=True)
+    return ImageTransform(primary.transforms, secondary.transforms)
+
+
+class ImageTransform:
+    """An image (uint8 tensor ``(3, H, W)`` or PIL) → uint8 tensor ``(3, h, w)``, not normalised.
+
+    ``tensor_steps`` (resize, crop, flips: torchvision ops that take tensors) run on the
+    decoded tensor; ``pil_steps`` (timm's RandAugment and ColorJitter, which work on PIL
+    images) on a PIL image made after the crop, at the model's input size, where it is cheap.
+    """
+
+    def __init__(self, tensor_steps: list, pil_steps: list):
+        self.tensor_steps, self.pil_steps = list(tensor_steps), list(pil_steps)
+
+    def __call__(self, img) -> torch.Tensor:
+        from torchvision.transforms.functional import pil_to_tensor, to_pil_image
+        for step in self.tensor_steps:
+            img = step(img)
+        if self.pil_steps:
+            img = to_pil_image(img) if isinstance(img, torch.Tensor) else img
+            for step in self.pil_steps:
+                img = step(img)
+        return img if isinstance(img, torch.Tensor) else pil_to_tensor(img)
+
+    def __repr__(self) -> str:
+        steps = [" ".join(repr(t).split()) for t in self.tensor_steps]  # one line per step
+        steps += [" ".join(repr(t).split()) + " (on PIL)" for t in self.pil_steps]
+        return "ImageTransform(uint8 out, normalised on the device)\n" + "\n".join(f"  {s}" for s in steps)
+
+
+# ---------------------------------------------------------------------- loaders and the device end
+def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device, sampler=None,
+                prefetch_factor: int = 2, seed: int = 0, persistent: bool = True) -> DataLoader:
+    """A DataLoader built once for the whole run: persistent workers, pinned memory on CUDA.
+
+    The sampler stays in this process, so its epoch and start position (resume) apply to
+    every new iterator; an explicit generator keeps iterator creation off the global RNG.
+    """
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=torch.device(device).type == "cuda", drop_last=False,
+                      generator=torch.Generator().manual_seed(seed), persistent_workers=persistent and workers > 0,
+                      prefetch_factor=prefetch_factor if workers > 0 else None)
+
+
+@functools.lru_cache(maxsize=16)
+def _norm_constants(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """255·mean and 1/(255·std) as (1, 3, 1, 1) tensors on ``device``, made once."""
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255
+    inv = 1 / (torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255)
+    return m, inv
+
+
+def to_model_input(images: torch.Tensor, device: torch.device, mean, std,
+                   channels_last: bool = False) -> torch.Tensor:
+    """A batch of uint8 images ``(B, 3, H, W)`` → float32 ``(x/255 - mean) / std`` on ``device``.
+
+    The uint8 batch crosses to the device (a quarter of float32's bytes) and is normalised
+    there. A float batch is taken as already normalised and only moved.
+    """
+    x = images.to(device, non_blocking=True)
+    if x.dtype == torch.uint8:
+        m, inv = _norm_constants(tuple(mean), tuple(std), x.device)
+        x = (x.float() - m) * inv
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def check_normalised(images: torch.Tensor) -> None:
+    """A clear error for a uint8 batch reaching the model (a loader not wrapped in :class:`DeviceLoader`)."""
+    if images.dtype == torch.uint8:
+        raise TypeError("the model got uint8 images: wrap the DataLoader in amanita.data.DeviceLoader, "
+                        "which normalises them on the device")
+
+
+class DeviceLoader:
+    """Batches of ``loader`` with the images on ``device``, normalised there (timm's PrefetchLoader idea).
+
+    Yields ``(images, *rest)`` with ``rest`` (labels, indices, …) as the loader gave them.
+    """
+
+    def __init__(self, loader, device: torch.device, data_config: dict, channels_last: bool = False):
+        self.loader, self.device, self.channels_last = loader, torch.device(device), channels_last
+        self.mean, self.std = tuple(data_config["mean"]), tuple(data_config["std"])
+        self.dataset = getattr(loader, "dataset", None)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, *rest in self.loader:
+            yield (to_model_input(images, self.device, self.mean, self.std, self.channels_last), *rest)
 
 
 class BadImageCounter:
@@ -220,7 +371,7 @@ def _try_open(path: str) -> str | None:
     try:
         load_rgb(path)
         return None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+    except IMAGE_ERRORS as e:
         return f"{type(e).__name__}: {str(e)[:120]}"
 
 

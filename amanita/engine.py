@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from amanita.data import BAD_IMAGE, BadImageCounter
+from amanita.data import BAD_IMAGE, BadImageCounter, check_normalised
 from amanita.distributed import all_gather_objects, all_reduce_sum, world_size
 from amanita.model import decode as decode_predictions
 from amanita.model import rank_log_probs
@@ -77,6 +77,7 @@ def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer, s
                desc=f"train {state.epoch}", dynamic_ncols=True, leave=False)
     for images, labels, _ in bar:
         images = images.to(device, non_blocking=True)
+        check_normalised(images)
         labels = labels.to(device, non_blocking=True)
         group, boundary = accumulation_group(state.batch_in_epoch, total, cfg.accum_steps)
         sync = contextlib.nullcontext() if boundary or not hasattr(model, "no_sync") else model.no_sync()
@@ -183,8 +184,10 @@ def iter_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=Non
     rollups = {r: m.to(device) for r, m in taxonomy.rollup_matrices().items()}  # built once, not per batch
     leaf_index = None
     for images, labels, idx in tqdm(loader, disable=not show, desc="predict", dynamic_ncols=True, leave=False):
+        images = images.to(device, non_blocking=True)
+        check_normalised(images)
         with autocast(device, dtype):
-            outputs = forward_tta(model, images.to(device, non_blocking=True), readout.tta)
+            outputs = forward_tta(model, images, readout.tta)
         if leaf_index is None and outputs["species"].shape[1] != taxonomy.n_leaves:
             leaf_index = torch.tensor(taxonomy.category_ids, device=device)
         logp = apply_temperatures(rank_log_probs(outputs, taxonomy, leaf_index, rollups), readout.temperatures)

@@ -1,8 +1,8 @@
 """ONNX export of an amanita model, and the check that onnxruntime computes what PyTorch does.
 
 The exported graph takes ``image``: a float batch ``(batch, 3, H, W)`` already resized and
-normalised as the data config says (the same tensor ``create_transforms(cfg, train=False)``
-gives), and returns one logits output per head, named after the head. Beside it the bundle
+normalised as the data config says (``create_transforms(cfg, train=False)`` then
+``amanita.data.to_model_input``), and returns one logits output per head, named after the head. Beside it the bundle
 holds the data config and the taxonomy, so an app can preprocess and name classes without
 amanita or PyTorch.
 """

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
 
 from amanita import checkpoint as ck
-from amanita.data import BadImageCounter, FungiTasticDataset, create_transforms, read_split
+from amanita.data import (BadImageCounter, DeviceLoader, FungiTasticDataset, create_transforms, make_loader,
+                          read_split)
 from amanita.distributed import (DistInfo, ResumableDistributedSampler, ShardSampler, barrier,
                                  cleanup, init_distributed)
 from amanita.engine import StepConfig, TrainState, amp_dtype, finite_or_raise, predict, reduce_mean, \
@@ -106,28 +106,33 @@ def _model_from_checkpoint(path, tax: Taxonomy, multitask: bool, args) -> tuple[
 
 
 def make_loaders(args, tax: Taxonomy, data_config: dict, dist: DistInfo):
-    """Train loader (resumable shuffling sampler) and eval loaders (each sample on one rank)."""
+    """The train loader (resumable shuffling sampler) and eval loaders (each sample on one rank).
+
+    Each is built once for the run, with persistent workers; batches arrive on the device,
+    normalised there (:class:`amanita.data.DeviceLoader`). Returns ``(train_loader, sampler, evals)``.
+    """
     common = dict(image_root=args.image_root, image_size_folder=args.image_size_folder,
                   input_size=data_config["input_size"])
     aa = None if str(args.auto_augment).lower() in ("none", "") else args.auto_augment
-    train_tf = create_transforms(data_config, True, args.hflip, args.vflip, tuple(args.scale), aa)
+    train_tf = create_transforms(data_config, True, args.hflip, args.vflip, tuple(args.scale), aa, args.color_jitter)
     eval_tf = create_transforms(data_config, False)
     train_ds = FungiTasticDataset(args.train_path, tax, train_tf, **common)
     train_ds.seed = args.seed
     sampler = ResumableDistributedSampler(len(train_ds), dist.world_size, dist.rank, True, args.seed)
+    train_loader = _loader(train_ds, sampler, args, dist, data_config)
     evals = {}
     for split, path in (("val", args.val_path), ("test", args.test_path)):
-        if path:
+        if path:  # used once per epoch or once per run: workers that come and go hold no memory between
             ds = FungiTasticDataset(path, tax, eval_tf, **common)
-            evals[split] = _loader(ds, ShardSampler(len(ds), dist.world_size, dist.rank), args, dist, 0)
-    return train_ds, sampler, evals
+            evals[split] = _loader(ds, ShardSampler(len(ds), dist.world_size, dist.rank), args, dist, data_config,
+                                   persistent=False)
+    return train_loader, sampler, evals
 
 
-def _loader(ds, sampler, args, dist, seed) -> DataLoader:
-    # an explicit generator: creating an iterator never draws from the global RNG
-    return DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                      pin_memory=dist.device.type == "cuda", generator=torch.Generator().manual_seed(seed),
-                      persistent_workers=False, drop_last=False)
+def _loader(ds, sampler, args, dist, data_config, persistent=True) -> DeviceLoader:
+    loader = make_loader(ds, args.batch_size, args.workers, dist.device, sampler, args.prefetch_factor, args.seed,
+                         persistent)
+    return DeviceLoader(loader, dist.device, data_config, args.channels_last)
 
 
 def make_criterion(args, tax: Taxonomy, multitask: bool, device) -> MultiTaskLoss:
@@ -303,7 +308,7 @@ def _run(args, multitask: bool, dist: DistInfo) -> int:
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    train_ds, sampler, evals = make_loaders(args, tax, data_config, dist)
+    train_loader, sampler, evals = make_loaders(args, tax, data_config, dist)
     criterion = make_criterion(args, tax, multitask, device)
     optimizer = make_optimizer(model, args, device, multitask)
     accum = max(args.accum_steps, 1)
@@ -327,7 +332,7 @@ def _run(args, multitask: bool, dist: DistInfo) -> int:
         best, bad_epochs = saver.restore(resume)
         log(dist, f"resumed from {resume}: epoch {state.epoch}, batch {state.batch_in_epoch}, update {state.step}")
     scheduler.step_update(num_updates=state.step)
-    announce(args, dist, model, optimizer, tax, data_config, len(train_ds), n_updates)
+    announce(args, dist, model, optimizer, tax, data_config, train_loader.dataset, n_updates)
     train_model = model
     if args.compile:
         train_model = torch.compile(model)
@@ -341,7 +346,7 @@ def _run(args, multitask: bool, dist: DistInfo) -> int:
     bad = BadImageCounter(len(sampler), args.max_bad_image_fraction, f"train images on rank {dist.rank}")
     saver.model = train_model
     while state.epoch < args.epochs:
-        stop, best, bad_epochs = _epoch(args, dist, train_model, model, train_ds, sampler, evals, criterion,
+        stop, best, bad_epochs = _epoch(args, dist, train_model, model, train_loader, sampler, evals, criterion,
                                         optimizer, scheduler, scaler, ema, state, cfg, saver, bad, tax,
                                         best, bad_epochs, dtype)
         if stop:
@@ -353,13 +358,12 @@ def _run(args, multitask: bool, dist: DistInfo) -> int:
     return 0
 
 
-def _epoch(args, dist, train_model, model, train_ds, sampler, evals, criterion, optimizer, scheduler,
+def _epoch(args, dist, train_model, model, loader, sampler, evals, criterion, optimizer, scheduler,
            scaler, ema, state, cfg, saver, bad, tax, best, bad_epochs, dtype):
     """Train the rest of one epoch, validate, save, log; returns (stop?, best, bad_epochs)."""
-    sampler.set_epoch(state.epoch)
+    sampler.set_epoch(state.epoch)  # before iterating: the sampler and the dataset's epoch are read then
     sampler.set_start(state.batch_in_epoch * args.batch_size)
-    train_ds.set_epoch(state.epoch)
-    loader = _loader(train_ds, sampler, args, dist, args.seed + state.epoch)
+    loader.dataset.set_epoch(state.epoch)
     save = (lambda: saver.save("last.pth", best, bad_epochs))
     t0 = time.perf_counter()
     train = train_one_epoch(train_model, loader, criterion, optimizer, scheduler, dist.device, state, cfg,
@@ -408,8 +412,8 @@ def test_best(args, dist, loader, tax, dtype) -> None:
                           json.dumps({"epoch": info["epoch"] - 1} | {f"test/{k}": v for k, v in test.items()}, indent=1))
 
 
-def announce(args, dist, model, optimizer, tax, data_config, n_train, updates_per_epoch) -> None:
-    """Start-up: git SHA, resolved arguments, model, data config and the parameter-group table."""
+def announce(args, dist, model, optimizer, tax, data_config, train_ds, updates_per_epoch) -> None:
+    """Start-up: git SHA, resolved arguments, model, data config, train transform, parameter groups."""
     if not dist.is_main:
         return
     print(f"amanita {ck.git_sha()} | {' '.join(sys.argv)}")
@@ -417,6 +421,7 @@ def announce(args, dist, model, optimizer, tax, data_config, n_train, updates_pe
     print(f"taxonomy: {tax.summary()}")
     print(f"model: {describe(model)}")
     print(f"data config: {data_config}")
-    print(f"{n_train} training images, {dist.world_size} process(es) on {dist.device}, "
+    print(f"train transform: {train_ds.transform}")
+    print(f"{len(train_ds)} training images, {dist.world_size} process(es) on {dist.device}, "
           f"{updates_per_epoch} updates per epoch")
     print(group_table(model, optimizer))

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file fr
 from amanita.calibration import apply_temperatures, fit_temperatures  # noqa: E402
 from amanita.checkpoint import load_for_eval  # noqa: E402
 from amanita.cli import HelpFormatter, build_train_parser  # noqa: E402
-from amanita.data import FungiTasticDataset, create_transforms  # noqa: E402
+from amanita.data import DeviceLoader, FungiTasticDataset, create_transforms, make_loader  # noqa: E402
 from amanita.engine import Readout, collect_log_probs, prediction_columns  # noqa: E402
 from amanita.io import UserError, atomic_write_text, cli_main  # noqa: E402
 from amanita.metrics import hierarchy_metrics, key_metrics, lineage_calibration, poison_metrics  # noqa: E402
@@ -166,8 +166,9 @@ def eval_loaders(args, start: Path) -> dict:
     """Validation and test loaders with the start's preprocessing (every variant keeps it)."""
     _, tax, data_config, _ = load_for_eval(start)
     tf = create_transforms(data_config, train=False)
-    return {split: torch.utils.data.DataLoader(FungiTasticDataset(path, tax, tf), batch_size=args.batch_size,
-                                               num_workers=args.workers)
+    device = torch.device("cpu")
+    return {split: DeviceLoader(make_loader(FungiTasticDataset(path, tax, tf, input_size=data_config["input_size"]),
+                                            args.batch_size, args.workers, device), device, data_config)
             for split, path in (("val", args.val_path), ("test", args.test_path))}
 
 

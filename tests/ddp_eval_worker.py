@@ -3,10 +3,9 @@ import json
 import sys
 
 import torch
-from torch.utils.data import DataLoader
 
 from amanita.checkpoint import load_for_eval
-from amanita.data import FungiTasticDataset, create_transforms
+from amanita.data import DeviceLoader, FungiTasticDataset, create_transforms, make_loader
 from amanita.distributed import ShardSampler, cleanup, init_distributed
 from amanita.engine import predict, summarize
 
@@ -14,7 +13,7 @@ ckpt, val_csv, out = sys.argv[1:4]
 dist = init_distributed("cpu")
 model, tax, cfg, _ = load_for_eval(ckpt)
 ds = FungiTasticDataset(val_csv, tax, create_transforms(cfg, train=False), input_size=cfg["input_size"])
-loader = DataLoader(ds, batch_size=4, sampler=ShardSampler(len(ds), dist.world_size, dist.rank))
+loader = DeviceLoader(make_loader(ds, 4, 0, "cpu", ShardSampler(len(ds), dist.world_size, dist.rank)), "cpu", cfg)
 preds = predict(model, loader, tax, torch.device("cpu"), show=False)
 if dist.is_main:
     with open(out, "w") as f:

@@ -4,8 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from amanita.data import (BAD_IMAGE, BadImageCounter, FungiTasticDataset, create_transforms,
-                          default_image_root, load_rgb, scan_images, stratified_subset)
+from amanita.data import (BAD_IMAGE, BadImageCounter, DeviceLoader, FungiTasticDataset, check_normalised,
+                          create_transforms, default_image_root, load_rgb, make_loader, read_image, scan_images,
+                          stratified_subset, to_model_input)
 from amanita.io import UserError
 from amanita.losses import class_weights_from_counts
 from amanita.taxonomy import build_taxonomy
@@ -40,22 +41,26 @@ def test_dataset_items_labels_and_squash_transform(tmp_path):
     write_images(df, tmp_path / "FungiTastic" / "train" / "300p", size=(80, 20))
     ds = FungiTasticDataset(meta / "FungiTastic-Train.csv", tax, create_transforms(EVAL_CFG, train=False))
     img, labels, idx = ds[3]
-    assert img.shape == (3, 32, 32) and idx == 3   # squashed, not cropped: 80x20 → 32x32
+    assert img.shape == (3, 32, 32) and img.dtype == torch.uint8 and idx == 3  # squashed, not cropped: 80x20 → 32x32
     assert labels.dtype == torch.long and labels.tolist() == [2, 1, 1, 1, 1, 1, 1]  # Agaricus campestris
     assert ds[6][1].tolist() == [3, 1, 1, 2, 3, 3, 4]  # Merulius tremellosus: own leaf, Phlebia species
-    # the colour is constant, so normalisation with mean=std=0.5 maps pixel p to 2p/255-1
-    assert img[1].mean().item() == pytest.approx(2 * 100 / 255 - 1, abs=0.03)
+    assert abs(img[1].float().mean().item() - 100) < 3  # the JPEG's constant green channel
+    # normalised on the device: mean=std=0.5 maps pixel p to 2p/255-1
+    x = to_model_input(img[None], torch.device("cpu"), EVAL_CFG["mean"], EVAL_CFG["std"])
+    assert x.dtype == torch.float32 and torch.allclose(x, img[None].float() * 2 / 255 - 1, atol=1e-6)
     train_tf = create_transforms(EVAL_CFG, train=True)
-    assert train_tf(load_rgb(ds.paths[0])).shape == (3, 32, 32)
+    assert train_tf(load_rgb(ds.path(0))).shape == (3, 32, 32) and train_tf(read_image(ds.path(0))).dtype == torch.uint8
 
 
 def test_image_path_column_and_image_root_override(tmp_path):
     df = rows([0, 1])
     write_images(df, tmp_path / "imgs")
     tax = build_taxonomy([df])
-    assert FungiTasticDataset(df, tax, image_root=tmp_path / "imgs").paths[0] == str(tmp_path / "imgs" / df.filename[0])
+    ds = FungiTasticDataset(df, tax, image_root=tmp_path / "imgs")
+    assert ds.path(0) == str(tmp_path / "imgs" / df.filename[0])
+    assert isinstance(ds.paths, np.ndarray) and ds.paths.dtype.kind == "S"  # one buffer, no str objects
     df["image_path"] = [str(tmp_path / "imgs" / f) for f in df.filename]
-    assert FungiTasticDataset(df, tax).paths == df["image_path"].tolist()
+    assert [FungiTasticDataset(df, tax).path(i) for i in range(2)] == df["image_path"].tolist()
 
 
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "I;16", "LA", "1"])
@@ -84,9 +89,11 @@ def test_missing_and_corrupt_images_are_flagged(tmp_path, caplog):
     assert ds[0][1][0] == 0
     for i in (1, 2):
         img, labels, _ = ds[i]
-        assert labels[0] == BAD_IMAGE and (labels[1:] == -1).all() and img.shape == (3, 32, 32)
+        assert labels[0] == BAD_IMAGE and (labels[1:] == -1).all()
+        assert img.shape == (3, 32, 32) and img.dtype == torch.uint8  # collates with the good ones
     assert str(tmp_path / df.filename[1]) in caplog.text and str(tmp_path / df.filename[2]) in caplog.text
-    assert set(scan_images(ds.paths, workers=1)) == {ds.paths[1], ds.paths[2]}
+    paths = [ds.path(i) for i in range(len(ds))]
+    assert set(scan_images(paths, workers=1)) == {paths[1], paths[2]}
 
 
 def test_bad_image_counter_stops_past_the_share():
@@ -159,3 +166,89 @@ def test_minimal_subset_script(tmp_path):
     run_script("create_minimal_subset.py", *args[:-1], tmp_path / "again")
     assert (tmp_path / "again" / "FungiTastic-Train-Minimal.csv").read_bytes() == \
         (tmp_path / "out" / "FungiTastic-Train-Minimal.csv").read_bytes()
+
+
+def _photo(path, size=(40, 30), **save):
+    """A smooth colour gradient (JPEG-friendly, unlike noise) saved at ``path``."""
+    w, h = size
+    x, y = np.meshgrid(np.linspace(0, 255, w), np.linspace(0, 255, h))
+    Image.fromarray(np.stack([x, y, 255 - x], -1).astype(np.uint8)).save(path, **save)
+
+
+def test_read_image_decodes_jpeg_like_pil_and_falls_back_for_the_rest(tmp_path):
+    _photo(tmp_path / "a.jpg", quality=95)
+    t = read_image(tmp_path / "a.jpg")
+    ref = torch.from_numpy(np.array(load_rgb(str(tmp_path / "a.jpg")))).permute(2, 0, 1)
+    assert t.dtype == torch.uint8 and t.shape == (3, 30, 40)
+    assert (t.int() - ref.int()).abs().max() <= 2  # libjpeg-turbo both; IDCT rounding may differ by a unit
+    im = Image.new("RGB", (40, 20), "red")
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90° on display
+    im.save(tmp_path / "r.jpg", exif=exif)
+    assert read_image(tmp_path / "r.jpg").shape == (3, 40, 20)
+    Image.new("LA", (7, 5), (30, 128)).save(tmp_path / "la.png")  # PIL path: alpha over white
+    assert read_image(tmp_path / "la.png")[:, 0, 0].tolist() == [142, 142, 142]
+    data = (tmp_path / "a.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])  # torchvision refuses, PIL names it
+    with pytest.raises(OSError, match="(?i)truncated"):
+        read_image(tmp_path / "cut.jpg")
+
+
+def test_color_jitter_only_when_asked():
+    names = lambda tf: [type(t).__name__ for t in tf.tensor_steps + tf.pil_steps]  # noqa: E731
+    assert names(create_transforms(EVAL_CFG, True, auto_augment=None)) == [
+        "RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "RandomVerticalFlip"]  # timm would add ColorJitter
+    assert names(create_transforms(EVAL_CFG, True, auto_augment=None, color_jitter=0.3))[-1] == "ColorJitter"
+    with_aa = create_transforms(EVAL_CFG, True, auto_augment="rand-m9-n2", color_jitter=0.3)
+    assert names(with_aa)[-2:] == ["RandAugment", "ColorJitter"]  # timm would drop it beside RandAugment
+    text = repr(with_aa)
+    assert "RandomResizedCropAndInterpolation(size=(32, 32), scale=(0.8, 1.0)" in text and "(on PIL)" in text
+    assert len(text.splitlines()) == 1 + 5  # a header, then one line per step
+
+
+@pytest.fixture
+def train_set(tmp_path):
+    df = rows(TRAIN_IDS)
+    for f in df.filename:
+        _photo(tmp_path / f, (48, 36))
+    tf = create_transforms(EVAL_CFG, True, auto_augment="rand-m9-n2", color_jitter=0.2)
+    ds = FungiTasticDataset(df, build_taxonomy([df]), tf, image_root=tmp_path, input_size=(3, 32, 32))
+    ds.seed = 7
+    return ds
+
+
+def test_seeded_augmentations_follow_seed_epoch_and_index_in_any_process(train_set):
+    ds = train_set
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    a = torch.stack([ds[i][0] for i in range(len(ds))])
+    assert torch.equal(torch.rand(3), before)  # the main process's streams are restored
+    assert torch.equal(a, torch.stack([ds[i][0] for i in range(len(ds))]))
+    ds.set_epoch(1)
+    b = torch.stack([ds[i][0] for i in range(len(ds))])
+    assert not torch.equal(a, b)
+    # a loader built once, with persistent workers, serves each epoch's crops after set_epoch
+    loader = make_loader(ds, 4, 2, torch.device("cpu"), prefetch_factor=2)
+    for epoch, expected in ((0, a), (1, b), (0, a)):
+        ds.set_epoch(epoch)
+        got = torch.cat([x for x, _, _ in loader])
+        assert got.dtype == torch.uint8 and torch.equal(got, expected), epoch
+    assert loader._iterator is not None and loader._iterator._persistent_workers
+
+
+def test_device_loader_normalises_and_the_engine_refuses_raw_uint8(train_set):
+    loader = make_loader(train_set, 5, 0, torch.device("cpu"))
+    x, labels, idx = next(iter(DeviceLoader(loader, "cpu", EVAL_CFG, channels_last=True)))
+    raw, _, _ = next(iter(loader))
+    assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(x, raw.float() / 127.5 - 1, atol=1e-6) and idx.tolist() == [0, 1, 2, 3, 4]
+    assert torch.equal(labels, train_set.labels[:5])
+    with pytest.raises(TypeError, match="DeviceLoader"):
+        check_normalised(raw)
+
+
+def test_dataset_keeps_only_compact_arrays(train_set):
+    kinds = {k: type(v) for k, v in vars(train_set).items()}
+    assert not [k for k, t in kinds.items() if issubclass(t, (pd.DataFrame, pd.Series, list, dict))], kinds
+    assert train_set.labels.shape == (len(TRAIN_IDS), 7)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from amanita.data import FungiTasticDataset, create_transforms
+from amanita.data import FungiTasticDataset, create_transforms, to_model_input
 from amanita.io import UserError
 from amanita.taxonomy import Taxonomy, build_taxonomy
 from tests.conftest import run_script
@@ -48,7 +48,8 @@ def test_onnxruntime_equals_pytorch_on_the_same_images_any_batch(exported):
     from amanita.export import compare_outputs, onnx_session
     ds = FungiTasticDataset(exported["data"]["val"], exported["tax"], create_transforms(exported["cfg"], False),
                             input_size=exported["cfg"]["input_size"])
-    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    images = to_model_input(torch.stack([ds[i][0] for i in range(len(ds))]), torch.device("cpu"),
+                            exported["cfg"]["mean"], exported["cfg"]["std"])
     session = onnx_session(exported["out"] / "model.onnx")
     for batch in (images[:1], images):  # the batch axis is dynamic
         diffs = compare_outputs(exported["model"], session, batch)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from amanita.checkpoint import load_for_eval, update_checkpoint
-from amanita.data import create_transforms, load_rgb
+from amanita.data import create_transforms, read_image
 from amanita.taxonomy import RANKS, Taxonomy
 from tests.conftest import ROOT, run_script
 from tests.helpers import LINEAGES, SMALL_MODEL, make_image_dataset
@@ -102,6 +102,13 @@ def test_backoff_is_the_finest_rank_reaching_the_threshold(trained, monkeypatch,
     assert "not confident at any rank" in out
 
 
+def normalised_by_hand(data_config, paths) -> torch.Tensor:
+    """The eval transform's uint8 images, normalised here (test.py does it on the device)."""
+    transform = create_transforms(data_config, train=False)
+    mean, std = (torch.tensor(data_config[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    return (torch.stack([transform(read_image(p)) for p in paths]) / 255 - mean) / std
+
+
 def test_single_head_coarse_ranks_are_summed_species_probabilities(trained, monkeypatch, capsys):
     images = trained["images"][:6]
     code, out, err = run(monkeypatch, capsys, "--checkpoint", trained["single"], "--json", "--decode", "independent",
@@ -109,9 +116,8 @@ def test_single_head_coarse_ranks_are_summed_species_probabilities(trained, monk
     assert code == 0, err
     model, tax, data_config, info = load_for_eval(trained["single"])
     assert info["kind"] == "single"
-    transform = create_transforms(data_config, train=False)
     with torch.no_grad():
-        logits = model(torch.stack([transform(load_rgb(str(p))) for p in images]))
+        logits = model(normalised_by_hand(data_config, images))
     leaf_p = logits[:, tax.category_ids].softmax(1)  # (6 images, 6 leaves)
     for rec, p in zip(records(out), leaf_p):
         for step in rec["lineage"]:
@@ -210,7 +216,7 @@ def test_flip_tta_is_the_mean_logit_of_image_and_mirror(trained, monkeypatch, ca
                          "--tta", "flip", "--top-k", 6, image)
     assert code == 0, err
     model, tax, data_config, _ = load_for_eval(trained["single"])
-    x = create_transforms(data_config, train=False)(load_rgb(str(image)))[None]
+    x = normalised_by_hand(data_config, [image])
     with torch.no_grad():
         logits = (model(x) + model(x.flip(-1))) / 2
     p = logits[0, tax.category_ids].softmax(0)
