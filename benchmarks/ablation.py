@@ -162,11 +162,10 @@ def evaluate(path: Path, loaders: dict, device) -> list[dict]:
     return rows
 
 
-def eval_loaders(args, start: Path) -> dict:
+def eval_loaders(args, start: Path, device: torch.device) -> dict:
     """Validation and test loaders with the start's preprocessing (every variant keeps it)."""
     _, tax, data_config, _ = load_for_eval(start)
     tf = create_transforms(data_config, train=False)
-    device = torch.device("cpu")
     return {split: DeviceLoader(make_loader(FungiTasticDataset(path, tax, tf, input_size=data_config["input_size"]),
                                             args.batch_size, args.workers, device), device, data_config)
             for split, path in (("val", args.val_path), ("test", args.test_path))}
@@ -241,7 +240,7 @@ def main() -> int:
     bar = tqdm(total=len(jobs) + (args.start is None), desc="ablation runs", unit="run")
     start = Path(args.start) if args.start else train_start(args)
     bar.update(args.start is None)
-    loaders = eval_loaders(args, start)
+    loaders = eval_loaders(args, start, device)
     records = [dict(r, variant="start", seed=0) for r in evaluate(start, loaders, device)]
     timings = {}
     for variant, seed in jobs:
