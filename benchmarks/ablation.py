@@ -38,11 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file fr
 from amanita.calibration import apply_temperatures, fit_temperatures  # noqa: E402
 from amanita.checkpoint import load_for_eval  # noqa: E402
 from amanita.cli import HelpFormatter, build_train_parser  # noqa: E402
-from amanita.data import DeviceLoader, FungiTasticDataset, create_transforms, make_loader  # noqa: E402
+from amanita.data import (DeviceLoader, FungiTasticDataset, create_transforms, image_paths,  # noqa: E402
+                          make_loader, read_split)
 from amanita.engine import Readout, collect_log_probs, prediction_columns  # noqa: E402
 from amanita.io import UserError, atomic_write_text, cli_main  # noqa: E402
 from amanita.metrics import hierarchy_metrics, key_metrics, lineage_calibration, poison_metrics  # noqa: E402
-from amanita.data import read_split  # noqa: E402
 from amanita.taxonomy import Taxonomy, build_taxonomy  # noqa: E402
 from amanita.training import run  # noqa: E402
 
@@ -70,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="timm kwargs of the BEiT trained as the start (default: the demo's small BEiT)")
     r.add_argument("--start-epochs", type=int, default=6, help="epochs of the single-head start when trained here")
     r.add_argument("--extra-epochs", type=int, default=1, help="epochs every variant trains from the start")
+    r.add_argument("--extra-train-images", type=int, default=0,
+                   help="train the extra epochs on this many train images (one random subset for every run; 0: all)")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the extra training")
     r.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=sorted(VARIANTS), help="variants to run")
     r.add_argument("--consistency-weight", type=float, default=0.5, help="--consistency-weight of variant (d)")
@@ -88,9 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------- training
-def common_flags(args) -> list[str]:
+def common_flags(args, train_path: str, val_path: str) -> list[str]:
     """Flags every training run shares: data, mappings, batch, no augmentation that erases colour."""
-    return ["--train-path", args.train_path, "--val-path", args.val_path, "--mappings",
+    return ["--train-path", train_path, "--val-path", val_path, "--mappings",
             str(Path(args.output_dir) / "taxonomic_mappings.json"), "--batch-size", str(args.batch_size),
             "--workers", str(args.workers), "--auto-augment", "none", "--drop-path", "0", "--resume", "none",
             "--save-every-steps", "0", "--accum-steps", "1", "--device", args.device]
@@ -111,17 +113,35 @@ def train_start(args) -> Path:
     out = Path(args.output_dir) / "start"
     model = ["--model", "beit_base_patch16_224", "--model-args", args.model_args, "--crop-pct", "1",
              "--crop-mode", "squash", "--interpolation", "bilinear"]
-    flags = common_flags(args) + model + ["--opt", "adamw", "--lr", "1e-3", "--weight-decay", "0.05",
+    flags = common_flags(args, args.train_path, args.val_path) + model + ["--opt", "adamw", "--lr", "1e-3", "--weight-decay", "0.05",
                                                "--epochs", str(args.start_epochs), "--warmup-epochs", "1",
                                                "--save-dir", str(out), "--seed", "0"]
     train(flags, False, out / "train.log")
     return out / "last.pth"
 
 
+def extra_splits(args) -> tuple[str, str]:
+    """CSVs of the extra training: the train split (or ``--extra-train-images`` of it) and a small
+    validation file, as each run's own per-epoch validation is not used (``last.pth`` is scored)."""
+    out = Path(args.output_dir)
+    train, val = (with_image_paths(p) for p in (args.train_path, args.val_path))
+    if 0 < args.extra_train_images < len(train):
+        train = train.sample(args.extra_train_images, random_state=0).sort_index()
+    atomic_write_text(out / "extra_train.csv", train.to_csv(index=False))
+    atomic_write_text(out / "extra_val.csv", val.head(64).to_csv(index=False))
+    return str(out / "extra_train.csv"), str(out / "extra_val.csv")
+
+
+def with_image_paths(csv: str) -> pd.DataFrame:
+    """The split with an absolute ``image_path`` column, so a copy elsewhere still finds its images."""
+    df = read_split(csv)
+    return df.assign(image_path=[str(Path(p).resolve()) for p in image_paths(df, csv)])
+
+
 def train_variant(args, start: Path, variant: str, seed: int) -> Path:
-    """Extra updates from ``start``; the same optimizer and schedule for every variant."""
+    """Extra updates from ``start``; the same optimizer, schedule and data for every variant."""
     out = Path(args.output_dir) / f"{variant}_seed{seed}"
-    flags = common_flags(args) + ["--init-from", str(start), "--opt", "adamw", "--lr", str(args.lr),
+    flags = common_flags(args, *args.extra_splits) + ["--init-from", str(start), "--opt", "adamw", "--lr", str(args.lr),
                                   "--weight-decay", "0.05", "--layer-decay", "0.75", "--head-lr-scale", "3",
                                   "--epochs", str(args.extra_epochs), "--warmup-epochs", "0.5",
                                   "--seed", str(seed), "--save-dir", str(out)]
@@ -145,18 +165,22 @@ def score(preds: pd.DataFrame, tax: Taxonomy) -> dict[str, float]:
 
 
 def evaluate(path: Path, loaders: dict, device) -> list[dict]:
-    """Rows per (tta, decode, calibrated) of one checkpoint: temperatures from val, scores on test."""
+    """Rows per (tta, decode, calibrated) of one checkpoint, scored on test.
+
+    Temperatures are fitted on val without TTA, so only the rows without TTA come calibrated
+    (a second validation pass per run would cost more than the flip rows tell).
+    """
     model, tax, _, info = load_for_eval(path, device)
-    ancestors = tax.ancestor_matrix()
+    ancestors = tax.ancestor_matrix().to(device)
+    val_lp, val_y = collect_log_probs(model, loaders["val"], tax, device, show=False)
+    temps = fit_temperatures(val_lp, val_y)
     rows = []
     for tta in ("none", "flip"):
-        val_lp, val_y = collect_log_probs(model, loaders["val"], tax, device, show=False, readout=Readout(tta))
-        temps = fit_temperatures(val_lp, val_y)
         test_lp, test_y = collect_log_probs(model, loaders["test"], tax, device, show=False, readout=Readout(tta))
-        for calibrated in (False, True):
-            lp = apply_temperatures(test_lp, temps if calibrated else None)
+        for calibrated in ((False, True) if tta == "none" else (False,)):
+            lp = {k: v.to(device) for k, v in apply_temperatures(test_lp, temps if calibrated else None).items()}
             for decode in ("consistent", "independent"):
-                cols = prediction_columns(lp, test_y, np.arange(len(test_y)), ancestors, decode)
+                cols = prediction_columns(lp, test_y.to(device), np.arange(len(test_y)), ancestors, decode)
                 rows.append({"tta": tta, "decode": decode, "calibrated": calibrated, "step": info["step"],
                              "T_leaf": temps["leaf"]} | score(pd.DataFrame(cols), tax))
     return rows
@@ -238,6 +262,7 @@ def main() -> int:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     jobs = [(v, s) for v in args.variants for s in args.seeds]
     bar = tqdm(total=len(jobs) + (args.start is None), desc="ablation runs", unit="run")
+    args.extra_splits = extra_splits(args)
     start = Path(args.start) if args.start else train_start(args)
     bar.update(args.start is None)
     loaders = eval_loaders(args, start, device)
