@@ -72,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--extra-epochs", type=int, default=1, help="epochs every variant trains from the start")
     r.add_argument("--extra-train-images", type=int, default=0,
                    help="train the extra epochs on this many train images (one random subset for every run; 0: all)")
+    r.add_argument("--eval-images", type=int, default=0,
+                   help="score on this many val and test images each (one random subset; 0: all)")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the extra training")
     r.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=sorted(VARIANTS), help="variants to run")
     r.add_argument("--consistency-weight", type=float, default=0.5, help="--consistency-weight of variant (d)")
@@ -113,23 +115,30 @@ def train_start(args) -> Path:
     out = Path(args.output_dir) / "start"
     model = ["--model", "beit_base_patch16_224", "--model-args", args.model_args, "--crop-pct", "1",
              "--crop-mode", "squash", "--interpolation", "bilinear"]
-    flags = common_flags(args, args.train_path, args.val_path) + model + ["--opt", "adamw", "--lr", "1e-3", "--weight-decay", "0.05",
-                                               "--epochs", str(args.start_epochs), "--warmup-epochs", "1",
-                                               "--save-dir", str(out), "--seed", "0"]
+    flags = common_flags(args, args.train_path, args.val_path) + model + [
+        "--opt", "adamw", "--lr", "1e-3", "--weight-decay", "0.05", "--epochs", str(args.start_epochs),
+        "--warmup-epochs", "1", "--save-dir", str(out), "--seed", "0"]
     train(flags, False, out / "train.log")
     return out / "last.pth"
 
 
-def extra_splits(args) -> tuple[str, str]:
-    """CSVs of the extra training: the train split (or ``--extra-train-images`` of it) and a small
-    validation file, as each run's own per-epoch validation is not used (``last.pth`` is scored)."""
+def write_splits(args) -> dict[str, str]:
+    """The CSVs the ablation trains and scores on, with absolute ``image_path`` columns, in ``--output-dir``.
+
+    ``train``: the train split or ``--extra-train-images`` of it; ``val``/``test``: the splits or
+    ``--eval-images`` of each; ``train_val``: 64 validation rows for each run's own per-epoch
+    validation, which is not used (``last.pth`` is scored).
+    """
     out = Path(args.output_dir)
-    train, val = (with_image_paths(p) for p in (args.train_path, args.val_path))
-    if 0 < args.extra_train_images < len(train):
-        train = train.sample(args.extra_train_images, random_state=0).sort_index()
-    atomic_write_text(out / "extra_train.csv", train.to_csv(index=False))
-    atomic_write_text(out / "extra_val.csv", val.head(64).to_csv(index=False))
-    return str(out / "extra_train.csv"), str(out / "extra_val.csv")
+    frames = {k: with_image_paths(p) for k, p in (("train", args.train_path), ("val", args.val_path),
+                                                  ("test", args.test_path))}
+    for key, n in (("train", args.extra_train_images), ("val", args.eval_images), ("test", args.eval_images)):
+        if 0 < n < len(frames[key]):
+            frames[key] = frames[key].sample(n, random_state=0).sort_index()
+    frames["train_val"] = frames["val"].head(64)
+    for key, df in frames.items():
+        atomic_write_text(out / f"{key}.csv", df.to_csv(index=False))
+    return {key: str(out / f"{key}.csv") for key in frames}
 
 
 def with_image_paths(csv: str) -> pd.DataFrame:
@@ -141,10 +150,10 @@ def with_image_paths(csv: str) -> pd.DataFrame:
 def train_variant(args, start: Path, variant: str, seed: int) -> Path:
     """Extra updates from ``start``; the same optimizer, schedule and data for every variant."""
     out = Path(args.output_dir) / f"{variant}_seed{seed}"
-    flags = common_flags(args, *args.extra_splits) + ["--init-from", str(start), "--opt", "adamw", "--lr", str(args.lr),
-                                  "--weight-decay", "0.05", "--layer-decay", "0.75", "--head-lr-scale", "3",
-                                  "--epochs", str(args.extra_epochs), "--warmup-epochs", "0.5",
-                                  "--seed", str(seed), "--save-dir", str(out)]
+    flags = common_flags(args, args.splits["train"], args.splits["train_val"]) + [
+        "--init-from", str(start), "--opt", "adamw", "--lr", str(args.lr), "--weight-decay", "0.05",
+        "--layer-decay", "0.75", "--head-lr-scale", "3", "--epochs", str(args.extra_epochs), "--warmup-epochs", "0.5",
+        "--seed", str(seed), "--save-dir", str(out)]
     if variant != "a":
         flags += ["--head-mode", "independent" if variant == "c" else "residual"]
         flags += ["--consistency-weight", str(args.consistency_weight if variant == "d" else 0.0)]
@@ -192,7 +201,7 @@ def eval_loaders(args, start: Path, device: torch.device) -> dict:
     tf = create_transforms(data_config, train=False)
     return {split: DeviceLoader(make_loader(FungiTasticDataset(path, tax, tf, input_size=data_config["input_size"]),
                                             args.batch_size, args.workers, device), device, data_config)
-            for split, path in (("val", args.val_path), ("test", args.test_path))}
+            for split, path in (("val", args.splits["val"]), ("test", args.splits["test"]))}
 
 
 # ---------------------------------------------------------------------- tables
@@ -214,7 +223,9 @@ def paired_delta(rows: pd.DataFrame, variant: str, metric: str, **where) -> str:
     sel = rows[(rows[list(where)] == pd.Series(where)).all(axis=1)]
     a, v = (sel[sel.variant == x].set_index("seed")[metric] for x in ("a", variant))
     d = 100 * (v - a).dropna()
-    return "" if variant in ("a", "start") or d.empty else f"{d.mean():+.1f} ± {d.std(ddof=1) if len(d) > 1 else 0:.1f}"
+    if variant in ("a", "start") or d.empty:
+        return ""
+    return f"{d.mean():+.1f} ± {d.std(ddof=1) if len(d) > 1 else 0:.1f}"
 
 
 def markdown(rows: pd.DataFrame, agg: pd.DataFrame) -> str:
@@ -262,7 +273,7 @@ def main() -> int:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     jobs = [(v, s) for v in args.variants for s in args.seeds]
     bar = tqdm(total=len(jobs) + (args.start is None), desc="ablation runs", unit="run")
-    args.extra_splits = extra_splits(args)
+    args.splits = write_splits(args)
     start = Path(args.start) if args.start else train_start(args)
     bar.update(args.start is None)
     loaders = eval_loaders(args, start, device)
