@@ -162,3 +162,16 @@ def test_save_schedule_by_steps_by_minutes_or_both():
     now[0] = 260.0
     assert both.due(11)
     assert not ck.SaveSchedule(clock=clock).due(10)  # both off: only epoch ends save
+
+
+def test_reserve_allocates_the_buffers_the_saves_then_reuse(tmp_path):
+    writer = ck.CheckpointWriter()
+    state = _state(1.0)
+    writer.reserve(state)
+    before = {k: v.data_ptr() for k, v in writer._buffers.items()}
+    # model weight and bias, 3 AdamW tensors per parameter, torch and numpy RNG states
+    assert len(before) == 2 + 6 + 2
+    writer.save(state, tmp_path / "last.pth")
+    writer.close()
+    assert {k: v.data_ptr() for k, v in writer._buffers.items()} == before
+    assert not list(tmp_path.glob(".*.tmp")) and (tmp_path / "last.pth").is_file()
