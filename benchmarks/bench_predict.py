@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """``amanita.engine.predict`` throughput against a bare forward loop over the same loader.
 
-Both loops read the same DataLoader (in-memory images, so the model and the per-sample work are
-what is measured) with a MultiTaskBEiT whose heads have FungiTastic's sizes (2,829 leaves, 2,786
+Both loops read the same loader (in-memory uint8 images normalised on the device by
+``amanita.data.DeviceLoader``, as in training and validate.py, so the model and the per-sample
+work are what is measured) with a MultiTaskBEiT whose heads have FungiTastic's sizes (2,829 leaves, 2,786
 species, ...; a synthetic taxonomy). The bare loop only runs the model under
 ``torch.inference_mode``; ``predict`` adds log-probabilities at every rank, decoding, top-5,
 confidences, the on-device accumulation, the host copy and the DataFrame. Rounds are
@@ -24,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from amanita.data import DeviceLoader  # noqa: E402
 from amanita.engine import predict  # noqa: E402
 from amanita.model import create_multitask_model, parse_model_args  # noqa: E402
 from amanita.predictions import synthetic_taxonomy  # noqa: E402
@@ -44,7 +46,7 @@ def parse_args():
 
 
 class InMemory(Dataset):
-    """(image, labels[7], index) from tensors already in memory."""
+    """(uint8 image, labels[7], index) from tensors already in memory."""
 
     def __init__(self, images, labels):
         self.images, self.labels = images, labels
@@ -84,7 +86,9 @@ def main():
     size = (3, *[parse_model_args(args.model_args).get("img_size", size[1])] * 2)
     leaves = torch.randint(0, tax.n_leaves, (args.images,))
     labels = torch.cat([leaves[:, None], tax.ancestor_matrix()[leaves]], 1)
-    loader = DataLoader(InMemory(torch.randn(args.images, *size), labels), batch_size=args.batch_size)
+    images = torch.randint(0, 256, (args.images, *size), dtype=torch.uint8)
+    loader = DeviceLoader(DataLoader(InMemory(images, labels), batch_size=args.batch_size), device,
+                          {"mean": (0.5,) * 3, "std": (0.5,) * 3})
     bare_loop(model, loader, device)  # warm-up: allocator and oneDNN caches
     predict_loop(model, loader, tax, device, args.decode)
     bare, ours = [], []
