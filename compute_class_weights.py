@@ -14,6 +14,7 @@ import argparse
 import torch
 
 from amanita.data import read_split
+from amanita.cli import number
 from amanita.io import atomic_torch_save, cli_main
 from amanita.losses import WEIGHT_METHODS, compute_class_weights
 from amanita.taxonomy import LEAF, RANKS, Taxonomy, class_counts
@@ -27,7 +28,7 @@ def parse_args(argv=None):
     g = p.add_argument_group("Weighting")
     g.add_argument("--method", choices=WEIGHT_METHODS, default="sqrt_inverse",
                    help="inverse (1/n), sqrt_inverse (1/sqrt n) or effective_number (Cui et al. 2019) (default: %(default)s)")
-    g.add_argument("--beta", type=float, default=0.999, help="beta of effective_number (default: %(default)s)")
+    g.add_argument("--beta", type=number(float, 0, 1, low_open=True, high_open=True, what="a number with 0 < beta < 1"), default=0.999, help="beta of effective_number (default: %(default)s)")
     g.add_argument("--output", default="class_weights.pt", help="output file (default: %(default)s)")
     return p.parse_args(argv)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from amanita.data import image_paths, read_split, stratified_subset
+from amanita.cli import nonneg_int, positive_int
 from amanita.io import atomic_to_csv, cli_main
 
 
@@ -27,10 +28,10 @@ def parse_args(argv=None):
     g.add_argument("--test-path", default=None, help="FungiTastic test CSV (default: none)")
     g.add_argument("--image-root", default=None, help="image folder for all splits (default: the FungiTastic layout beside each CSV)")
     g = p.add_argument_group("Subset parameters")
-    g.add_argument("--n-train", type=int, default=500, help="at most this many train images (default: %(default)s)")
-    g.add_argument("--n-val", type=int, default=100, help="at most this many val images (default: %(default)s)")
-    g.add_argument("--n-test", type=int, default=100, help="at most this many test images (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=42, help="random seed (default: %(default)s)")
+    g.add_argument("--n-train", type=positive_int, default=500, help="at most this many train images (default: %(default)s)")
+    g.add_argument("--n-val", type=positive_int, default=100, help="at most this many val images (default: %(default)s)")
+    g.add_argument("--n-test", type=positive_int, default=100, help="at most this many test images (default: %(default)s)")
+    g.add_argument("--seed", type=nonneg_int, default=42, help="random seed (default: %(default)s)")
     g.add_argument("--output-dir", default="minimal_subsets", help="output folder (default: %(default)s)")
     return p.parse_args(argv)
 

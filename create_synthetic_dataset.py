@@ -13,6 +13,7 @@ import textwrap
 import time
 
 from amanita import synthetic
+from amanita.cli import nonneg_int, number, positive_int
 from amanita.io import cli_main
 from amanita.taxonomy import RANKS
 
@@ -25,14 +26,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="dataset root; a previous demo set there is replaced, any other "
                         "non-empty folder is refused")
     g = p.add_argument_group("Dataset parameters")
-    g.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
-    g.add_argument("--n-observations", type=int, default=synthetic.DEFAULT_N_OBSERVATIONS,
+    g.add_argument("--seed", type=nonneg_int, default=0, help="random seed (same seed, same bytes)")
+    g.add_argument("--n-observations", type=positive_int, default=synthetic.DEFAULT_N_OBSERVATIONS,
                    help="observations to share among the species by abundance (1-4 images "
                         f"each; at least {synthetic.MIN_OBSERVATIONS} per species)")
-    g.add_argument("--image-size", type=int, default=synthetic.DEFAULT_IMAGE_SIZE,
+    g.add_argument("--image-size", type=number(int, 32, what="an integer ≥ 32"), default=synthetic.DEFAULT_IMAGE_SIZE,
                    help="shorter image side in pixels (images are 4:3; the folder is <size>p)")
     g = p.add_argument_group("Performance")
-    g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+    g.add_argument("--workers", type=nonneg_int, default=min(8, os.cpu_count() or 1),
                    help="processes drawing images (the output does not depend on it)")
     return p.parse_args(argv)
 

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from amanita.data import image_paths, read_split, scan_images
+from amanita.cli import positive_int
 from amanita.io import cli_main
 from amanita.taxonomy import RANKS, build_taxonomy
 
@@ -25,7 +26,7 @@ def parse_args(argv=None):
     g.add_argument("--output", default="taxonomic_mappings.json", help="output JSON (default: %(default)s)")
     g.add_argument("--image-root", default=None, help="image folder for --check-images (default: the FungiTastic layout beside each CSV)")
     g.add_argument("--check-images", action="store_true", help="also decode every image and report unreadable ones")
-    g.add_argument("--workers", type=int, default=2, help="processes for --check-images (default: %(default)s)")
+    g.add_argument("--workers", type=positive_int, default=2, help="processes for --check-images (default: %(default)s)")
     return p.parse_args(argv)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -36,9 +37,10 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from amanita.checkpoint import load_for_eval
-from amanita.cli import HelpFormatter
-from amanita.data import DeviceLoader, create_transforms, make_loader, read_image
+from amanita.data import IMAGE_ERRORS, DeviceLoader, create_transforms, make_loader, read_image
 from amanita.calibration import apply_temperatures, lineage_confidence
+from amanita.cli import HelpFormatter, device_name, nonneg_int, positive_int, probability
+from amanita.data import IMAGE_ERRORS, create_transforms, load_rgb
 from amanita.engine import TTA_MODES, amp_dtype, autocast, forward_tta
 from amanita.io import UserError, cli_main
 from amanita.model import decode as decode_predictions
@@ -64,22 +66,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--no-temperatures", action="store_true",
                    help="ignore the temperatures stored by validate.py --calibrate (uncalibrated confidences)")
     o = p.add_argument_group("Output parameters")
-    o.add_argument("--top-k", type=int, default=5, help="species listed per image")
-    o.add_argument("--backoff", type=float, default=0.9, metavar="THRESHOLD",
+    o.add_argument("--top-k", type=positive_int, default=5, help="species listed per image")
+    o.add_argument("--backoff", type=probability, default=0.9, metavar="THRESHOLD",
                    help="report the finest rank whose confidence reaches this value")
     o.add_argument("--json", action="store_true", help="one JSON object per image on stdout, one per line")
     r = p.add_argument_group("Runtime parameters")
-    r.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    r.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (0: in this process)")
-    r.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    r.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
+    r.add_argument("--workers", type=nonneg_int, default=2, help="image-decoding worker processes (0: in this process)")
+    r.add_argument("--device", type=device_name, default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     r.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
                    help="autocast: auto = bf16 on CUDA, none on CPU")
-    args = p.parse_args(argv)
-    if args.top_k < 1 or args.batch_size < 1 or args.workers < 0:
-        p.error("--top-k and --batch-size must be at least 1, --workers at least 0")
-    if not 0.0 <= args.backoff <= 1.0:
-        p.error("--backoff is a probability, between 0 and 1")
-    return args
+    return p.parse_args(argv)
 
 
 # ---------------------------------------------------------------------- inputs
@@ -114,7 +111,7 @@ class ImageFiles(Dataset):
             return self.transform(read_image(self.paths[i])), ""
         except Image.UnidentifiedImageError:
             return torch.zeros(self.shape, dtype=torch.uint8), "not an image (unrecognised file format)"
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        except IMAGE_ERRORS as e:
             return torch.zeros(self.shape, dtype=torch.uint8), f"not an image ({type(e).__name__}: {str(e).splitlines()[0]})"
 
 
@@ -122,8 +119,6 @@ class ImageFiles(Dataset):
 def load_model(args: argparse.Namespace):
     """``(model, taxonomy, data_config, info, device)``; --mappings must hold the checkpoint's tree."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: CUDA is not available here (use --device cpu)")
     model, tax, data_config, info = load_for_eval(args.checkpoint, device, use_ema=not args.no_ema)
     if args.mappings is not None:
         given = Taxonomy.load(args.mappings)
@@ -179,9 +174,14 @@ def describe(path: Path, batch: dict, i: int, tax: Taxonomy, poisonous: np.ndarr
                      "scientificName": tax.scientific_names[leaf], "category_id": int(tax.category_ids[leaf]),
                      "probability": float(p), "poisonous": bool(poisonous[leaf])})
     confident = [step for step in reversed(lineage) if step["confidence"] >= backoff]
-    return {"path": str(path), "lineage": lineage, "topk": topk,
+    return {"path": printable(path), "lineage": lineage, "topk": topk,
             "backoff": confident[0] if confident else None,
             "poisonous_in_topk": any(t["poisonous"] for t in topk)}
+
+
+def printable(path: Path) -> str:
+    """The path as valid UTF-8: bytes that are not UTF-8 in a file name are shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def run_inference(args, loaded, paths: list[Path], on_result, on_error) -> None:
@@ -253,7 +253,7 @@ def main() -> int:
     def on_error(path: Path, reason: str, bar) -> None:
         nonlocal failed
         failed += 1
-        bar.write(f"error: {path}: {reason}", file=sys.stderr)
+        bar.write(f"error: {printable(path)}: {reason}", file=sys.stderr)
 
     if paths:
         run_inference(args, loaded, paths, on_result, on_error)

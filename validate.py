@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+from amanita.cli import device_name, nonneg_int, positive_int, probability
 from amanita.io import UserError, cli_main
 
 DEFAULT_FOCUS = ["Amanita phalloides"]  # the Death Cap
@@ -61,11 +62,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.add_argument("--training-log", default=None,
                    help="metrics.jsonl for the training curves; None: the one beside --checkpoint")
     x = p.add_argument_group("Runtime parameters")
-    x.add_argument("--batch-size", type=int, default=64, help="images per inference batch")
-    x.add_argument("--workers", type=int, default=4, help="data-loading worker processes")
+    x.add_argument("--batch-size", type=positive_int, default=64, help="images per inference batch")
+    x.add_argument("--workers", type=nonneg_int, default=4, help="data-loading worker processes")
     x.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
                    help="autocast for inference: auto = bf16 on CUDA, none on CPU")
-    x.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    x.add_argument("--device", type=device_name, default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    x.add_argument("--max-bad-image-fraction", type=probability, default=0.001,
+                   help="stop when more than this share of the validation images cannot be read, or have "
+                        "a category_id outside the mappings")
     args = p.parse_args(argv)
     check_args(args)
     return args
@@ -114,7 +118,8 @@ def run_inference(args: argparse.Namespace, spec: str | None = None, taxonomy=No
     Returns ``(preds, tax, info)``: the predictions table (see amanita.predictions), the
     taxonomy of the model's heads and what the checkpoint says about itself.
     """
-    from amanita.data import DeviceLoader, FungiTasticDataset, create_transforms, make_loader, read_split
+    from amanita.data import (DeviceLoader, FungiTasticDataset, check_labels, check_unreadable, create_transforms,
+                              make_loader, read_split)
     from amanita.engine import Readout, predict, with_metadata
 
     device = resolve_device(args.device)
@@ -124,6 +129,7 @@ def run_inference(args: argparse.Namespace, spec: str | None = None, taxonomy=No
     metadata = read_split(args.val_path)  # kept here for the predictions' filename/observationID columns
     dataset = FungiTasticDataset(args.val_path, tax, transform=create_transforms(data_config, train=False),
                                  image_root=args.image_root, input_size=data_config["input_size"], metadata=metadata)
+    check_labels(dataset, args.max_bad_image_fraction, "validation")
     loader = DeviceLoader(make_loader(dataset, args.batch_size, args.workers, device, persistent=False),
                           device, data_config)  # normalised on the device
     if args.calibrate and spec is None:
@@ -131,6 +137,7 @@ def run_inference(args: argparse.Namespace, spec: str | None = None, taxonomy=No
         info["temperatures"] = info["calibration"]["temperatures"]
     temperatures = None if args.no_temperatures else info.get("temperatures")
     preds = predict(model, loader, tax, device, args.decode, args.amp, readout=Readout(args.tta, temperatures))
+    check_unreadable(len(dataset), len(preds), args.max_bad_image_fraction, "validation")
     return with_metadata(preds, metadata), tax, info
 
 
@@ -171,21 +178,18 @@ def model_provenance(path: str, info: dict) -> dict:
 
 
 # ---------------------------------------------------------------------- report inputs
-def load_predictions(args: argparse.Namespace, out: Path):
-    """Predictions, taxonomy and provenance, from a file or by running the model (saved at once)."""
-    from amanita.predictions import read_predictions, write_predictions
+def load_predictions(args: argparse.Namespace):
+    """Predictions, taxonomy and provenance, from a file or by running the model."""
+    from amanita.predictions import read_predictions
     from amanita.report import file_sha256
     from amanita.taxonomy import Taxonomy
     if args.from_predictions:
         tax = Taxonomy.load(args.mappings)
         preds = read_predictions(args.from_predictions, tax)
-        if Path(args.from_predictions).resolve() != (out / "predictions.csv").resolve():
-            write_predictions(preds, out / "predictions.csv")
         prov = {"predictions": args.from_predictions, "predictions_sha256": file_sha256(args.from_predictions),
                 "mappings": args.mappings}
         return preds, tax, prov | earlier_provenance(Path(args.from_predictions).parent / "metrics.json")
     preds, tax, info = run_inference(args)
-    write_predictions(preds, out / "predictions.csv")
     return preds, tax, model_provenance(args.checkpoint, info) | {"decode": args.decode, "tta": args.tta}
 
 
@@ -201,12 +205,9 @@ def earlier_provenance(metrics_json: Path) -> dict:
     return {"original_run": prov.get("original_run", prov)}
 
 
-def load_baseline(args: argparse.Namespace, tax, out: Path):
-    """``(predictions, name, provenance)`` of the baseline, or ``(None, None, {})`` without one.
-
-    A baseline run here is saved as baseline_predictions.csv.
-    """
-    from amanita.predictions import read_predictions, write_predictions
+def load_baseline(args: argparse.Namespace, tax):
+    """``(predictions, name, provenance)`` of the baseline, or ``(None, None, {})`` without one."""
+    from amanita.predictions import read_predictions
     from amanita.report import file_sha256
     if args.baseline_predictions:
         path = args.baseline_predictions
@@ -215,7 +216,6 @@ def load_baseline(args: argparse.Namespace, tax, out: Path):
     if spec is None:
         return None, None, {}
     preds, _, info = run_inference(args, spec, taxonomy=tax)
-    write_predictions(preds, out / "baseline_predictions.csv")
     return preds, spec, model_provenance(spec, info) if args.baseline_checkpoint else info
 
 
@@ -239,30 +239,36 @@ def training_log(args: argparse.Namespace) -> str | None:
 @cli_main
 def main() -> int:
     args = parse_args()
+    from amanita.io import staged_output
+    from amanita.predictions import write_predictions
     from amanita.report import base_provenance, build_report
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    preds, tax, prov = load_predictions(args, out)
+    preds, tax, prov = load_predictions(args)
     if len(preds) == 0:
         raise UserError("no prediction to evaluate: every image was unreadable or the predictions file is empty")
-    baseline, baseline_name, baseline_prov = load_baseline(args, tax, out)
+    baseline, baseline_name, baseline_prov = load_baseline(args, tax)
     provenance = prov | {"n_predictions": len(preds)} | base_provenance(tax, vars(args))
     if baseline_prov:
         provenance["baseline"] = baseline_prov
-    report = build_report(preds, tax, out, baseline_preds=baseline, baseline_name=baseline_name,
-                          focus=args.focus_species, provenance=provenance,
-                          image_paths=specimen_paths(args, preds), training_log=training_log(args))
-    print_summary(out / "metrics.json", baseline_name)
-    print(f"report: {report.resolve()}")
+    with staged_output(out) as stage:  # the previous results stay whole until the new ones are complete
+        write_predictions(preds, stage / "predictions.csv", tax)
+        if args.baseline_checkpoint or args.baseline_model:
+            write_predictions(baseline, stage / "baseline_predictions.csv", tax)
+        report = build_report(preds, tax, stage, baseline_preds=baseline, baseline_name=baseline_name,
+                              focus=args.focus_species, provenance=provenance,
+                              image_paths=specimen_paths(args, preds), training_log=training_log(args))
+        summary = summary_lines(stage / "metrics.json", baseline_name)
+    print("\n".join(summary))
+    print(f"report: {(out / report.name).resolve()}")
     return 0
 
 
-def print_summary(metrics_path: Path, baseline_name: str | None) -> None:
-    """The report's headline numbers on the terminal: per rank, then the safety lines."""
+def summary_lines(metrics_path: Path, baseline_name: str | None) -> list[str]:
+    """The report's headline numbers for the terminal: per rank, then the safety lines."""
     m = json.loads(metrics_path.read_text())
     model, base = m["model"], m.get("baseline")
     head = f"{'rank':<8} {'top-1':>7} {'top-5':>7} {'F1':>7} {'ECE':>6}"
-    print(head + (f" {'baseline':>9} {'Δ top-1':>8}" if base else ""))
+    lines = [head + (f" {'baseline':>9} {'Δ top-1':>8}" if base else "")]
     for key in ("phylum", "class", "order", "family", "genus", "species", "leaf"):
         k = model["keys"].get(key) or {}
         if k.get("top1") is None:
@@ -272,19 +278,33 @@ def print_summary(metrics_path: Path, baseline_name: str | None) -> None:
         b = (base or {}).get("keys", {}).get(key) or {}
         if b.get("top1") is not None:
             line += f" {100 * b['top1']:8.2f}% {100 * (k['top1'] - b['top1']):+7.2f}"
-        print(line)
+        lines.append(line)
     h, p = model["hierarchy"], model["poison"]
-    print(f"all six ranks right {100 * h['hierarchical_accuracy']:.2f}% · real lineages "
-          f"{100 * h['consistency_rate']:.2f}% · mean mistake severity {h['mistake_severity']:.2f}")
-    print(f"poisonous predicted as edible (PSC) {p['psc']} · edible predicted as poisonous (ESC) {p['esc']} · "
-          f"cost (100·PSC + ESC)/N = {p['cost']:.3f}")
+    lines.append(f"all six ranks right {_pct(h['hierarchical_accuracy'], 2)} · real lineages "
+                 f"{_pct(h['consistency_rate'], 2)} · mean mistake severity {_num(h['mistake_severity'])}")
+    lines.append(f"poisonous predicted as edible (PSC) {p['psc']} · edible predicted as poisonous (ESC) {p['esc']} · "
+                 f"cost (100·PSC + ESC)/N = {_num(p['cost'], 3)}")
     for f in model.get("focus", []):
-        if f.get("found"):
+        if not f.get("found"):
+            lines.append(f"{f['name']}: not in the taxonomy")
+        elif not f.get("support"):
+            lines.append(f"{f['name']}: no validation images")
+        else:
             acc = f["accuracy"]
-            print(f"{f['name']}: {f['support']} images, species {100 * acc['species']:.1f}%, "
-                  f"genus {100 * acc['genus']:.1f}%")
+            lines.append(f"{f['name']}: {f['support']} images, species {_pct(acc['species'])}, "
+                         f"genus {_pct(acc['genus'])}")
     if base:
-        print(f"(baseline: {baseline_name})")
+        lines.append(f"(baseline: {baseline_name})")
+    return lines
+
+
+def _pct(x, digits: int = 1) -> str:
+    """A share as a percentage; "n/a" where there was nothing to measure (None)."""
+    return "n/a" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def _num(x, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
 
 
 if __name__ == "__main__":

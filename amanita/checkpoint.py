@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from amanita.io import UserError, atomic_torch_save, atomic_write_stream
+from amanita.io import UserError, atomic_torch_save, atomic_write_stream, load_tensor_file
 from amanita.taxonomy import Taxonomy
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -66,15 +66,12 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     atomic_torch_save(state, path)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``; problems are a one-line :class:`UserError`."""
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint on the CPU with ``weights_only=True``; problems are a one-line :class:`UserError`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
-        raise UserError(f"{path} cannot be read as an amanita checkpoint: {str(e).splitlines()[0]}") from None
+    ckpt = load_tensor_file(path, "an amanita checkpoint")
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise UserError(f"{path} is not an amanita checkpoint (no 'model' entry)")
     return ckpt

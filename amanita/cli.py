@@ -3,23 +3,89 @@ from __future__ import annotations
 
 import argparse
 
+import json
+import math
+
 from amanita.losses import WEIGHT_METHODS
 from amanita.model import STOCK_MODEL
-from amanita.taxonomy import RANKS
+from amanita.taxonomy import LEAF, RANKS
+
+METRIC_NAMES = [f"{k}/{m}" for k in (*RANKS, LEAF) for m in ("acc1", "f1")]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults in every flag's help and the script's docstring kept as written."""
 
 
+# ---------------------------------------------------------------------- flag value types
+# argparse ``type=`` checks: a bad value stops the script before any work, as one line and exit 2
+def number(kind: type = float, low: float | None = None, high: float | None = None,
+           low_open: bool = False, high_open: bool = False, what: str = ""):
+    """A ``type=`` that parses ``kind`` and checks ``low <= value <= high`` (``<`` where open)."""
+    lo = "" if low is None else f"{low:g} {'<' if low_open else '≤'} "
+    hi = "" if high is None else f" {'<' if high_open else '≤'} {high:g}"
+    rule = what or f"{'an integer' if kind is int else 'a number'} with {lo}value{hi}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {rule}, got {text!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {rule}, got {text!r}")
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high:
+            raise argparse.ArgumentTypeError(f"expected {rule}, got {text!r}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
+
+
+positive_int = number(int, 1, what="an integer ≥ 1")
+nonneg_int = number(int, 0, what="an integer ≥ 0")
+positive_float = number(float, 0, low_open=True, what="a number > 0")
+nonneg_float = number(float, 0, what="a number ≥ 0")
+probability = number(float, 0, 1, what="a probability between 0 and 1")
+below_one = number(float, 0, 1, high_open=True, what="a number with 0 ≤ value < 1")
+
+
 def optional_float(text: str) -> float | None:
-    """A float, or ``none``/``0`` for "off" (``--layer-decay none``)."""
+    """A number > 0, or ``none``/``off``/``0`` for "off" (``--layer-decay none``)."""
     if text.lower() in ("none", "off", "0"):
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a number > 0 or 'none', got {text!r}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, refused at once when that device is not here."""
+    import torch
+    if text in ("auto", "cpu"):
+        return text
+    if text != "cuda" and not (text.startswith("cuda:") and text[5:].isdigit()):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine (use auto or cpu)")
+    if text.startswith("cuda:") and int(text[5:]) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
+def json_object(text: str) -> str:
+    """A JSON object (``--model-args``), checked here and kept as the text the user gave."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg} at character {e.pos}): {text}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"depth\": 4}}', got {text}")
+    return text
 
 
 def add_dataset_args(p: argparse.ArgumentParser, multitask: bool) -> None:
@@ -32,11 +98,12 @@ def add_dataset_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     g.add_argument("--image-size-folder", default="300p", help="FungiTastic image-size folder (300p, 500p, 720p, fullsize)")
     g.add_argument("--mappings", default="taxonomic_mappings.json",
                    help="taxonomic_mappings.json; built from the given CSVs when the file does not exist")
-    g.add_argument("--workers", type=int, default=4, help="data-loading processes per GPU/process")
-    g.add_argument("--prefetch-factor", type=int, default=4,
+    g.add_argument("--workers", type=nonneg_int, default=4, help="data-loading processes per GPU/process")
+    g.add_argument("--prefetch-factor", type=positive_int, default=4,
                    help="batches each worker loads ahead (DataLoader prefetch_factor; ignored with --workers 0)")
-    g.add_argument("--max-bad-image-fraction", type=float, default=0.001,
-                   help="stop when more than this share of a split's images cannot be read")
+    g.add_argument("--max-bad-image-fraction", type=probability, default=0.001,
+                   help="stop when more than this share of a split's images cannot be read, or have a "
+                        "category_id outside the mappings")
     if multitask:
         g.add_argument("--use-class-weights", action="store_true", help="weight each rank's loss by class weights")
         g.add_argument("--class-weights", default=None,
@@ -49,21 +116,21 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Model parameters")
     g.add_argument("--model", default=STOCK_MODEL,
                    help="hf-hub: id, timm model name, or a local weights file (.safetensors/.pth)")
-    g.add_argument("--model-args", default=None,
+    g.add_argument("--model-args", type=json_object, default=None,
                    help='JSON kwargs for timm.create_model, e.g. \'{"depth": 4, "embed_dim": 192, "num_heads": 3, "img_size": 96}\'')
     g.add_argument("--pretrained", default="auto", choices=("auto", "yes", "no"),
                    help="load pretrained weights (auto: yes for hf-hub: ids and weight files)")
     g.add_argument("--pretrained-file", default=None, help="local weights for --model (timm pretrained_cfg_overlay file=)")
     g.add_argument("--init-from", default=None,
                    help="start from an amanita checkpoint (a train_minimal.py model plays the stock model)")
-    g.add_argument("--crop-pct", type=float, default=None, help="override the data config's eval crop fraction")
+    g.add_argument("--crop-pct", type=positive_float, default=None, help="override the data config's eval crop fraction")
     g.add_argument("--crop-mode", choices=("center", "squash", "border"), default=None,
                    help="override the data config's eval crop mode (squash = resize to the input size, no crop)")
     g.add_argument("--interpolation", default=None, help="override the data config's resize interpolation")
     g.add_argument("--mean", type=float, nargs=3, default=None, metavar=("R", "G", "B"), help="override the normalisation mean")
-    g.add_argument("--std", type=float, nargs=3, default=None, metavar=("R", "G", "B"), help="override the normalisation std")
-    g.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate")
-    g.add_argument("--drop", type=float, default=0.0, help="dropout before the heads")
+    g.add_argument("--std", type=positive_float, nargs=3, default=None, metavar=("R", "G", "B"), help="override the normalisation std")
+    g.add_argument("--drop-path", type=below_one, default=0.1, help="stochastic depth rate")
+    g.add_argument("--drop", type=below_one, default=0.0, help="dropout before the heads")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--channels-last", action="store_true", help="channels_last memory format")
 
@@ -71,65 +138,66 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_optimizer_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     g = p.add_argument_group("Optimizer parameters")
     g.add_argument("--opt", default="adamw" if multitask else "sgd", help="timm optimizer name (adamw, sgd, lamb, ...)")
-    g.add_argument("--lr", type=float, default=5e-5 if multitask else 0.01, help="peak learning rate")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--weight-decay", type=float, default=0.05 if multitask else 1e-4, help="weight decay")
+    g.add_argument("--lr", type=positive_float, default=5e-5 if multitask else 0.01, help="peak learning rate")
+    g.add_argument("--momentum", type=below_one, default=0.9, help="SGD momentum")
+    g.add_argument("--weight-decay", type=nonneg_float, default=0.05 if multitask else 1e-4, help="weight decay")
     g.add_argument("--layer-decay", type=optional_float, default=0.75 if multitask else None,
                    help="layer-wise lr decay (timm param_groups_layer_decay); none to disable")
-    g.add_argument("--head-lr-scale", type=float, default=10.0 if multitask else 1.0,
+    g.add_argument("--head-lr-scale", type=positive_float, default=10.0 if multitask else 1.0,
                    help="lr multiplier of the heads over the last backbone layer")
-    g.add_argument("--clip-grad", type=float, default=1.0, help="gradient-norm clipping (0: off)")
-    g.add_argument("--accum-steps", type=int, default=1 if multitask else 8, help="gradient accumulation steps")
+    g.add_argument("--clip-grad", type=nonneg_float, default=1.0, help="gradient-norm clipping (0: off)")
+    g.add_argument("--accum-steps", type=positive_int, default=1 if multitask else 8, help="gradient accumulation steps")
     g = p.add_argument_group("Schedule parameters")
-    g.add_argument("--epochs", type=int, default=20 if multitask else 50, help="epochs")
-    g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up epochs (per update)")
-    g.add_argument("--warmup-lr", type=float, default=1e-6, help="lr at the start of warm-up")
-    g.add_argument("--min-lr", type=float, default=1e-6, help="lr at the end of the cosine")
+    g.add_argument("--epochs", type=positive_int, default=20 if multitask else 50, help="epochs")
+    g.add_argument("--warmup-epochs", type=nonneg_float, default=1.0, help="linear warm-up epochs (per update)")
+    g.add_argument("--warmup-lr", type=nonneg_float, default=1e-6, help="lr at the start of warm-up")
+    g.add_argument("--min-lr", type=nonneg_float, default=1e-6, help="lr at the end of the cosine")
 
 
 def add_loss_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     g = p.add_argument_group("Loss and augmentation")
     if multitask:
-        g.add_argument("--rank-weights", type=float, nargs=6, default=[0.1, 0.1, 0.1, 0.2, 0.3, 1.0],
+        g.add_argument("--rank-weights", type=nonneg_float, nargs=6, default=[0.1, 0.1, 0.1, 0.2, 0.3, 1.0],
                        metavar=tuple(r.upper() for r in RANKS),
                        help="loss weight of each head (phylum class order family genus species)")
         g.add_argument("--head-mode", choices=("residual", "independent"), default="residual",
                        help="residual: a coarse rank = the species probabilities summed up the tree + its own "
                             "head (exactly the stock model's at step 0); independent: six separate heads")
-        g.add_argument("--consistency-weight", type=float, default=0.0,
+        g.add_argument("--consistency-weight", type=nonneg_float, default=0.0,
                        help="weight of KL(species summed up to a rank ‖ that rank's head)")
-    g.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing")
+    g.add_argument("--label-smoothing", type=below_one, default=0.1, help="label smoothing")
     g.add_argument("--auto-augment", default="rand-m20-n2",
                    help="timm auto-augment policy (stock: RandAugment 2 ops, magnitude 20); 'none' to disable")
-    g.add_argument("--scale", type=float, nargs=2, default=[0.8, 1.0], help="RandomResizedCrop scale range")
-    g.add_argument("--color-jitter", type=float, default=0.0,
+    g.add_argument("--scale", type=number(float, 0, 1, low_open=True, what="a fraction in (0, 1]"), nargs=2,
+                   default=[0.8, 1.0], help="RandomResizedCrop scale range")
+    g.add_argument("--color-jitter", type=nonneg_float, default=0.0,
                    help="colour jitter strength (brightness, contrast, saturation), with or without --auto-augment; "
                         "0: none (the stock recipe has none; timm would add 0.4 silently without auto-augment)")
-    g.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability")
-    g.add_argument("--vflip", type=float, default=0.5, help="vertical flip probability")
+    g.add_argument("--hflip", type=probability, default=0.5, help="horizontal flip probability")
+    g.add_argument("--vflip", type=probability, default=0.5, help="vertical flip probability")
 
 
 def add_run_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     g = p.add_argument_group("Run parameters")
-    g.add_argument("--batch-size", type=int, default=64 if multitask else 32, help="batch per process")
+    g.add_argument("--batch-size", type=positive_int, default=64 if multitask else 32, help="batch per process")
     g.add_argument("--save-dir", default="checkpoints/multitask" if multitask else "checkpoints/minimal",
                    help="checkpoints, metrics.jsonl and args.json ($CHECKPOINT_ARTIFACT_PATH wins on ISC)")
     g.add_argument("--resume", default="auto",
                    help="checkpoint to resume; auto: last.pth in --save-dir when present; none: start fresh")
-    g.add_argument("--save-every-steps", type=int, default=500, help="also save last.pth every N updates (0: epoch ends only)")
-    g.add_argument("--seed", type=int, default=42, help="random seed (each process uses seed + rank)")
+    g.add_argument("--save-every-steps", type=nonneg_int, default=500, help="also save last.pth every N updates (0: epoch ends only)")
+    g.add_argument("--seed", type=nonneg_int, default=42, help="random seed (each process uses seed + rank)")
     g.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
                    help="autocast: auto = bf16 on CUDA, none on CPU; fp16 adds a GradScaler")
-    g.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    g.add_argument("--device", type=device_name, default="auto", help="auto, cpu or cuda")
     g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (timm ModelEmaV3) and validate it")
-    g.add_argument("--model-ema-decay", type=float, default=0.9998, help="EMA decay")
-    g.add_argument("--early-stopping-patience", type=int, default=0, help="stop after N epochs without improvement (0: off)")
-    g.add_argument("--early-stopping-metric", default="species/f1",
+    g.add_argument("--model-ema-decay", type=probability, default=0.9998, help="EMA decay")
+    g.add_argument("--early-stopping-patience", type=nonneg_int, default=0, help="stop after N epochs without improvement (0: off)")
+    g.add_argument("--early-stopping-metric", default="species/f1", choices=METRIC_NAMES,
                    help="validation metric for best_model.pth and early stopping: <leaf|rank>/<acc1|f1>")
     g.add_argument("--decode", choices=("consistent", "independent"), default="consistent",
                    help="validation decoding: consistent = best real root-to-leaf path over all heads; "
                         "independent = argmax per head")
-    g.add_argument("--log-interval", type=int, default=20, help="batches between progress-bar updates")
+    g.add_argument("--log-interval", type=positive_int, default=20, help="batches between progress-bar updates")
 
 
 def build_train_parser(description: str, multitask: bool) -> argparse.ArgumentParser:

@@ -24,12 +24,39 @@ log = logging.getLogger(__name__)
 BAD_IMAGE = -2  # leaf label of a sample whose image could not be read (other labels -1)
 SPLIT_WORDS = {"train": "train", "val": "val", "test": "test"}
 JPEG_MAGIC = b"\xff\xd8\xff"
+# what PIL raises for a file that is not a readable image (a decompression bomb is not an OSError)
 IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def read_split(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a FungiTastic CSV, checking the required columns (``filename``, ``category_id``, ranks)."""
-    return read_metadata_csv(path, REQUIRED_COLUMNS)
+def read_split(path: str | os.PathLike, open_set: bool = False) -> pd.DataFrame:
+    """Read a FungiTastic CSV, checking the required columns (``filename``, ``category_id``, ranks).
+
+    An empty file and a ``category_id`` that is missing, not a whole number or negative are
+    :class:`UserError`s naming the line; ``open_set=True`` also accepts -1 (an unknown species).
+    The path is kept in ``df.attrs["source"]`` so later errors can name the file.
+    """
+    df = read_metadata_csv(path, REQUIRED_COLUMNS)
+    if df.empty:
+        raise UserError(f"{path} has a header but no rows: nothing to train or evaluate on")
+    df["category_id"] = check_category_ids(df["category_id"], path, open_set)
+    df.attrs["source"] = str(path)
+    return df
+
+
+def check_category_ids(values: pd.Series, path, open_set: bool = False) -> pd.Series:
+    """``values`` as int64, or a :class:`UserError` naming the first bad line of ``path`` and the count."""
+    number = pd.to_numeric(values, errors="coerce")
+    whole = number.notna() & np.isfinite(number) & (number == number.round())
+    low = -1 if open_set else 0
+    bad = ~whole | (number < low)
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        value = values.iloc[i]
+        shown = "empty" if pd.isna(value) else repr(str(value))
+        rule = "a whole number ≥ 0" + (" (or -1: unknown species)" if open_set else "")
+        more = f" ({int(bad.sum()) - 1} more such rows)" if bad.sum() > 1 else ""
+        raise UserError(f"{path} line {i + 2}: category_id is {shown}, expected {rule}{more}")
+    return number.astype(np.int64)
 
 
 def default_image_root(csv_path: str | os.PathLike, size: str = "300p") -> Path:
@@ -124,6 +151,10 @@ class FungiTasticDataset(Dataset):
         self.paths = np.array([os.fsencode(p) for p in image_paths(df, csv_path, image_root, image_size_folder)],
                               dtype=np.bytes_)  # (n,) fixed-width bytes: one buffer, no Python objects
         self.labels = torch.from_numpy(encode_labels(taxonomy, df))  # (n, 7)
+        cid = pd.to_numeric(df["category_id"], errors="coerce").to_numpy()
+        # category_ids of the rows outside the mappings (-1: an open-set unknown, not counted); see check_labels
+        self.foreign_ids = cid[(self.labels[:, 0] == -1).numpy() & (cid != -1)]
+        self.source = str(csv_path) if csv_path is not None else None
         self.seed: int | None = None  # set for training: augmentations follow (seed, epoch, index)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # persistent workers read it
 
@@ -331,6 +362,33 @@ class BadImageCounter:
             raise UserError(
                 f"{self.count} of {self.dataset_size} {self.what} could not be read, more than "
                 f"--max-bad-image-fraction {self.max_fraction:g}; their paths are in the log above")
+
+
+def check_labels(ds: "FungiTasticDataset", max_fraction: float, split: str) -> None:
+    """Rows whose ``category_id`` is not in the mappings: said aloud, and an error past ``max_fraction``.
+
+    Such rows have no leaf label, so the loss and the metrics skip them; -1 (an open-set
+    unknown) is not counted.
+    """
+    n = len(ds.foreign_ids)
+    if not n:
+        return
+    ids = sorted({int(c) if c == c else -1 for c in ds.foreign_ids.tolist()})
+    shown = ", ".join(map(str, ids[:5])) + (", …" if len(ids) > 5 else "")
+    msg = (f"{ds.source or f'the {split} split'}: {n} of {len(ds)} rows have a category_id not in the mappings "
+           f"({shown}) and are left out")
+    if n > max_fraction * len(ds):
+        raise UserError(f"{msg}, more than --max-bad-image-fraction {max_fraction:g}; rebuild the mappings "
+                        "with this CSV (create_taxonomic_mappings.py) or use the CSVs they were built from")
+    log.warning("%s", msg)
+
+
+def check_unreadable(n_total: int, n_read: int, max_fraction: float, split: str) -> None:
+    """After evaluation: images that could not be read are said aloud, an error past ``max_fraction``."""
+    n_bad = n_total - n_read
+    if n_bad:
+        log.warning("%d of %d %s images could not be read and are left out of the metrics", n_bad, n_total, split)
+    BadImageCounter(n_total, max_fraction, f"{split} images").update(n_bad)
 
 
 # ---------------------------------------------------------------------- small subsets

@@ -74,7 +74,7 @@ def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer, s
     bad_count = torch.zeros((), dtype=torch.long, device=device)
     total = len(loader) + state.batch_in_epoch
     bar = tqdm(loader, total=total, initial=state.batch_in_epoch, disable=not show,
-               desc=f"train {state.epoch}", dynamic_ncols=True, leave=False)
+               desc=f"epoch {state.epoch + 1}", dynamic_ncols=True, leave=False)
     for images, labels, _ in bar:
         images = images.to(device, non_blocking=True)
         check_normalised(images)

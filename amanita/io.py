@@ -1,8 +1,11 @@
 """File helpers shared by every script: atomic writes, metadata CSVs, and errors for people."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -32,9 +35,12 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[object], None], mode
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if _is_write_failure(e):
+            kept = f"; the previous {path.name} is kept" if path.exists() else ""
+            raise UserError(f"cannot write {path}: {_write_reason(e)}{kept}") from None
         raise
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -44,6 +50,72 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[object], None], mode
             os.close(dfd)
     except OSError:
         pass
+
+
+def _is_write_failure(e: BaseException) -> bool:
+    """An OS write error, or torch.save's C++ writer failing (it reports a full disk as an "enforce fail")."""
+    if isinstance(e, OSError):
+        return True
+    return isinstance(e, RuntimeError) and ("enforce fail" in str(e) or "PytorchStreamWriter" in str(e))
+
+
+def _write_reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return e.strerror or str(e)
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else "the writer failed part-way"
+    return f"{reason} (is the disk full?)"
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Delete the temporary files a killed :func:`_atomic_write` left for ``names`` in ``folder``.
+
+    Only ``.<name>.<8 random characters>.tmp`` for the given names is touched (the pattern of
+    ``tempfile.mkstemp`` above); returns what was deleted.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    patterns = [re.compile(re.escape(f".{name}.") + r"[A-Za-z0-9_]{8}\.tmp") for name in names]
+    removed = []
+    for f in folder.iterdir():
+        if any(p.fullmatch(f.name) for p in patterns) and f.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+                removed.append(f)
+    return removed
+
+
+@contextlib.contextmanager
+def staged_output(out: str | os.PathLike, prefix: str = ".staging-"):
+    """A temporary folder inside ``out``; its files replace those in ``out`` only when the block succeeds.
+
+    So a run that fails half-way leaves the previous results whole. Staging folders of
+    processes that no longer run (killed runs) are deleted on entry.
+    """
+    import shutil
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob(f"{prefix}*-*"):
+        pid = old.name[len(prefix):].split("-")[0]
+        if old.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    stage = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=out))
+    try:
+        yield stage
+        for f in sorted(stage.iterdir()):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -66,6 +138,29 @@ def atomic_write_stream(path: str | os.PathLike, write: Callable[[object], None]
 
 def atomic_to_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
     _atomic_write(path, lambda f: f.write(df.to_csv(index=False).encode("utf-8")), "wb")
+
+
+def load_tensor_file(path: str | os.PathLike, what: str):
+    """``torch.load(path, weights_only=True)``; a missing, pickled-code or foreign file is a :class:`UserError`.
+
+    ``what`` says what the file should have been, for the message.
+    """
+    import pickle
+
+    import torch
+    if not Path(path).is_file():
+        raise UserError(f"{path}: file not found (expected {what})")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        why = ("it holds pickled Python objects, which are not loaded for safety"
+               if "weights_only" in str(e) or "Unsupported global" in str(e) else f"not a PyTorch file: {first[:120]}")
+        raise UserError(f"{path} cannot be loaded as {what} ({why})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path} cannot be loaded as {what} (not a torch.save file: "
+                        f"{type(e).__name__}: {first[:120]})") from None
 
 
 def read_metadata_csv(path: str | os.PathLike, required: Iterable[str] = ()) -> pd.DataFrame:

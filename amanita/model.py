@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from amanita.io import UserError, load_tensor_file
 from amanita.taxonomy import LEAF, RANKS, Taxonomy
 
 STOCK_MODEL = "hf-hub:BVRA/beit_base_patch16_224.in1k_ft_fungitastic_224"
@@ -34,9 +35,9 @@ def parse_model_args(text: str | dict | None) -> dict:
     try:
         out = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"--model-args is not valid JSON ({e.msg}): {text}") from None
+        raise UserError(f"--model-args is not valid JSON ({e.msg}): {text}") from None
     if not isinstance(out, dict):
-        raise ValueError(f"--model-args must be a JSON object, got {text}")
+        raise UserError(f"--model-args must be a JSON object, got {text}")
     return out
 
 
@@ -62,7 +63,27 @@ def create_timm_model(name: str, model_args: dict | None = None, pretrained: boo
         pretrained = True
     if pretrained is None:
         pretrained = name.startswith("hf-hub:")
-    return timm.create_model(name, pretrained=pretrained, **model_args, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=pretrained, **model_args, **kwargs)
+    except (OSError, RuntimeError, TypeError) as e:
+        raise model_error(name, e, pretrained_file) from None
+
+
+def model_error(name: str, e: Exception, pretrained_file: str | None = None) -> UserError:
+    """The one-line error for a model timm cannot build: unknown name, hub offline, bad weights."""
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    if isinstance(e, RuntimeError) and str(e).startswith("Unknown model"):
+        return UserError(f"--model {name}: timm has no such model (give a timm model name, an hf-hub: id "
+                         "or a local .safetensors/.pth file)")
+    if isinstance(e, TypeError):
+        return UserError(f"--model-args do not fit {name}: {reason}")
+    if name.startswith("hf-hub:") and isinstance(e, OSError):
+        return UserError(f"--model {name} is not in the Hugging Face cache and cannot be downloaded here "
+                         f"({type(e).__name__}); pre-fill the cache or pass a local weights file with --model "
+                         "(README, 'Working offline')")
+    if pretrained_file:
+        return UserError(f"{pretrained_file}: its weights do not fit {name} ({reason})")
+    return UserError(f"--model {name}: {reason}")
 
 
 def resolve_architecture(name: str, model_args: dict | None = None) -> tuple[str, dict]:
@@ -74,7 +95,10 @@ def resolve_architecture(name: str, model_args: dict | None = None) -> tuple[str
     model_args = dict(model_args or {})
     if name.startswith("hf-hub:"):
         from timm.models import load_model_config_from_hf
-        _, arch, hub_args = load_model_config_from_hf(name.removeprefix("hf-hub:"))
+        try:
+            _, arch, hub_args = load_model_config_from_hf(name.removeprefix("hf-hub:"))
+        except OSError as e:
+            raise model_error(name, e) from None
         return arch, {**(hub_args or {}), **model_args}
     if os.path.isfile(name):
         return model_args.pop("architecture", "beit_base_patch16_224"), model_args
@@ -84,11 +108,17 @@ def resolve_architecture(name: str, model_args: dict | None = None) -> tuple[str
 def _head_size(path: str) -> int | None:
     """Outputs of the classifier stored in a weights file (None if it has no ``head.weight``)."""
     if str(path).endswith(".safetensors"):
-        from safetensors import safe_open
-        with safe_open(path, "pt") as f:
-            return f.get_slice("head.weight").get_shape()[0] if "head.weight" in f.keys() else None
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    sd = sd.get("state_dict", sd.get("model", sd))
+        from safetensors import SafetensorError, safe_open
+        try:
+            with safe_open(path, "pt") as f:
+                return f.get_slice("head.weight").get_shape()[0] if "head.weight" in f.keys() else None
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"{path} cannot be read as a safetensors weights file ({e})") from None
+    sd = load_tensor_file(path, "a weights file (a state_dict saved with torch.save)")
+    if isinstance(sd, dict):
+        sd = sd.get("state_dict", sd.get("model", sd))
+    if not isinstance(sd, dict):
+        raise UserError(f"{path} holds no state_dict (a dict of tensors)")
     return sd["head.weight"].shape[0] if "head.weight" in sd else None
 
 

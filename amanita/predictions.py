@@ -17,7 +17,9 @@ up to FungiTastic's, for the tests and the scale benchmark.
 """
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -50,9 +52,45 @@ def required_columns() -> list[str]:
     return cols
 
 
-def write_predictions(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write the predictions table as CSV, atomically (floats to 6 significant digits)."""
+def write_predictions(df: pd.DataFrame, path: str | os.PathLike, taxonomy: Taxonomy | None = None) -> None:
+    """Write the predictions table as CSV, atomically (floats to 6 significant digits).
+
+    With ``taxonomy``, its digest goes beside the file (``<name>.taxonomy_sha256``), so
+    :func:`read_predictions` can refuse the file with another taxonomy's mappings.
+    """
+    if taxonomy is not None:
+        atomic_write_text(sha_path(path), taxonomy.sha256() + "\n")
     atomic_write_text(path, df.to_csv(index=False, float_format="%.6g"))
+
+
+def sha_path(path: str | os.PathLike) -> Path:
+    """Where the taxonomy digest of a predictions file is kept: beside it."""
+    return Path(f"{path}.taxonomy_sha256")
+
+
+def predictions_taxonomy(path: str | os.PathLike) -> tuple[str | None, str | None]:
+    """``(sha256, where it was read)`` of the taxonomy a predictions file was made with, if known.
+
+    Read from the digest file beside it, else from the provenance of the metrics.json beside it.
+    """
+    side = sha_path(path)
+    if side.is_file():
+        return side.read_text(encoding="utf-8").strip() or None, str(side)
+    metrics = Path(path).parent / "metrics.json"
+    try:
+        prov = json.loads(metrics.read_text(encoding="utf-8")).get("provenance") or {}
+    except (OSError, ValueError, AttributeError):
+        return None, None
+    sha = prov.get("taxonomy_sha256") if isinstance(prov, dict) else None
+    return (sha, str(metrics)) if isinstance(sha, str) else (None, None)
+
+
+def check_taxonomy(path: str | os.PathLike, taxonomy: Taxonomy) -> None:
+    """A predictions file made with another taxonomy is refused: every class would be renamed."""
+    sha, where = predictions_taxonomy(path)
+    if sha is not None and sha != taxonomy.sha256():
+        raise UserError(f"{path} was made with another taxonomy (sha256 {sha[:12]}… in {where}, the mappings "
+                        f"given {taxonomy.sha256()[:12]}…); give the --mappings the predictions were made with")
 
 
 def read_predictions(path: str | os.PathLike, taxonomy: Taxonomy | None = None) -> pd.DataFrame:
@@ -63,6 +101,8 @@ def read_predictions(path: str | os.PathLike, taxonomy: Taxonomy | None = None) 
     """
     if not os.path.isfile(path):
         raise UserError(f"{path}: predictions file not found")
+    if taxonomy is not None:
+        check_taxonomy(path, taxonomy)
     try:
         df = pd.read_csv(path, low_memory=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:

@@ -1009,13 +1009,17 @@ def _write_images(root: Path, plan: dict[str, pd.DataFrame], seed: int, image_si
         folder.mkdir(parents=True, exist_ok=True)
         tasks += [(str(folder / f), sp, seed, int(f.split("-")[0]), image_size)
                   for f, sp in zip(df["filename"], df["species"])]
+    from tqdm import tqdm
+    bar = tqdm(total=len(tasks), desc="drawing demo images", unit="img", leave=False)
     if workers <= 1:
         for task in tasks:
             _render(task)
-        return
-    with multiprocessing.get_context().Pool(workers) as pool:
-        for _ in pool.imap_unordered(_render, tasks, chunksize=32):
-            pass
+            bar.update()
+    else:
+        with multiprocessing.get_context().Pool(workers) as pool:
+            for _ in pool.imap_unordered(_render, tasks, chunksize=32):
+                bar.update()
+    bar.close()
 
 
 def generate_dataset(output_dir: str | Path, seed: int = 0,

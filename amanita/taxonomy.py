@@ -214,6 +214,31 @@ def _poison_flag(values: pd.Series) -> bool:
     return bool(v.astype(str).str.strip().str.lower().isin(["1", "1.0", "true", "yes", "t"]).any())
 
 
+def _conflicts(df: pd.DataFrame) -> list[str]:
+    """Every inconsistency in the rows, each value with the first file and line it comes from."""
+    def where(rows: pd.DataFrame, col: str, values) -> str:
+        first = rows.drop_duplicates(col).set_index(col)["_where"]
+        return "; ".join(f"'{v}': {first[v]}" for v in values)
+
+    errors: list[str] = []
+    # a leaf has one scientificName and one accepted species
+    for c in ("scientificName", "species"):
+        n = df.dropna(subset=[c]).groupby("category_id")[c].nunique()
+        for cid in n[n > 1].index:
+            sel = df[(df["category_id"] == cid) & df[c].notna()]
+            vals = sorted(sel[c].unique())
+            errors.append(f"category_id {cid} has {len(vals)} values of '{c}': {vals} ({where(sel, c, vals)})")
+    # a name at each rank has one parent at the rank above
+    for parent, child in zip(RANKS[:-1], RANKS[1:]):
+        pairs = df[[child, parent, "_where"]].dropna().drop_duplicates([child, parent])
+        dup = pairs[pairs.duplicated(child, keep=False)]
+        for name, g in dup.groupby(child):
+            vals = sorted(g[parent])
+            errors.append(f"{child} '{name}' has {len(g)} different parents at rank {parent}: "
+                          f"{vals} ({where(g, parent, vals)})")
+    return errors
+
+
 def build_taxonomy(frames: Iterable[pd.DataFrame], count_frame: pd.DataFrame | None = None) -> Taxonomy:
     """Build the taxonomy from FungiTastic metadata frames (all splits given).
 
@@ -223,8 +248,10 @@ def build_taxonomy(frames: Iterable[pd.DataFrame], count_frame: pd.DataFrame | N
     """
     cols = ["category_id", "scientificName", *RANKS] + ["poisonous"]
     parts = []
-    for f in frames:
+    for k, f in enumerate(frames):
         sub = f[[c for c in cols if c in f.columns]].copy()
+        source = os.path.basename(f.attrs.get("source", f"table {k + 1}"))
+        sub["_where"] = [f"{source} line {i + 2}" for i in range(len(f))]  # header = line 1
         parts.append(sub)
     df = pd.concat(parts, ignore_index=True)
     df = df[df["category_id"].notna()].copy()
@@ -233,21 +260,7 @@ def build_taxonomy(frames: Iterable[pd.DataFrame], count_frame: pd.DataFrame | N
         df["scientificName"] = df["species"]
     for c in ("scientificName", *RANKS):
         df[c] = df[c].map(_clean).astype(object)
-
-    errors: list[str] = []
-    # a leaf has one scientificName and one accepted species
-    for c in ("scientificName", "species"):
-        n = df.dropna(subset=[c]).groupby("category_id")[c].nunique()
-        for cid in n[n > 1].index:
-            vals = sorted(df.loc[df["category_id"] == cid, c].dropna().unique())
-            errors.append(f"category_id {cid} has {len(vals)} values of '{c}': {vals}")
-    # a name at each rank has one parent at the rank above
-    for parent, child in zip(RANKS[:-1], RANKS[1:]):
-        pairs = df[[child, parent]].dropna().drop_duplicates()
-        dup = pairs[pairs.duplicated(child, keep=False)]
-        for name, g in dup.groupby(child):
-            errors.append(f"{child} '{name}' has {len(g)} different parents at rank {parent}: "
-                          f"{sorted(g[parent])}")
+    errors = _conflicts(df)
     if errors:
         raise TaxonomyError(f"{len(errors)} taxonomy conflict(s):\n  " + "\n  ".join(errors))
 

@@ -13,19 +13,21 @@ import torch
 import torch.nn as nn
 
 from amanita import checkpoint as ck
-from amanita.data import (BadImageCounter, DeviceLoader, FungiTasticDataset, create_transforms, make_loader,
+from amanita.data import (BadImageCounter, DeviceLoader, FungiTasticDataset, check_labels, check_unreadable,
+                          create_transforms, make_loader,
                           read_split)
 from amanita.distributed import (DistInfo, ResumableDistributedSampler, ShardSampler, barrier,
                                  cleanup, init_distributed)
 from amanita.engine import StepConfig, TrainState, amp_dtype, finite_or_raise, predict, reduce_mean, \
     summarize, train_one_epoch, updates_per_epoch
-from amanita.io import UserError, atomic_write_text
+from amanita.io import UserError, atomic_write_text, load_tensor_file, remove_stale_temporaries
 from amanita.losses import MultiTaskLoss, compute_class_weights
 from amanita.model import (create_multitask_model, create_single_head_model, describe, init_from_stock,
                            parse_model_args, resolve_architecture, resolve_data_config)
 from amanita.taxonomy import LEAF, RANKS, Taxonomy, build_taxonomy
 
 KEYS = RANKS + (LEAF,)
+RUN_FILES = ("last.pth", "best_model.pth", "metrics.jsonl", "args.json", "test_metrics.json")  # in --save-dir
 
 
 def log(dist: DistInfo, *msg) -> None:
@@ -117,6 +119,7 @@ def make_loaders(args, tax: Taxonomy, data_config: dict, dist: DistInfo):
     train_tf = create_transforms(data_config, True, args.hflip, args.vflip, tuple(args.scale), aa, args.color_jitter)
     eval_tf = create_transforms(data_config, False)
     train_ds = FungiTasticDataset(args.train_path, tax, train_tf, **common)
+    check_labels(train_ds, args.max_bad_image_fraction, "train")
     train_ds.seed = args.seed
     sampler = ResumableDistributedSampler(len(train_ds), dist.world_size, dist.rank, True, args.seed)
     train_loader = _loader(train_ds, sampler, args, dist, data_config)
@@ -124,6 +127,7 @@ def make_loaders(args, tax: Taxonomy, data_config: dict, dist: DistInfo):
     for split, path in (("val", args.val_path), ("test", args.test_path)):
         if path:  # used once per epoch or once per run: workers that come and go hold no memory between
             ds = FungiTasticDataset(path, tax, eval_tf, **common)
+            check_labels(ds, args.max_bad_image_fraction, split)
             evals[split] = _loader(ds, ShardSampler(len(ds), dist.world_size, dist.rank), args, dist, data_config,
                                    persistent=False)
     return train_loader, sampler, evals
@@ -142,9 +146,11 @@ def make_criterion(args, tax: Taxonomy, multitask: bool, device) -> MultiTaskLos
                              leaf_index=leaf_index).to(device)
     weights = None
     if args.use_class_weights:
-        weights = (torch.load(args.class_weights, weights_only=True) if args.class_weights
-                   else compute_class_weights(tax, args.class_weight_method))
+        weights = (load_tensor_file(args.class_weights, "a class_weights.pt from compute_class_weights.py")
+                   if args.class_weights else compute_class_weights(tax, args.class_weight_method))
         for k in (*RANKS[:-1], LEAF):
+            if not isinstance(weights, dict) or not isinstance(weights.get(k), torch.Tensor):
+                raise UserError(f"{args.class_weights} has no {k} weights; make it with compute_class_weights.py")
             if len(weights[k]) != tax.num_classes(k):
                 raise UserError(f"{args.class_weights}: {k} has {len(weights[k])} weights, the taxonomy "
                                 f"{tax.num_classes(k)} classes; recompute them for these mappings")
@@ -239,10 +245,15 @@ class Checkpointer:
         """Load every state from ``path``; returns (best metric so far, epochs without improvement)."""
         c = ck.load_checkpoint(path)
         ck.check_compatible(c, self.tax, self.kind, path, getattr(self.args, "head_mode", "residual"))
-        ck.unwrap(self.model).load_state_dict(c["model"])
-        if self.ema is not None and c.get("model_ema") is not None:
-            ck.unwrap(self.ema.module).load_state_dict(c["model_ema"])
-        self.optimizer.load_state_dict(c["optimizer"])
+        self.check_same_run(c, path)
+        try:
+            ck.unwrap(self.model).load_state_dict(c["model"])
+            if self.ema is not None and c.get("model_ema") is not None:
+                ck.unwrap(self.ema.module).load_state_dict(c["model_ema"])
+            self.optimizer.load_state_dict(c["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UserError(f"{path} does not fit this run ({str(e).strip().splitlines()[0][:160]}); resume with "
+                            "the flags it was trained with or start a new --save-dir (or --resume none)") from None
         if self.scheduler is not None and c.get("scheduler"):
             self.scheduler.load_state_dict(c["scheduler"])
         if self.scaler is not None and c.get("scaler"):
@@ -253,11 +264,35 @@ class Checkpointer:
         self.state.batch_in_epoch = s["batch_in_epoch"] if same_layout else 0
         if not same_layout and s["batch_in_epoch"]:
             log(self.dist, f"warning: {path} was saved with batch {s['batch_size']} × {s['world_size']} processes; "
-                           f"epoch {c['epoch']} restarts from its beginning")
+                           f"epoch {c['epoch'] + 1} restarts from its beginning")
         ck.restore_rng(c["rng"])  # rank 0's streams; the other ranks draw their own from seed + rank
         if self.dist.rank:
             seed_everything(self.args.seed + self.dist.rank + 7919 * c["step"])
         return c.get("best_metric"), c.get("bad_epochs", 0)
+
+
+    def check_same_run(self, c: dict, path: Path) -> None:
+        """Resuming needs the same architecture and optimizer layout; say which flag differs."""
+        def canon(x):
+            return json.dumps(x, sort_keys=True, default=str)
+        have = (c.get("architecture"), canon(dict(c.get("model_kwargs") or {})))
+        want = (self.arch, canon(dict(self.arch_kwargs or {})))
+        if have != want:
+            raise UserError(f"{path} holds a {have[0]} {have[1]} model, this run builds {want[0]} {want[1]}; "
+                            "resume with its --model/--model-args or start a new --save-dir (or --resume none)")
+        saved = c.get("args") or {}
+        for flag in ("layer_decay", "opt"):
+            if flag in saved and saved[flag] != getattr(self.args, flag):
+                raise UserError(f"{path} was trained with --{flag.replace('_', '-')} {saved[flag]}, this run asks "
+                                f"for {getattr(self.args, flag)}; resume with the same value or start a new "
+                                "--save-dir (or --resume none)")
+
+
+def clean_save_dir(args, dist: DistInfo) -> None:
+    """Delete the temporary files a killed write of this run's files left (each up to a checkpoint's size)."""
+    if dist.is_main:
+        for f in remove_stale_temporaries(args.save_dir, RUN_FILES):
+            print(f"removed {f}, left by an interrupted write", flush=True)
 
 
 def _plain(d: dict) -> dict:
@@ -272,8 +307,9 @@ def _last(history: list, key: str):
 
 
 # ---------------------------------------------------------------------- reporting
-def rank_table(train: dict, val: dict) -> str:
-    lines = [f"  {'rank':<8} {'train loss':>10} {'val top-1':>10} {'val F1':>8}"]
+def rank_table(train: dict, val: dict, split: str = "val") -> str:
+    """Per key: train loss and the eval split's top-1 and F1 (the split names the columns)."""
+    lines = [f"  {'rank':<8} {'train loss':>10} {split + ' top-1':>10} {split + ' F1':>8}"]
     for k in KEYS:
         loss = train.get(f"loss/{k}")
         acc, f1 = val.get(f"{k}/acc1"), val.get(f"{k}/f1")
@@ -327,10 +363,11 @@ def _run(args, multitask: bool, dist: DistInfo) -> int:
     saver = Checkpointer(args, dist, kind, tax, model, optimizer, scheduler, scaler, ema, state,
                          data_config, arch, arch_kwargs, args.batch_size)
     best, bad_epochs = None, 0
+    clean_save_dir(args, dist)
     resume = saver.resume_path()
     if resume is not None:
         best, bad_epochs = saver.restore(resume)
-        log(dist, f"resumed from {resume}: epoch {state.epoch}, batch {state.batch_in_epoch}, update {state.step}")
+        log(dist, f"resumed from {resume}: epoch {state.epoch + 1}, batch {state.batch_in_epoch}, update {state.step}")
     scheduler.step_update(num_updates=state.step)
     announce(args, dist, model, optimizer, tax, data_config, train_loader.dataset, n_updates)
     train_model = model
@@ -371,13 +408,13 @@ def _epoch(args, dist, train_model, model, loader, sampler, evals, criterion, op
     train = reduce_mean(train, dist.device)
     finite_or_raise(train, state.epoch)
     eval_model = ema.module if ema is not None else model
-    val = summarize(predict(eval_model, evals["val"], tax, dist.device, args.decode, dtype, dist.is_main), tax)
-    record = {"epoch": state.epoch, "step": state.step, "lr": optimizer.param_groups[-1]["lr"] / optimizer.param_groups[-1].get("lr_scale", 1.0),
+    val = summarize(evaluate(args, dist, eval_model, evals["val"], tax, dtype, "val"), tax)
+    record = {"epoch": state.epoch + 1, "step": state.step, "lr": optimizer.param_groups[-1]["lr"] / optimizer.param_groups[-1].get("lr_scale", 1.0),
               "epoch_time_s": time.perf_counter() - t0, "images_per_s": train.pop("images_per_s") * dist.world_size}
     record |= {f"train/{k.removeprefix('loss/')}/loss" if k.startswith("loss/") else "train/loss": v
                for k, v in train.items()}
     record |= {f"val/{k}": v for k, v in val.items()}
-    log(dist, f"epoch {state.epoch}: lr {record['lr']:.2e}, {record['images_per_s']:.0f} images/s, "
+    log(dist, f"epoch {state.epoch + 1}/{args.epochs}: lr {record['lr']:.2e}, {record['images_per_s']:.0f} images/s, "
               f"{record['epoch_time_s']:.0f} s\n{rank_table(train, val)}")
     state.history.append(record)
     metric = val.get(args.early_stopping_metric)
@@ -399,17 +436,24 @@ def _epoch(args, dist, train_model, model, loader, sampler, evals, criterion, op
     return stop, best, bad_epochs
 
 
+def evaluate(args, dist, model, loader, tax, dtype, split: str):
+    """Predictions of one eval split; unreadable images past --max-bad-image-fraction stop the run."""
+    preds = predict(model, loader, tax, dist.device, args.decode, dtype, dist.is_main)
+    check_unreadable(len(loader.dataset), len(preds), args.max_bad_image_fraction, split)
+    return preds
+
+
 def test_best(args, dist, loader, tax, dtype) -> None:
     """Evaluate the test split with best_model.pth and record it in test_metrics.json."""
     path = Path(args.save_dir) / "best_model.pth"
     if not path.is_file():
         return
     best_model, _, _, info = ck.load_for_eval(path, dist.device)
-    test = summarize(predict(best_model, loader, tax, dist.device, args.decode, dtype, dist.is_main), tax)
-    log(dist, f"test split, best checkpoint (epoch {info['epoch'] - 1}):\n{rank_table({}, test)}")
+    test = summarize(evaluate(args, dist, best_model, loader, tax, dtype, "test"), tax)
+    log(dist, f"test split, best checkpoint (epoch {info['epoch']}):\n{rank_table({}, test, 'test')}")
     if dist.is_main:
         atomic_write_text(Path(args.save_dir) / "test_metrics.json",
-                          json.dumps({"epoch": info["epoch"] - 1} | {f"test/{k}": v for k, v in test.items()}, indent=1))
+                          json.dumps({"epoch": info["epoch"]} | {f"test/{k}": v for k, v in test.items()}, indent=1))
 
 
 def announce(args, dist, model, optimizer, tax, data_config, train_ds, updates_per_epoch) -> None:

@@ -140,7 +140,7 @@ def test_command_trains_is_killed_and_resumes_from_the_checkpoint_artifact(isc, 
     done = torch.load(ckpt / "last.pth", weights_only=True)
     assert done["epoch"] == EPOCHS and done["step"] == EPOCHS * UPDATES_PER_EPOCH
     history = [json.loads(line) for line in (lossy / "metrics.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in history] == list(range(EPOCHS))
+    assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
     assert (ckpt / "best_model.pth").is_file() and (ckpt / "test_metrics.json").is_file()
 
 

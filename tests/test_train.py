@@ -39,7 +39,7 @@ def test_minimal_then_multitask_from_it(data, tmp_path):
                                                     tmp_path / "min" / "best_model.pth", "--use-class-weights",
                                                     "--test-path", data["val"], "--consistency-weight", 0.1))
     lines = [json.loads(x) for x in (tmp_path / "mt" / "metrics.jsonl").read_text().splitlines()]
-    assert len(lines) == 1 and lines[0]["epoch"] == 0
+    assert len(lines) == 1 and lines[0]["epoch"] == 1
     for rank in ("phylum", "class", "order", "family", "genus", "species"):
         assert f"train/{rank}/loss" in lines[0] and f"val/{rank}/acc1" in lines[0] and f"val/{rank}/f1" in lines[0]
     assert lines[0]["images_per_s"] > 0 and "lr" in lines[0]
