@@ -32,7 +32,7 @@ def ddp_run(tmp_path_factory):
 def test_train_multitask_runs_unchanged_under_torchrun(ddp_run):
     data, save, proc = ddp_run
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("epoch 0:") == 1           # only rank 0 prints
+    assert proc.stdout.count("epoch 1/1:") == 1         # only rank 0 prints
     assert "2 process(es)" in proc.stdout
     c = torch.load(save / "last.pth", weights_only=True)
     assert c["sampler"]["world_size"] == 2 and c["epoch"] == 1

@@ -135,7 +135,7 @@ def test_command_trains_is_killed_and_resumes_from_the_checkpoint_artifact(isc, 
     proc = subprocess.run(["bash", "-c", cmd], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # same epoch, same sample: the update count comes out exactly as without the kill
-    assert (f"resumed from {ckpt / 'last.pth'}: epoch {killed['epoch']}, batch {killed['sampler']['batch_in_epoch']}, "
+    assert (f"resumed from {ckpt / 'last.pth'}: epoch {killed['epoch'] + 1}, batch {killed['sampler']['batch_in_epoch']}, "
             f"update {killed['step']}") in proc.stdout
     done = torch.load(ckpt / "last.pth", weights_only=True)
     assert done["epoch"] == EPOCHS and done["step"] == EPOCHS * UPDATES_PER_EPOCH
