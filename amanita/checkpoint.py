@@ -284,7 +284,8 @@ class CheckpointWriter:
             for other in also:
                 link_or_copy(path, other)
         except BaseException as e:  # noqa: BLE001 - reported to the training loop, never lost
-            self._error = (f"writing checkpoint {path} failed: {type(e).__name__}: {e}; "
+            reason = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"  # io names the cause
+            self._error = (f"writing checkpoint {path} failed: {reason}; "
                            f"the previous {path.name} is intact, training stopped")
             print(f"error: {self._error}", file=sys.stderr, flush=True)
 
@@ -317,12 +318,17 @@ def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         raise
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files a killed atomic write left in ``folder``; returns what was removed."""
+def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
+    """Delete the temporary files a killed atomic write left in ``folder``; returns what was removed.
+
+    With ``names``, only the temporaries of those files (``.<name>.<8 characters>.tmp``) are touched.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    stale = [p for p in folder.iterdir() if p.is_file() and _TEMPORARY.match(p.name)]
+    keep = None if names is None else set(names)
+    stale = [p for p in folder.iterdir() if p.is_file() and (m := _TEMPORARY.match(p.name))
+             and (keep is None or m.group(1) in keep)]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale

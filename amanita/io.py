@@ -5,7 +5,6 @@ import contextlib
 import errno
 import functools
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -39,8 +38,8 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[object], None], mode
         if os.path.exists(tmp):
             os.unlink(tmp)
         if _is_write_failure(e):
-            kept = f"; the previous {path.name} is kept" if path.exists() else ""
-            raise UserError(f"cannot write {path}: {_write_reason(e)}{kept}") from None
+            raise UserError(f"cannot write {path}: {_write_reason(e)}; the previous "
+                            f"{path.name} is {'intact' if path.exists() else 'absent'}") from None
         raise
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -64,25 +63,6 @@ def _write_reason(e: BaseException) -> str:
         return e.strerror or str(e)
     reason = e.strerror if isinstance(e, OSError) and e.strerror else "the writer failed part-way"
     return f"{reason} (is the disk full?)"
-
-
-def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
-    """Delete the temporary files a killed :func:`_atomic_write` left for ``names`` in ``folder``.
-
-    Only ``.<name>.<8 random characters>.tmp`` for the given names is touched (the pattern of
-    ``tempfile.mkstemp`` above); returns what was deleted.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    patterns = [re.compile(re.escape(f".{name}.") + r"[A-Za-z0-9_]{8}\.tmp") for name in names]
-    removed = []
-    for f in folder.iterdir():
-        if any(p.fullmatch(f.name) for p in patterns) and f.is_file():
-            with contextlib.suppress(FileNotFoundError):
-                f.unlink()
-                removed.append(f)
-    return removed
 
 
 @contextlib.contextmanager

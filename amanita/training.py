@@ -20,7 +20,7 @@ from amanita.distributed import (DistInfo, ResumableDistributedSampler, ShardSam
                                  cleanup, init_distributed)
 from amanita.engine import StepConfig, TrainState, amp_dtype, finite_or_raise, predict, reduce_mean, \
     summarize, train_one_epoch, updates_per_epoch
-from amanita.io import UserError, atomic_write_text, load_tensor_file, remove_stale_temporaries
+from amanita.io import UserError, atomic_write_text, load_tensor_file
 from amanita.losses import MultiTaskLoss, compute_class_weights
 from amanita.model import (create_multitask_model, create_single_head_model, describe, init_from_stock,
                            parse_model_args, resolve_architecture, resolve_data_config)
@@ -291,7 +291,7 @@ class Checkpointer:
 def clean_save_dir(args, dist: DistInfo) -> None:
     """Delete the temporary files a killed write of this run's files left (each up to a checkpoint's size)."""
     if dist.is_main:
-        for f in remove_stale_temporaries(args.save_dir, RUN_FILES):
+        for f in ck.remove_stale_temporaries(args.save_dir, RUN_FILES):
             print(f"removed {f}, left by an interrupted write", flush=True)
 
 

@@ -24,7 +24,8 @@ from PIL import Image
 import validate
 from amanita import cli
 from amanita.data import BAD_IMAGE, FungiTasticDataset, read_split, scan_images
-from amanita.io import UserError, atomic_torch_save, load_tensor_file, remove_stale_temporaries
+from amanita.checkpoint import CheckpointWriter, remove_stale_temporaries
+from amanita.io import UserError, atomic_torch_save, load_tensor_file
 from amanita.predictions import read_predictions, synthetic_predictions, synthetic_taxonomy, write_predictions
 from amanita.taxonomy import Taxonomy, TaxonomyError, build_taxonomy
 from tests.conftest import ROOT, run_script
@@ -192,11 +193,17 @@ def test_full_disk_keeps_the_old_file_and_says_so(tmp_path):
     try:
         with pytest.raises(UserError) as e:
             atomic_torch_save({"x": torch.zeros(100_000)}, path)
+        writer = CheckpointWriter(background=True)  # the training loop's path
+        writer.save({"x": torch.zeros(100_000)}, path)
+        with pytest.raises(UserError) as e_writer:
+            writer.wait()
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, old)
     msg = one_line(str(e.value))
-    assert f"cannot write {path}" in msg and "disk full" in msg and "previous last.pth is kept" in msg
+    assert f"cannot write {path}" in msg and "disk full" in msg and "previous last.pth is intact" in msg
+    msg = one_line(str(e_writer.value))
+    assert f"writing checkpoint {path} failed: cannot write {path}" in msg and "disk full" in msg
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]
 
