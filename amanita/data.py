@@ -110,6 +110,8 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     with open(path, "rb") as f:
         data = bytearray(f.read())
     if data[:3] == JPEG_MAGIC:
+        with Image.open(io.BytesIO(data)):  # header only: PIL's decompression-bomb check, which libjpeg lacks
+            pass
         try:
             return decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB,
                                apply_exif_orientation=True)
