@@ -181,3 +181,21 @@ def test_validate_calibrate_stores_temperatures_and_reports_ece_before_and_after
     assert "ECE before" in html and "Lineage confidence" in html
     code, _, err = run_validate("--checkpoint", ckpt, "--val-path", data["val"], "--calibrate", "--no-temperatures")
     assert code == 2 and "--calibrate" in err
+
+
+def test_readme_explains_calibration_and_tta_with_flags_that_exist():
+    import importlib.util
+
+    import validate
+    from tests.conftest import ROOT
+    readme = (ROOT / "README.md").read_text()
+    for words in ("validate.py --checkpoint", "--calibrate", "--tta flip", "--no-temperatures", "Lineage confidence",
+                  "probability mass of the predicted node", "ECE before and after"):
+        assert words in readme, words
+    spec = importlib.util.spec_from_file_location("amanita_test_script", ROOT / "test.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = script.parse_args(["--checkpoint", "x.pth", "--tta", "flip", "--no-temperatures", "a.jpg"])
+    assert args.tta == "flip" and args.no_temperatures
+    args = validate.parse_args(["--checkpoint", "x.pth", "--val-path", "v.csv", "--calibrate", "--tta", "flip"])
+    assert args.calibrate and args.tta == "flip"
