@@ -17,6 +17,8 @@ from pathlib import Path
 
 from amanita.cli import device_name, nonneg_int, positive_int, probability
 from amanita.io import UserError, cli_main
+from amanita.observations import COMBINE
+from amanita.openset import SCORES
 
 DEFAULT_FOCUS = ["Amanita phalloides"]  # the Death Cap
 
@@ -55,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d.add_argument("--mappings", default=None,
                    help="taxonomic_mappings.json; None: the taxonomy stored in the checkpoint "
                         "(required with --from-predictions)")
+    add_level_args(p)
     r = p.add_argument_group("Report parameters")
     r.add_argument("--focus-species", nargs="+", default=DEFAULT_FOCUS, metavar="NAME",
                    help="species analysed one by one in the report")
@@ -75,6 +78,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def add_level_args(p: argparse.ArgumentParser) -> None:
+    """The observation and open-set flag groups."""
+    o = p.add_argument_group("Observation parameters")
+    o.add_argument("--aggregate", nargs="+", choices=("image", "observation"), default=["image", "observation"],
+                   help="levels to report: per image, per observation (observationID: its images' outputs "
+                        "combined), or both side by side")
+    o.add_argument("--combine", choices=COMBINE, default="mean-prob",
+                   help="how an observation's images are combined at every rank before decoding: mean of "
+                        "probabilities or mean of log-probabilities (renormalised)")
+    u = p.add_argument_group("Open-set parameters")
+    u.add_argument("--open-set", action="store_true",
+                   help="score known vs unknown species (category_id -1 rows, e.g. FungiTastic-OpenSet-Val.csv): "
+                        "AUROC, TNR at --target-tpr, and top-1 of the unknown species at the ranks seen")
+    u.add_argument("--unknown-score", choices=SCORES, default="msp",
+                   help="unknown-species score of the leaf head used for the threshold: msp (1 - max "
+                        "probability), entropy, or energy (-logsumexp of the logits)")
+    u.add_argument("--target-tpr", type=float, default=0.95,
+                   help="share of known-species images the stored threshold must accept")
+    u.add_argument("--store-threshold", action="store_true",
+                   help="write the threshold for --target-tpr into --checkpoint (key 'open_set') for test.py")
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Combinations argparse cannot express, as one-line errors."""
     if args.from_predictions is None and args.checkpoint is None:
@@ -88,6 +113,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("with --from-predictions, give the baseline as --baseline-predictions")
     if args.calibrate and (args.checkpoint is None or args.no_temperatures):
         raise UserError("--calibrate needs --checkpoint (the model to calibrate) and not --no-temperatures")
+    if not 0 < args.target_tpr <= 1:
+        raise UserError(f"--target-tpr {args.target_tpr} is not a share in (0, 1]")
+    if args.store_threshold and (args.checkpoint is None or not args.open_set):
+        raise UserError("--store-threshold needs --open-set and --checkpoint (where the threshold is written)")
 
 
 # ---------------------------------------------------------------------- inference
@@ -115,12 +144,14 @@ def load_model(args: argparse.Namespace, device, spec: str | None = None, taxono
 def run_inference(args: argparse.Namespace, spec: str | None = None, taxonomy=None):
     """Predict the validation set with ``--checkpoint``, or with the baseline ``spec`` over ``taxonomy``.
 
-    Returns ``(preds, tax, info)``: the predictions table (see amanita.predictions), the
-    taxonomy of the model's heads and what the checkpoint says about itself.
+    Returns ``(preds, obs_preds, tax, info)``: the predictions table (see amanita.predictions),
+    the per-observation one (None unless ``--aggregate observation``), the taxonomy of the
+    model's heads and what the checkpoint says about itself.
     """
     from amanita.data import (DeviceLoader, FungiTasticDataset, check_labels, check_unreadable, create_transforms,
                               make_loader, read_split)
-    from amanita.engine import Readout, predict, with_metadata
+    from amanita.engine import Readout, iter_log_probs, predict_batches, predict_observations, with_metadata
+    from amanita.observations import ObservationPooler
 
     device = resolve_device(args.device)
     model, tax, data_config, info = load_model(args, device, spec, taxonomy)
@@ -136,9 +167,15 @@ def run_inference(args: argparse.Namespace, spec: str | None = None, taxonomy=No
         info["calibration"] = calibrate(args, model, loader, tax, device)
         info["temperatures"] = info["calibration"]["temperatures"]
     temperatures = None if args.no_temperatures else info.get("temperatures")
-    preds = predict(model, loader, tax, device, args.decode, args.amp, readout=Readout(args.tta, temperatures))
+    pooler = None
+    if "observation" in args.aggregate and "observationID" in metadata:
+        pooler = ObservationPooler(metadata["observationID"].to_numpy(), args.combine)
+    batches = iter_log_probs(model, loader, tax, device, args.amp, readout=Readout(args.tta, temperatures))
+    preds = predict_batches(batches, tax, args.decode, pooler)
     check_unreadable(len(dataset), len(preds), args.max_bad_image_fraction, "validation")
-    return with_metadata(preds, metadata), tax, info
+    obs = None if pooler is None else with_metadata(predict_observations(pooler, dataset.labels, tax, args.decode),
+                                                    metadata)
+    return with_metadata(preds, metadata), obs, tax, info
 
 
 def calibrate(args: argparse.Namespace, model, loader, tax, device) -> dict:
@@ -178,19 +215,31 @@ def model_provenance(path: str, info: dict) -> dict:
 
 
 # ---------------------------------------------------------------------- report inputs
+OBSERVATION_FILE = "observation_predictions.csv"  # beside predictions.csv; baseline_ prefix for the baseline
+
+
 def load_predictions(args: argparse.Namespace):
-    """Predictions, taxonomy and provenance, from a file or by running the model."""
+    """Predictions (per image and per observation), taxonomy and provenance, from files or by running
+    the model. With --from-predictions, the observation file beside it is used if there."""
     from amanita.predictions import read_predictions
     from amanita.report import file_sha256
     from amanita.taxonomy import Taxonomy
     if args.from_predictions:
         tax = Taxonomy.load(args.mappings)
         preds = read_predictions(args.from_predictions, tax)
+        obs = read_beside(args.from_predictions, OBSERVATION_FILE, tax)
         prov = {"predictions": args.from_predictions, "predictions_sha256": file_sha256(args.from_predictions),
                 "mappings": args.mappings}
-        return preds, tax, prov | earlier_provenance(Path(args.from_predictions).parent / "metrics.json")
-    preds, tax, info = run_inference(args)
-    return preds, tax, model_provenance(args.checkpoint, info) | {"decode": args.decode, "tta": args.tta}
+        return preds, obs, tax, prov | earlier_provenance(Path(args.from_predictions).parent / "metrics.json")
+    preds, obs, tax, info = run_inference(args)
+    return preds, obs, tax, model_provenance(args.checkpoint, info) | {"decode": args.decode, "tta": args.tta}
+
+
+def read_beside(path, name: str, tax):
+    """The predictions file ``name`` in the folder of ``path``, or None when there is none."""
+    from amanita.predictions import read_predictions
+    other = Path(path).parent / name
+    return read_predictions(other, tax) if other.is_file() else None
 
 
 def earlier_provenance(metrics_json: Path) -> dict:
@@ -206,17 +255,18 @@ def earlier_provenance(metrics_json: Path) -> dict:
 
 
 def load_baseline(args: argparse.Namespace, tax):
-    """``(predictions, name, provenance)`` of the baseline, or ``(None, None, {})`` without one."""
+    """``(predictions, observation predictions, name, provenance)`` of the baseline, or Nones and ``{}``."""
     from amanita.predictions import read_predictions
     from amanita.report import file_sha256
     if args.baseline_predictions:
         path = args.baseline_predictions
-        return read_predictions(path, tax), path, {"predictions": path, "predictions_sha256": file_sha256(path)}
+        return (read_predictions(path, tax), read_beside(path, f"baseline_{OBSERVATION_FILE}", tax), path,
+                {"predictions": path, "predictions_sha256": file_sha256(path)})
     spec = args.baseline_checkpoint or args.baseline_model
     if spec is None:
-        return None, None, {}
-    preds, _, info = run_inference(args, spec, taxonomy=tax)
-    return preds, spec, model_provenance(spec, info) if args.baseline_checkpoint else info
+        return None, None, None, {}
+    preds, obs, _, info = run_inference(args, spec, taxonomy=tax)
+    return preds, obs, spec, model_provenance(spec, info) if args.baseline_checkpoint else info
 
 
 def specimen_paths(args: argparse.Namespace, preds) -> list[str | None] | None:
@@ -240,27 +290,58 @@ def training_log(args: argparse.Namespace) -> str | None:
 def main() -> int:
     args = parse_args()
     from amanita.io import staged_output
-    from amanita.predictions import write_predictions
-    from amanita.report import base_provenance, build_report
+    from amanita.report import ReportInputs, base_provenance, build_report
     out = Path(args.output_dir)
-    preds, tax, prov = load_predictions(args)
+    preds, obs, tax, prov = load_predictions(args)
     if len(preds) == 0:
         raise UserError("no prediction to evaluate: every image was unreadable or the predictions file is empty")
-    baseline, baseline_name, baseline_prov = load_baseline(args, tax)
+    if obs is None and "image" not in args.aggregate:
+        raise UserError(f"--aggregate observation: {args.val_path or args.from_predictions} gives no "
+                        "observation-level predictions (no observationID column?)")
+    baseline, baseline_obs, baseline_name, baseline_prov = load_baseline(args, tax)
     provenance = prov | {"n_predictions": len(preds)} | base_provenance(tax, vars(args))
     if baseline_prov:
         provenance["baseline"] = baseline_prov
+    both = len(set(args.aggregate)) == 2
+    main_preds = preds if "image" in args.aggregate else obs
+    inputs = ReportInputs(
+        baseline_preds=baseline if "image" in args.aggregate else baseline_obs, baseline_name=baseline_name,
+        focus=args.focus_species, provenance=provenance, image_paths=specimen_paths(args, main_preds),
+        training_log=training_log(args), observation_preds=obs if both else None,
+        baseline_observation_preds=baseline_obs if both else None, combine=args.combine,
+        open_set={"score": args.unknown_score, "target_tpr": args.target_tpr} if args.open_set else None)
     with staged_output(out) as stage:  # the previous results stay whole until the new ones are complete
-        write_predictions(preds, stage / "predictions.csv", tax)
+        save_predictions(stage, tax, preds, obs, prefix="")
         if args.baseline_checkpoint or args.baseline_model:
-            write_predictions(baseline, stage / "baseline_predictions.csv", tax)
-        report = build_report(preds, tax, stage, baseline_preds=baseline, baseline_name=baseline_name,
-                              focus=args.focus_species, provenance=provenance,
-                              image_paths=specimen_paths(args, preds), training_log=training_log(args))
+            save_predictions(stage, tax, baseline, baseline_obs, prefix="baseline_")
+        report = build_report(main_preds, tax, stage, inputs)
         summary = summary_lines(stage / "metrics.json", baseline_name)
+    if args.store_threshold:
+        summary.append(store_threshold(args, out / "metrics.json"))
     print("\n".join(summary))
     print(f"report: {(out / report.name).resolve()}")
     return 0
+
+
+def save_predictions(folder: Path, tax, preds, obs, prefix: str) -> None:
+    """``{prefix}predictions.csv`` and, when there are any, ``{prefix}observation_predictions.csv``."""
+    from amanita.predictions import write_predictions
+    write_predictions(preds, folder / f"{prefix}predictions.csv", tax)
+    if obs is not None:
+        write_predictions(obs, folder / f"{prefix}{OBSERVATION_FILE}", tax)
+
+
+def store_threshold(args: argparse.Namespace, metrics_path: Path) -> str:
+    """Write the unknown-species threshold into --checkpoint for test.py (key ``open_set``); returns a line to print."""
+    from amanita.checkpoint import update_checkpoint
+    d = json.loads(metrics_path.read_text())["open_set"]["detection"][args.unknown_score]
+    if d["threshold"] is None:
+        raise UserError(f"{args.val_path} has no known-species image: no threshold to store")
+    update_checkpoint(args.checkpoint, open_set={
+        "score": args.unknown_score, "threshold": d["threshold"], "target_tpr": args.target_tpr,
+        "tpr": d["tpr"], "tnr": d["tnr_at_tpr"], "auroc": d["auroc"], "val_path": str(args.val_path)})
+    return (f"stored in {args.checkpoint}: unknown-species threshold {d['threshold']:.4g} "
+            f"({args.unknown_score}, {100 * d['tpr']:.1f}% of known images accepted)")
 
 
 def summary_lines(metrics_path: Path, baseline_name: str | None) -> list[str]:
@@ -295,6 +376,25 @@ def summary_lines(metrics_path: Path, baseline_name: str | None) -> list[str]:
                          f"genus {_pct(acc['genus'])}")
     if base:
         lines.append(f"(baseline: {baseline_name})")
+    return lines + level_and_open_set_lines(m)
+
+
+def level_and_open_set_lines(m: dict) -> list[str]:
+    """Per-observation headline next to the per-image one, and the open-set numbers, when present."""
+    lines = []
+    if m.get("observation"):
+        o, i = m["observation"], m["model"]
+        line = " · ".join(f"{k} {_pct(i['keys'][k]['top1'], 2)} → {_pct(o['keys'][k]['top1'], 2)}"
+                          for k in ("genus", "species", "leaf"))
+        lines.append(f"per observation ({o['n_samples']} observations, {o['combine']}): top-1 {line}; poison cost "
+                     f"{_num(i['poison']['cost'], 3)} → {_num(o['poison']['cost'], 3)}")
+    s = m.get("open_set")
+    if s and s.get("available"):
+        d = s["detection"][s["score"]]
+        named = ", ".join(f"{r} {_pct(v['top1'])}" for r, v in s["named_at_rank"].items() if v["n_seen"])
+        lines.append(f"open set ({s['n_unknown']} unknown of {s['n_images']} images, {s['score']}): AUROC "
+                     f"{_pct(d['auroc'])} · TNR@{100 * d['target_tpr']:.0f}%TPR {_pct(d['tnr_at_tpr'])} · "
+                     f"unknown species named: {named or 'n/a'}")
     return lines
 
 

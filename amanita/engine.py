@@ -17,6 +17,7 @@ from amanita.data import BAD_IMAGE, BadImageCounter, check_normalised
 from amanita.distributed import all_gather_objects, all_reduce_sum, world_size
 from amanita.model import decode as decode_predictions
 from amanita.model import rank_log_probs
+from amanita.openset import FLAG_COLUMN, SCORES, leaf_energy, score_column, unknown_scores
 from amanita.taxonomy import LEAF, RANKS, Taxonomy
 
 KEYS = (LEAF,) + RANKS
@@ -172,7 +173,8 @@ class Readout:
 @torch.no_grad()
 def iter_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=None, show: bool = True,
                    readout: Readout | None = None):
-    """Yield ``(log_probs, labels, idx)`` per batch: ``{key: (B, n_classes)}`` on the device.
+    """Yield ``(log_probs, labels, idx, energy)`` per batch: ``{key: (B, n_classes)}`` on the device,
+    and the leaf head's energy −logsumexp(logits) (B,), taken before any temperature.
 
     A single-head model's outputs are indexed by ``category_id``: the leaves' columns are
     picked when the model has one output per id.
@@ -191,7 +193,8 @@ def iter_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=Non
         if leaf_index is None and outputs["species"].shape[1] != taxonomy.n_leaves:
             leaf_index = torch.tensor(taxonomy.category_ids, device=device)
         logp = apply_temperatures(rank_log_probs(outputs, taxonomy, leaf_index, rollups), readout.temperatures)
-        yield logp, labels.to(device), idx
+        leaf = outputs["species"] if leaf_index is None else outputs["species"].index_select(1, leaf_index)
+        yield logp, labels.to(device), idx, leaf_energy(leaf)
 
 
 @torch.inference_mode()
@@ -202,18 +205,30 @@ def predict(model: nn.Module, loader, taxonomy: Taxonomy, device, decode: str = 
 
     Returns one row per readable sample, sorted by ``index`` (the row of the CSV), with
     ``{key}_true``, ``{key}_pred``, ``{key}_conf``, ``{key}_lconf``, ``{key}_ptrue`` and
-    ``{key}_top1..5`` for ``key`` in leaf and the six ranks (see ``amanita/predictions.py``).
-    ``readout``: test-time augmentation and temperatures. See :func:`with_metadata` for the
-    ``filename`` and ``observationID`` columns. Results stay on the device until the split
+    ``{key}_top1..5`` for ``key`` in leaf and the six ranks, and the unknown-species scores
+    ``unknown_{msp,entropy,energy}`` (see ``amanita/predictions.py``). ``readout``: test-time
+    augmentation and temperatures. See :func:`with_metadata` for the ``filename``,
+    ``observationID`` and ``unknown_species`` columns. Results stay on the device until the split
     ends, then come to the host in two copies (integer and float columns), not per batch.
     """
-    ancestors = taxonomy.ancestor_matrix().to(device)
+    return predict_batches(iter_log_probs(model, loader, taxonomy, device, amp, show, readout), taxonomy, decode)
+
+
+@torch.inference_mode()
+def predict_batches(batches, taxonomy: Taxonomy, decode: str = "independent", pooler=None) -> pd.DataFrame:
+    """:func:`predict`'s table from :func:`iter_log_probs` batches; a ``pooler``
+    (:class:`amanita.observations.ObservationPooler`) also receives every readable image."""
+    ancestors = taxonomy.ancestor_matrix()
     ints, floats, index = [], [], []
-    for logp, labels, idx in iter_log_probs(model, loader, taxonomy, device, amp, show, readout):
-        i, f = _device_columns(logp, labels, ancestors, decode)
+    for logp, labels, idx, energy in batches:
+        ancestors = ancestors.to(energy.device)
+        i, f = _device_columns(logp, labels, ancestors, decode, energy)
         ints.append(i)
         floats.append(f)
         index.append(torch.as_tensor(idx))
+        if pooler is not None:
+            ok = labels[:, 0] != BAD_IMAGE
+            pooler.add({k: v[ok] for k, v in logp.items()}, torch.as_tensor(idx)[ok.cpu()], {"energy": energy[ok]})
     gathered = all_gather_objects(_host_columns(ints, floats, index))
     cols = {k: np.concatenate([g[k] for g in gathered]) for k in COLUMNS}
     df = pd.DataFrame(cols)
@@ -222,22 +237,47 @@ def predict(model: nn.Module, loader, taxonomy: Taxonomy, device, decode: str = 
 
 
 def prediction_columns(logp: dict[str, torch.Tensor], labels: torch.Tensor, idx, ancestors: torch.Tensor,
-                       decode: str) -> dict[str, np.ndarray]:
+                       decode: str, energy: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """Decode ``logp`` (``{key: (B, n_classes)}``) and return the predictions-table columns of these samples.
 
     What :func:`predict` does per batch (there the columns stay on the device until the split
-    ends); also usable on :func:`collect_log_probs`'s output.
+    ends); also usable on :func:`collect_log_probs`'s output and on pooled observations.
+    ``energy`` (B,) feeds the ``unknown_energy`` column (NaN without it).
     """
-    ints, floats = _device_columns(logp, labels, ancestors, decode)
+    ints, floats = _device_columns(logp, labels, ancestors, decode, energy)
     return _host_columns([ints], [floats], [torch.as_tensor(idx)])
 
 
 def with_metadata(preds: pd.DataFrame, metadata: pd.DataFrame) -> pd.DataFrame:
-    """``preds`` with the ``filename`` and ``observationID`` of each row's ``index`` in ``metadata`` (the CSV)."""
+    """``preds`` with the ``filename``, ``observationID`` and unknown-species flag (``category_id`` -1)
+    of each row's ``index`` in ``metadata`` (the CSV)."""
     meta = metadata.iloc[preds["index"].to_numpy()]
     preds.insert(1, "filename", meta["filename"].astype(str).to_numpy())
     preds.insert(2, "observationID", meta["observationID"].to_numpy() if "observationID" in meta else np.nan)
+    preds[FLAG_COLUMN] = (pd.to_numeric(meta["category_id"], errors="coerce") == -1).to_numpy()
     return preds
+
+
+def predict_observations(pooler, labels: torch.Tensor, taxonomy: Taxonomy, decode: str = "independent"
+                         ) -> pd.DataFrame:
+    """The per-observation predictions table from a pooler filled by :func:`predict_batches`.
+
+    Same columns as :func:`predict`'s table, one row per observation with a readable image:
+    ``index`` is its first image's, and so are the true labels (as FungiCLEF's evaluate.py,
+    which keeps the first row of each observation); plus ``n_images``. ``labels`` is the
+    dataset's ``(n, 7)`` label tensor. Pass the result to :func:`with_metadata` for names.
+    """
+    logp, count, extra = pooler.result()
+    keep = torch.nonzero(count.cpu() > 0).squeeze(1)
+    if not len(keep):
+        return pd.DataFrame(columns=[*COLUMNS, "n_images"])
+    first = torch.as_tensor(pooler.first)[keep]
+    device = next(iter(logp.values())).device
+    logp = {k: v[keep.to(device)] for k, v in logp.items()}
+    ancestors = taxonomy.ancestor_matrix().to(device)
+    cols = prediction_columns(logp, labels[first].to(device), first, ancestors, decode,
+                              extra["energy"][keep.to(device)])
+    return pd.DataFrame(cols).assign(n_images=count.cpu()[keep].numpy())
 
 
 @torch.no_grad()
@@ -249,7 +289,7 @@ def collect_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=
     N × (all heads' classes) floats: about 2.5 GB for FungiTastic's 89,659 validation images.
     """
     parts, labels = {}, []
-    for logp, y, _ in iter_log_probs(model, loader, taxonomy, device, amp, show, readout):
+    for logp, y, _, _ in iter_log_probs(model, loader, taxonomy, device, amp, show, readout):
         keep = (y[:, 0] != BAD_IMAGE).cpu()
         for k, v in logp.items():
             parts.setdefault(k, []).append(v.cpu()[keep])
@@ -260,13 +300,14 @@ def collect_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=
 
 
 INT_COLUMNS = [f"{k}_{c}" for k in KEYS for c in ("true", "pred", "top1", "top2", "top3", "top4", "top5")]
-FLOAT_COLUMNS = [f"{k}_{c}" for k in KEYS for c in ("conf", "lconf", "ptrue")]
+SCORE_COLUMNS = [score_column(s) for s in SCORES]
+FLOAT_COLUMNS = [f"{k}_{c}" for k in KEYS for c in ("conf", "lconf", "ptrue")] + SCORE_COLUMNS
 COLUMNS = ["index"] + [f"{k}_{c}" for k in KEYS for c in ("true", "pred", "conf", "lconf", "ptrue", "top1", "top2",
-                                                           "top3", "top4", "top5")]
+                                                           "top3", "top4", "top5")] + SCORE_COLUMNS
 
 
-def _device_columns(logp: dict, labels: torch.Tensor, ancestors: torch.Tensor, decode: str
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def _device_columns(logp: dict, labels: torch.Tensor, ancestors: torch.Tensor, decode: str,
+                    energy: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch's columns, on the device: ``(B, len(INT_COLUMNS))`` int64, ``(B, len(FLOAT_COLUMNS))`` float32."""
     from amanita.calibration import lineage_confidence
     preds = decode_predictions(logp, ancestors, decode)
@@ -282,6 +323,9 @@ def _device_columns(logp: dict, labels: torch.Tensor, ancestors: torch.Tensor, d
                             torch.full_like(conf, float("nan")))
         ints += [true[:, None], pred[:, None], top]
         floats += [conf[:, None], lconf[k].float()[:, None], ptrue[:, None]]
+    if energy is None:
+        energy = torch.full((len(labels),), float("nan"), device=logp[LEAF].device)
+    floats += [v.float()[:, None] for v in unknown_scores(logp[LEAF], energy).values()]  # SCORE_COLUMNS order
     return torch.cat(ints, 1).long(), torch.cat(floats, 1).float()
 
 

@@ -254,8 +254,8 @@ def build_taxonomy(frames: Iterable[pd.DataFrame], count_frame: pd.DataFrame | N
         sub["_where"] = [f"{source} line {i + 2}" for i in range(len(f))]  # header = line 1
         parts.append(sub)
     df = pd.concat(parts, ignore_index=True)
-    df = df[df["category_id"].notna()].copy()
-    df["category_id"] = df["category_id"].astype(np.int64)
+    # NaN, or -1 (a species unseen in training, in FungiTastic's OpenSet CSVs): not a leaf
+    df = df[df["category_id"].fillna(-1) >= 0].astype({"category_id": np.int64})
     if "scientificName" not in df.columns:
         df["scientificName"] = df["species"]
     for c in ("scientificName", *RANKS):

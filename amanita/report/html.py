@@ -156,8 +156,8 @@ def verdict(m: dict, focus: dict | None) -> str:
     return " ".join(out)
 
 
-def nav() -> str:
-    links = "".join(f'<a href="#{i}">{e(t)}</a>' for i, t in SECTIONS)
+def nav(extra: Iterable[tuple[str, str]] = ()) -> str:
+    links = "".join(f'<a href="#{i}">{e(t)}</a>' for i, t in (*SECTIONS[:2], *extra, *SECTIONS[2:]))
     return f'<nav><div class="wrap">{links}</div></nav>'
 
 
@@ -426,10 +426,12 @@ def provenance_section(prov: dict) -> str:
 # ---------------------------------------------------------------------- page
 def render_report(metrics: Metrics, figures: list[FigureInfo], notes: list[str] | None = None,
                   baseline: Metrics | None = None, baseline_name: str | None = None,
-                  provenance: dict | None = None) -> str:
-    """The whole HTML page as a string."""
+                  provenance: dict | None = None, extra: dict[str, tuple[str, str]] | None = None) -> str:
+    """The whole HTML page as a string; ``extra`` ``{id: (nav label, section html)}`` follows the baseline."""
     m, b, prov = metrics.summary, baseline.summary if baseline else None, provenance or {}
-    body = "".join([summary_section(m, figures), baseline_section(m, b, baseline_name), hierarchy_section(m),
+    extra = extra or {}
+    body = "".join([summary_section(m, figures), baseline_section(m, b, baseline_name),
+                    *(html_ for _, html_ in extra.values()), hierarchy_section(m),
                     focus_section(m, figures), safety_section(m), calibration_section(m, figures, prov),
                     figures_section(figures, notes or []), confused_section(m), worst_section(m),
                     provenance_section(prov)])
@@ -438,5 +440,5 @@ def render_report(metrics: Metrics, figures: list[FigureInfo], notes: list[str] 
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<title>Validation report · amanita</title><style>{CSS}</style></head><body>'
-            f'{header(m, b, prov)}{nav()}<main class="wrap">{body}</main>'
+            f'{header(m, b, prov)}{nav((i, t) for i, (t, _) in extra.items())}<main class="wrap">{body}</main>'
             f'<footer class="wrap">{footer}</footer><script>{JS}</script></body></html>')
