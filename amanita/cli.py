@@ -200,6 +200,16 @@ def add_run_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     g.add_argument("--log-interval", type=positive_int, default=20, help="batches between progress-bar updates")
 
 
+def check_train_args(args: argparse.Namespace) -> None:
+    """Combinations of training flags that no single ``type=`` can check, as one-line errors."""
+    from amanita.io import UserError
+    scale = getattr(args, "scale", None) or (0, 1)
+    if scale[0] > scale[1]:
+        raise UserError(f"--scale {scale[0]:g} {scale[1]:g}: give the smaller crop fraction first")
+    if getattr(args, "rank_weights", None) is not None and not any(args.rank_weights):
+        raise UserError("--rank-weights are all 0: nothing would be trained")
+
+
 def build_train_parser(description: str, multitask: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     add_dataset_args(p, multitask)

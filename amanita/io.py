@@ -176,6 +176,10 @@ def cli_main(fn: Callable[[], int | None]) -> Callable[[], None]:
         except BrokenPipeError:  # output piped into `head`: stop quietly
             sys.stderr.close()
             sys.exit(0)
+        except OSError as e:  # a path that is a folder, a file where a folder should be, no permission
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+            sys.exit(2)
         sys.exit(code or 0)
     return wrapper
 

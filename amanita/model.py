@@ -14,6 +14,7 @@ from amanita.io import UserError, load_tensor_file
 from amanita.taxonomy import LEAF, RANKS, Taxonomy
 
 STOCK_MODEL = "hf-hub:BVRA/beit_base_patch16_224.in1k_ft_fungitastic_224"
+MAX_SPARSE_OUTPUTS = 100_000  # a single-head model has one output per id 0..max: refuse absurdly sparse ids
 COARSE_RANKS = RANKS[:-1]  # the species head is over leaves (category_ids)
 
 # The FungiTastic validation transform: squash-resize to 224x224 (no crop), mean = std = 0.5.
@@ -242,6 +243,9 @@ def create_single_head_model(name: str, taxonomy: Taxonomy, model_args: dict | N
                              drop_path_rate: float = 0.0, drop_rate: float = 0.0) -> nn.Module:
     """A stock-style timm classifier with one output per ``category_id`` (0..max id)."""
     n_out = max(taxonomy.category_ids) + 1
+    if n_out > max(MAX_SPARSE_OUTPUTS, 10 * taxonomy.n_leaves):
+        raise UserError(f"category_id {n_out - 1} would give the single-head model {n_out:,} outputs for "
+                        f"{taxonomy.n_leaves} classes; number the category_ids 0..{taxonomy.n_leaves - 1}")
     model = create_timm_model(name, model_args, pretrained, pretrained_file,
                               drop_path_rate=drop_path_rate, drop_rate=drop_rate)
     if model.get_classifier().out_features != n_out:

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from amanita import checkpoint as ck
+from amanita.cli import check_train_args
 from amanita.data import (BadImageCounter, DeviceLoader, FungiTasticDataset, check_labels, check_unreadable,
                           create_transforms, make_loader,
                           read_split)
@@ -91,19 +92,26 @@ def override_data_config(cfg: dict, args) -> dict:
 def _model_from_checkpoint(path, tax: Taxonomy, multitask: bool, args) -> tuple[nn.Module, dict, str, dict]:
     """``--init-from``: a single-head checkpoint seeds the heads as the stock model would."""
     src = ck.load_checkpoint(path)
+    kind = src.get("kind")
+    if not multitask and kind == "multitask":
+        raise UserError(f"--init-from {path} holds a multi-task model; train_minimal.py starts from a single-head one")
+    # heads are taken by category_id: another taxonomy would silently rename the classes
+    ck.check_compatible(src, tax, kind, path, getattr(args, "head_mode", "residual"))
     arch, arch_kwargs = src["architecture"], dict(src.get("model_kwargs", {}))
     stock, _, data_config = ck.build_from_checkpoint(src)
     kw = dict(model_args=arch_kwargs, pretrained=False, drop_path_rate=args.drop_path, drop_rate=args.drop)
-    if not multitask:
-        model = create_single_head_model(arch, tax, **kw)
-        model.load_state_dict(stock.state_dict())
-    elif src.get("kind") == "multitask":
-        ck.check_compatible(src, tax, "multitask", path, args.head_mode)
-        model = create_multitask_model(arch, tax, **kw, head_mode=args.head_mode)
-        model.load_state_dict(stock.state_dict())
-    else:
-        model = create_multitask_model(arch, tax, **kw, head_mode=args.head_mode)
-        init_from_stock(model, stock, tax)
+    try:
+        if not multitask:
+            model = create_single_head_model(arch, tax, **kw)
+            model.load_state_dict(stock.state_dict())
+        elif kind == "multitask":
+            model = create_multitask_model(arch, tax, **kw, head_mode=args.head_mode)
+            model.load_state_dict(stock.state_dict())
+        else:
+            model = create_multitask_model(arch, tax, **kw, head_mode=args.head_mode)
+            init_from_stock(model, stock, tax)
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"--init-from {path} does not fit this run: {str(e).strip().splitlines()[0][:200]}") from None
     return model, data_config, arch, arch_kwargs
 
 
@@ -325,6 +333,7 @@ def write_metrics(history: list, log_dir: str) -> None:
 # ---------------------------------------------------------------------- the run
 def run(args, multitask: bool) -> int:
     """Train (or resume) and evaluate; returns the process exit code."""
+    check_train_args(args)
     apply_cluster_environment(args)
     dist = init_distributed(args.device)
     try:

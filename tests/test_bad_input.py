@@ -183,6 +183,42 @@ def test_unknown_model_and_offline_hub_model_say_what_to_do(monkeypatch):
     assert "--model hf-hub:BVRA/not_cached_model" in msg and "Working offline" in msg
 
 
+def test_paths_of_the_wrong_kind_are_one_line(tmp_path):
+    """A folder given as a file, a file where a folder goes: the OS's reason with the path, exit 2."""
+    import compute_class_weights
+    import create_minimal_subset
+    rows([0, 1, 2]).to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    code, _, err = run_main(compute_class_weights, ["--train-path", tmp_path / "t.csv", "--mappings", tmp_path / "adir"])
+    assert code == 2 and one_line(err) == f"error: {tmp_path / 'adir'}: Is a directory"
+    code, _, err = run_main(create_minimal_subset, ["--train-path", tmp_path / "t.csv", "--val-path", tmp_path / "t.csv",
+                                                    "--output-dir", tmp_path / "afile"])
+    assert code == 2 and one_line(err) == f"error: {tmp_path / 'afile'}: File exists"
+
+
+def test_sparse_category_ids_do_not_make_a_giant_head():
+    from amanita.model import create_single_head_model
+    df = rows([0, 1, 2])
+    df.loc[2, "category_id"] = 99_999_999
+    with pytest.raises(UserError, match=r"category_id 99999999 would give the single-head model 100,000,000 outputs"):
+        create_single_head_model("beit_base_patch16_224", build_taxonomy([df]))
+
+
+def test_test_split_table_is_headed_test():
+    from amanita.training import rank_table
+    table = rank_table({}, {"species/acc1": 0.5, "species/f1": 0.25}, "test")
+    assert "test top-1" in table.splitlines()[0] and "val" not in table and "50.00%" in table
+
+
+def test_training_flag_combinations(tmp_path):
+    parser = cli.build_train_parser("t", multitask=True)
+    with pytest.raises(UserError, match=r"--scale 1 0.5: give the smaller crop fraction first"):
+        cli.check_train_args(parser.parse_args(TRAIN + ["--scale", "1", "0.5"]))
+    with pytest.raises(UserError, match=r"--rank-weights are all 0"):
+        cli.check_train_args(parser.parse_args(TRAIN + ["--rank-weights", *["0"] * 6]))
+
+
 # ---------------------------------------------------------------------- writes
 def test_full_disk_keeps_the_old_file_and_says_so(tmp_path):
     path = tmp_path / "last.pth"
@@ -336,6 +372,18 @@ def test_resume_into_another_architecture_or_layer_decay_is_one_line(trained, tm
     assert code == 2 and "last.pth holds a beit_base_patch16_224" in one_line(err) and "--model-args" in err
     code, err = train_in_process(trained, "--save-dir", save, "--layer-decay", "none", "--epochs", 2)
     assert code == 2 and "--layer-decay 0.75, this run asks for None" in one_line(err)
+
+
+def test_init_from_refuses_another_taxonomy_or_kind(trained, tmp_path):
+    import train_minimal
+    other = rows([0, 1, 2, 5])
+    other.to_csv(tmp_path / "o.csv", index=False)
+    code, err = train_in_process(trained, "--save-dir", tmp_path / "a", "--init-from", trained["ckpt"],
+                                 "--mappings", tmp_path / "other.json", "--train-path", tmp_path / "o.csv",
+                                 "--val-path", tmp_path / "o.csv")
+    assert code == 2 and "best_model.pth was trained with another taxonomy" in one_line(err)
+    code, _, err = run_main(train_minimal, trained["base"] + ["--save-dir", tmp_path / "b", "--init-from", trained["ckpt"]])
+    assert code == 2 and "holds a multi-task model; train_minimal.py starts from a single-head one" in one_line(err)
 
 
 def test_stale_checkpoint_temporaries_are_cleaned_at_start(trained, tmp_path):
