@@ -157,7 +157,7 @@ def run_inference(args: argparse.Namespace, spec: str | None = None, taxonomy=No
     model, tax, data_config, info = load_model(args, device, spec, taxonomy)
     expected = taxonomy if taxonomy is not None else _load_taxonomy(args.mappings) if args.mappings else None
     check_same_taxonomy(tax, expected, spec or args.checkpoint)
-    metadata = read_split(args.val_path)  # kept here for the predictions' filename/observationID columns
+    metadata = read_split(args.val_path, open_set=args.open_set)  # kept here for the predictions' filename/observationID columns
     dataset = FungiTasticDataset(args.val_path, tax, transform=create_transforms(data_config, train=False),
                                  image_root=args.image_root, input_size=data_config["input_size"], metadata=metadata)
     check_labels(dataset, args.max_bad_image_fraction, "validation")
@@ -273,7 +273,7 @@ def specimen_paths(args: argparse.Namespace, preds) -> list[str | None] | None:
     """Image path of each prediction row, from the validation CSV (or --image-root + filename)."""
     from amanita.data import image_paths, read_split
     if args.val_path:
-        paths = image_paths(read_split(args.val_path), args.val_path, args.image_root)
+        paths = image_paths(read_split(args.val_path, open_set=args.open_set), args.val_path, args.image_root)
         return [paths[i] if 0 <= i < len(paths) else None for i in preds["index"].astype(int)]
     if args.image_root:
         return [str(Path(args.image_root) / f) for f in preds["filename"].astype(str)]

@@ -53,7 +53,9 @@ def check_category_ids(values: pd.Series, path, open_set: bool = False) -> pd.Se
         i = int(np.flatnonzero(bad.to_numpy())[0])
         value = values.iloc[i]
         shown = "empty" if pd.isna(value) else repr(str(value))
-        rule = "a whole number ≥ 0" + (" (or -1: unknown species)" if open_set else "")
+        rule = "a whole number ≥ 0" + (" (or -1: unknown species)" if open_set else
+                                       " (-1, an unknown species, only with validate.py --open-set)"
+                                       if str(value).strip() in ("-1", "-1.0") else "")
         more = f" ({int(bad.sum()) - 1} more such rows)" if bad.sum() > 1 else ""
         raise UserError(f"{path} line {i + 2}: category_id is {shown}, expected {rule}{more}")
     return number.astype(np.int64)

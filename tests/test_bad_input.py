@@ -122,7 +122,7 @@ def test_open_set_loading_accepts_minus_one_only(tmp_path):
     df.loc[2, "category_id"] = -1
     df.to_csv(tmp_path / "o.csv", index=False)
     assert read_split(tmp_path / "o.csv", open_set=True)["category_id"].tolist() == [0, 1, -1]
-    with pytest.raises(UserError, match="line 4: category_id is '-1'"):
+    with pytest.raises(UserError, match="line 4: category_id is '-1'.*only with validate.py --open-set"):
         read_split(tmp_path / "o.csv")
 
 
@@ -462,6 +462,20 @@ def test_json_output_is_valid_utf8_for_any_file_name(trained, tmp_path):
     out.encode("utf-8")  # no lone surrogates: the bytes written are valid UTF-8
     assert json.loads(out)["path"].endswith("caf\\xe9.jpg")
     assert "epoch 1," in err and "epoch 1/1:" in trained["log"]  # one numbering, from 1
+
+
+def test_open_set_validation_csv_reads_minus_one_only_with_open_set(trained, tmp_path, no_figures):
+    def edit(df):
+        df.loc[:2, "category_id"] = -1  # unknown species, as in FungiTastic-OpenSet-Val.csv
+        return df
+    val = _val_copy(trained, tmp_path, edit)
+    images = Path(trained["data"]["val"]).parents[2] / "FungiTastic" / "val" / "300p"
+    common = ["--checkpoint", trained["ckpt"], "--val-path", val, "--image-root", images, "--workers", 0]
+    code, _, err = run_main(validate, common + ["--output-dir", tmp_path / "o"])
+    assert code == 2 and "line 2: category_id is '-1'" in one_line(err) and "--open-set" in err
+    code, out, err = run_main(validate, common + ["--output-dir", tmp_path / "o", "--open-set"])
+    assert code == 0, err
+    assert "open set (3 unknown of 12 images" in out
 
 
 # ---------------------------------------------------------------------- as real processes
