@@ -10,14 +10,16 @@ VAL_CSV := $(META)/FungiTastic-ClosedSet-Val.csv
 TEST_CSV := $(META)/FungiTastic-ClosedSet-Test.csv
 SPLITS := --train-path $(TRAIN_CSV) --val-path $(VAL_CSV) --test-path $(TEST_CSV)
 
-.PHONY: install demo demo-data test bench clean
+.PHONY: install demo demo-data test test-fast bench clean
 
 install: $(STAMP)
 
-# Reinstalls only when a requirements file changes.
-$(STAMP): requirements.txt requirements-test.txt
+# Reinstalls only when a requirements file or pyproject.toml changes; the package is installed
+# editable, so scripts, tests and benchmarks import it from this checkout.
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt
+	$(PYTHON) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
 demo-data: install
@@ -45,6 +47,10 @@ demo: demo-data
 
 test: install
 	$(PYTHON) -m pytest
+
+# The in-process unit tests only (no subprocess training): under a minute.
+test-fast: install
+	$(PYTHON) -m pytest -m "not slow"
 
 clean:
 	rm -rf $(DEMO) checkpoints validation_results .pytest_cache

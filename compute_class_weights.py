@@ -9,27 +9,27 @@ Example:
   python compute_class_weights.py --train-path data/demo/metadata/FungiTastic/FungiTastic-Train.csv \\
       --mappings taxonomic_mappings.json --method sqrt_inverse --output class_weights.pt
 """
-import argparse
 
 import torch
 
+from amanita.cli import cli_main, number, script_parser
 from amanita.data import read_split
-from amanita.cli import number
-from amanita.io import atomic_torch_save, cli_main
+from amanita.io import atomic_torch_save
 from amanita.losses import WEIGHT_METHODS, compute_class_weights
 from amanita.taxonomy import LEAF, RANKS, Taxonomy, class_counts
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     g = p.add_argument_group("Dataset parameters")
     g.add_argument("--train-path", required=True, help="FungiTastic train CSV to count images in")
-    g.add_argument("--mappings", default="taxonomic_mappings.json", help="taxonomy JSON (default: %(default)s)")
+    g.add_argument("--mappings", default="taxonomic_mappings.json", help="taxonomy JSON")
     g = p.add_argument_group("Weighting")
     g.add_argument("--method", choices=WEIGHT_METHODS, default="sqrt_inverse",
-                   help="inverse (1/n), sqrt_inverse (1/sqrt n) or effective_number (Cui et al. 2019) (default: %(default)s)")
-    g.add_argument("--beta", type=number(float, 0, 1, low_open=True, high_open=True, what="a number with 0 < beta < 1"), default=0.999, help="beta of effective_number (default: %(default)s)")
-    g.add_argument("--output", default="class_weights.pt", help="output file (default: %(default)s)")
+                   help="inverse (1/n), sqrt_inverse (1/sqrt n) or effective_number (Cui et al. 2019)")
+    g.add_argument("--beta", type=number(float, 0, 1, low_open=True, high_open=True, what="a number with 0 < beta < 1"),
+                   default=0.999, help="beta of effective_number")
+    g.add_argument("--output", default="class_weights.pt", help="output file")
     return p.parse_args(argv)
 
 

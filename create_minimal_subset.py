@@ -10,29 +10,24 @@ Example:
       --val-path data/demo/metadata/FungiTastic/FungiTastic-ClosedSet-Val.csv \\
       --test-path data/demo/metadata/FungiTastic/FungiTastic-ClosedSet-Test.csv --output-dir minimal_subsets
 """
-import argparse
 from pathlib import Path
 
 import numpy as np
 
+from amanita.cli import add_split_args, cli_main, nonneg_int, positive_int, script_parser
 from amanita.data import image_paths, read_split, stratified_subset
-from amanita.cli import nonneg_int, positive_int
-from amanita.io import atomic_to_csv, cli_main
+from amanita.io import atomic_to_csv
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("Dataset parameters")
-    g.add_argument("--train-path", required=True, help="FungiTastic train CSV")
-    g.add_argument("--val-path", required=True, help="FungiTastic validation CSV")
-    g.add_argument("--test-path", default=None, help="FungiTastic test CSV (default: none)")
-    g.add_argument("--image-root", default=None, help="image folder for all splits (default: the FungiTastic layout beside each CSV)")
+    p = script_parser(__doc__)
+    add_split_args(p.add_argument_group("Dataset parameters"))
     g = p.add_argument_group("Subset parameters")
-    g.add_argument("--n-train", type=positive_int, default=500, help="at most this many train images (default: %(default)s)")
-    g.add_argument("--n-val", type=positive_int, default=100, help="at most this many val images (default: %(default)s)")
-    g.add_argument("--n-test", type=positive_int, default=100, help="at most this many test images (default: %(default)s)")
-    g.add_argument("--seed", type=nonneg_int, default=42, help="random seed (default: %(default)s)")
-    g.add_argument("--output-dir", default="minimal_subsets", help="output folder (default: %(default)s)")
+    g.add_argument("--n-train", type=positive_int, default=500, help="at most this many train images")
+    g.add_argument("--n-val", type=positive_int, default=100, help="at most this many val images")
+    g.add_argument("--n-test", type=positive_int, default=100, help="at most this many test images")
+    g.add_argument("--seed", type=nonneg_int, default=42, help="random seed")
+    g.add_argument("--output-dir", default="minimal_subsets", help="output folder")
     return p.parse_args(argv)
 
 

@@ -12,9 +12,10 @@ import os
 import textwrap
 import time
 
-from amanita import synthetic
-from amanita.cli import nonneg_int, number, positive_int
-from amanita.io import cli_main
+from amanita.cli import cli_main, nonneg_int, number, positive_int
+from amanita.demo.dataset import generate_dataset
+from amanita.demo.drawing import DEFAULT_IMAGE_SIZE
+from amanita.demo.metadata import DEFAULT_N_OBSERVATIONS, MIN_OBSERVATIONS
 from amanita.taxonomy import RANKS
 
 
@@ -27,10 +28,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "non-empty folder is refused")
     g = p.add_argument_group("Dataset parameters")
     g.add_argument("--seed", type=nonneg_int, default=0, help="random seed (same seed, same bytes)")
-    g.add_argument("--n-observations", type=positive_int, default=synthetic.DEFAULT_N_OBSERVATIONS,
+    g.add_argument("--n-observations", type=positive_int, default=DEFAULT_N_OBSERVATIONS,
                    help="observations to share among the species by abundance (1-4 images "
-                        f"each; at least {synthetic.MIN_OBSERVATIONS} per species)")
-    g.add_argument("--image-size", type=number(int, 32, what="an integer ≥ 32"), default=synthetic.DEFAULT_IMAGE_SIZE,
+                        f"each; at least {MIN_OBSERVATIONS} per species)")
+    g.add_argument("--image-size", type=number(int, 32, what="an integer ≥ 32"), default=DEFAULT_IMAGE_SIZE,
                    help="shorter image side in pixels (images are 4:3; the folder is <size>p)")
     g = p.add_argument_group("Performance")
     g.add_argument("--workers", type=nonneg_int, default=min(8, os.cpu_count() or 1),
@@ -54,9 +55,8 @@ def print_summary(s: dict, seconds: float) -> None:
 def main() -> int:
     args = parse_args()
     start = time.time()
-    summary = synthetic.generate_dataset(args.output_dir, seed=args.seed,
-                                         n_observations=args.n_observations,
-                                         image_size=args.image_size, workers=args.workers)
+    summary = generate_dataset(args.output_dir, seed=args.seed, n_observations=args.n_observations,
+                               image_size=args.image_size, workers=args.workers)
     print_summary(summary, time.time() - start)
     return 0
 

@@ -8,25 +8,20 @@ Example:
       --test-path data/demo/metadata/FungiTastic/FungiTastic-ClosedSet-Test.csv \\
       --output taxonomic_mappings.json
 """
-import argparse
 from pathlib import Path
 
+from amanita.cli import add_split_args, cli_main, positive_int, script_parser
 from amanita.data import image_paths, read_split, scan_images
-from amanita.cli import positive_int
-from amanita.io import cli_main
 from amanita.taxonomy import RANKS, build_taxonomy
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     g = p.add_argument_group("Dataset parameters")
-    g.add_argument("--train-path", required=True, help="FungiTastic train CSV (its counts go into the JSON)")
-    g.add_argument("--val-path", default=None, help="validation CSV, so val species unseen in train get a leaf (default: none)")
-    g.add_argument("--test-path", default=None, help="test CSV, likewise (default: none)")
-    g.add_argument("--output", default="taxonomic_mappings.json", help="output JSON (default: %(default)s)")
-    g.add_argument("--image-root", default=None, help="image folder for --check-images (default: the FungiTastic layout beside each CSV)")
+    add_split_args(g, val_required=False)
+    g.add_argument("--output", default="taxonomic_mappings.json", help="output JSON")
     g.add_argument("--check-images", action="store_true", help="also decode every image and report unreadable ones")
-    g.add_argument("--workers", type=positive_int, default=2, help="processes for --check-images (default: %(default)s)")
+    g.add_argument("--workers", type=positive_int, default=2, help="processes for --check-images")
     return p.parse_args(argv)
 
 

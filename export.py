@@ -24,8 +24,8 @@ import json
 import torch
 
 from amanita.checkpoint import load_for_eval
-from amanita.cli import HelpFormatter
-from amanita.io import UserError, cli_main
+from amanita.cli import HelpFormatter, cli_main
+from amanita.io import UserError
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -8,19 +8,7 @@ Example:
   python train_minimal.py --train-path .../FungiTastic-Train.csv --val-path .../FungiTastic-ClosedSet-Val.csv \\
       --epochs 50 --batch-size 32 --lr 0.01 --workers 4 --save-dir checkpoints/minimal
 """
-from amanita.cli import build_train_parser
-from amanita.io import cli_main
-from amanita.training import run
-
-
-def parse_args(argv=None):
-    return build_train_parser(__doc__, multitask=False).parse_args(argv)
-
-
-@cli_main
-def main():
-    return run(parse_args(), multitask=False)
-
+from amanita.training import main
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, multitask=False)

@@ -9,19 +9,7 @@ Examples:
       --mappings taxonomic_mappings.json --save-dir checkpoints/multitask
   torchrun --nproc-per-node 8 train_multitask.py --train-path ... --val-path ... --batch-size 64
 """
-from amanita.cli import build_train_parser
-from amanita.io import cli_main
-from amanita.training import run
-
-
-def parse_args(argv=None):
-    return build_train_parser(__doc__, multitask=True).parse_args(argv)
-
-
-@cli_main
-def main():
-    return run(parse_args(), multitask=True)
-
+from amanita.training import main
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, multitask=True)

@@ -25,9 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from amanita.taxonomy import LEAF, RANKS
+from amanita.taxonomy import KEYS, LEAF, RANKS, label_column
 
-KEYS = (LEAF,) + RANKS
 MIN_T, MAX_T = 0.05, 20.0
 
 
@@ -57,8 +56,8 @@ def fit_temperature(log_probs: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def fit_temperatures(log_probs: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
-    """One temperature per key; ``labels`` is (N, 7) in the dataset's order (leaf, phylum … species)."""
-    return {k: fit_temperature(log_probs[k], labels[:, j]) for j, k in enumerate(KEYS)}
+    """One temperature per key; ``labels`` is (N, 7) in :data:`~amanita.taxonomy.KEYS` order."""
+    return {k: fit_temperature(log_probs[k], label_column(labels, k)) for k in KEYS}
 
 
 def apply_temperatures(log_probs: dict[str, torch.Tensor], temperatures: dict[str, float] | None
@@ -95,8 +94,8 @@ def ece_table(log_probs: dict[str, torch.Tensor], labels: torch.Tensor, temperat
     """Per key: ECE of the top-1 confidence before and after ``temperatures`` (15 bins), and ``T``."""
     from amanita.metrics import expected_calibration_error
     out = {}
-    for j, k in enumerate(KEYS):
-        y = labels[:, j]
+    for k in KEYS:
+        y = label_column(labels, k)
         known = y >= 0
         row = {"temperature": temperatures.get(k, 1.0), "n": int(known.sum())}
         for name, t in (("ece_before", 1.0), ("ece_after", temperatures.get(k, 1.0))):
@@ -119,11 +118,12 @@ def cross_fitted_ece(log_probs: dict[str, torch.Tensor], labels: torch.Tensor, s
     conf, correct = {k: [] for k in KEYS}, {k: [] for k in KEYS}
     for fit_mask in (half, ~half):
         temps = fit_temperatures({k: v[fit_mask] for k, v in log_probs.items()}, labels[fit_mask])
-        for j, k in enumerate(KEYS):
-            score = ~fit_mask & (labels[:, j] >= 0)
+        for k in KEYS:
+            y = label_column(labels, k)
+            score = ~fit_mask & (y >= 0)
             c, pred = F.softmax(log_probs[k][score].float() / temps[k], dim=1).max(1)
             conf[k].append(c.numpy())
-            correct[k].append((pred == labels[score, j]).numpy())
+            correct[k].append((pred == y[score]).numpy())
     return {k: expected_calibration_error(np.concatenate(conf[k]), np.concatenate(correct[k])) for k in KEYS}
 
 

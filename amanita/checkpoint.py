@@ -1,13 +1,18 @@
-"""Checkpoints: one plain dict, written atomically, read with ``weights_only=True``."""
+"""Checkpoints: one plain dict, assembled and read here, written atomically, loaded with ``weights_only=True``.
+
+:class:`Checkpointer` is the one place a training run is saved (:meth:`Checkpointer.save`) and
+restored; :func:`checkpoint_state` says what a checkpoint holds and :func:`restore_state` puts
+it back into a :class:`~amanita.run.Run`.
+"""
 from __future__ import annotations
 
 import copy
+import json
 import os
 import random
 import re
 import secrets
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -18,8 +23,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from amanita.io import UserError, atomic_torch_save, atomic_write_stream, load_tensor_file
-from amanita.taxonomy import Taxonomy
+from amanita.backbone import ModelSpec
+from amanita.io import UserError, atomic_torch_save, atomic_write_stream, git_sha, load_tensor_file
+from amanita.model import create_multitask_model, create_single_head_model
+from amanita.taxonomy import LEAF, Taxonomy
+
+# 2: the category_id head is named "leaf" (version 1 called it "species"); see upgrade_checkpoint
+CHECKPOINT_VERSION = 2
+
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module under DDP and ``torch.compile`` wrappers (no ``module.``/``_orig_mod.``)."""
@@ -53,12 +64,11 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (every device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
@@ -74,6 +84,28 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     ckpt = load_tensor_file(path, "an amanita checkpoint")
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise UserError(f"{path} is not an amanita checkpoint (no 'model' entry)")
+    return upgrade_checkpoint(ckpt)
+
+
+def upgrade_checkpoint(ckpt: dict) -> dict:
+    """A checkpoint of an earlier format with today's names, so it loads and resumes as it was.
+
+    Version 1 named the ``category_id`` head ``species``: its weights (``heads.species.*``), its
+    head size and its training loss (``train/species/loss``) become ``leaf``.
+    """
+    if ckpt.get("format_version", 1) >= CHECKPOINT_VERSION:
+        return ckpt
+    old = "heads.species."
+    ckpt = dict(ckpt, format_version=CHECKPOINT_VERSION)
+    for key in ("model", "model_ema"):
+        if ckpt.get(key) is not None:
+            ckpt[key] = {("heads.leaf." + k[len(old):] if k.startswith(old) else k): v
+                         for k, v in ckpt[key].items()}
+    if ckpt.get("head_sizes"):
+        ckpt["head_sizes"] = {(LEAF if k == "species" else k): v for k, v in ckpt["head_sizes"].items()}
+    if "history" in ckpt:
+        ckpt["history"] = [{(f"train/{LEAF}/loss" if k == "train/species/loss" else k): v for k, v in h.items()}
+                           for h in ckpt["history"]]
     return ckpt
 
 
@@ -126,22 +158,28 @@ def check_compatible(ckpt: dict, taxonomy: Taxonomy, kind: str, path: str | os.P
             raise UserError(f"{path} has heads {have}, this run needs {want}")
 
 
+def model_spec(ckpt: dict) -> ModelSpec:
+    """What the checkpoint says rebuilds its model (architecture, kwargs, data config, heads)."""
+    multitask = ckpt.get("kind") == "multitask"
+    return ModelSpec("multitask" if multitask else "single", ckpt["architecture"],
+                     dict(ckpt.get("model_kwargs") or {}), dict(ckpt.get("data_config") or {}),
+                     ckpt.get("head_mode", "residual") if multitask else None)
+
+
 def build_from_checkpoint(ckpt: dict, device="cpu") -> tuple[nn.Module, Taxonomy, dict]:
     """Rebuild the model a checkpoint describes (no weights downloaded) and load its weights."""
-    from amanita.model import create_multitask_model, create_single_head_model
-    tax = Taxonomy.from_dict(ckpt["taxonomy"])
-    arch = ckpt["architecture"]
-    kw = dict(model_args=dict(ckpt.get("model_kwargs") or {}), pretrained=False)
-    if ckpt.get("kind") == "multitask":
-        make, kw["head_mode"] = create_multitask_model, ckpt.get("head_mode", "residual")
+    tax, spec = Taxonomy.from_dict(ckpt["taxonomy"]), model_spec(ckpt)
+    kw = dict(model_args=spec.kwargs, pretrained=False)
+    if spec.kind == "multitask":
+        make, kw["head_mode"] = create_multitask_model, spec.head_mode
     else:
         make = create_single_head_model
     try:
-        model = make(arch, tax, **kw)
+        model = make(spec.architecture, tax, **kw)
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, ValueError) as e:
-        raise UserError(f"checkpoint weights do not fit {arch}: {str(e).splitlines()[0]}") from None
-    return model.to(device).eval(), tax, dict(ckpt.get("data_config", {}))
+        raise UserError(f"checkpoint weights do not fit {spec.architecture}: {str(e).splitlines()[0]}") from None
+    return model.to(device).eval(), tax, spec.data_config
 
 
 def load_for_eval(path: str | os.PathLike, device="cpu", use_ema: bool = True
@@ -157,6 +195,123 @@ def load_for_eval(path: str | os.PathLike, device="cpu", use_ema: bool = True
     info["path"] = str(path)
     info["ema"] = bool(use_ema and ckpt.get("model_ema") is not None)
     return model, tax, data_config, info
+
+
+# ---------------------------------------------------------------------- a training run's checkpoint
+def plain_args(args) -> dict:
+    """Arguments (a Namespace or dict) as plain types, so ``torch.load(weights_only=True)`` reads them."""
+    d = vars(args) if not isinstance(args, dict) else args
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()
+            if v is None or isinstance(v, (str, int, float, bool, list, tuple, dict))}
+
+
+def _last(history: list, key: str):
+    vals = [h[key] for h in history if key in h]
+    return vals[-1] if vals else None
+
+
+def checkpoint_state(run) -> dict:
+    """Everything a checkpoint of ``run`` (an :class:`amanita.run.Run`) holds, as plain types and tensors."""
+    s, spec, tax = run.state, run.spec, run.taxonomy
+    return {
+        "format_version": CHECKPOINT_VERSION,
+        "model": unwrap(run.model).state_dict(),
+        "model_ema": unwrap(run.ema.module).state_dict() if run.ema is not None else None,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "epoch": s.epoch, "step": s.step,
+        "sampler": {"epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch,
+                    "batch_size": run.args.batch_size, "world_size": run.dist.world_size},
+        "rng": capture_rng(), "args": plain_args(run.args), "kind": spec.kind,
+        "architecture": spec.architecture, "model_kwargs": spec.kwargs,
+        "head_sizes": tax.head_sizes() if spec.kind == "multitask" else None, "head_mode": spec.head_mode,
+        "taxonomy": tax.to_dict(), "taxonomy_sha256": tax.sha256(),
+        "data_config": dict(spec.data_config), "history": s.history,
+        "best_metric": s.best_metric, "bad_epochs": s.bad_epochs,
+        "val_f1": _last(s.history, "val/species/f1"), "val_acc": _last(s.history, "val/species/acc1"),
+        "git_sha": git_sha(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def restore_state(run, ckpt: dict, path: str | os.PathLike) -> None:
+    """Put every state of ``ckpt`` back into ``run``: weights, optimizer, schedule, position, RNG."""
+    check_compatible(ckpt, run.taxonomy, run.spec.kind, path, run.spec.head_mode or "residual")
+    check_same_run(ckpt, run, path)
+    try:
+        unwrap(run.model).load_state_dict(ckpt["model"])
+        if run.ema is not None and ckpt.get("model_ema") is not None:
+            unwrap(run.ema.module).load_state_dict(ckpt["model_ema"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise UserError(f"{path} does not fit this run ({str(e).strip().splitlines()[0][:160]}); resume with "
+                        "the flags it was trained with or start a new --save-dir (or --resume none)") from None
+    if run.scheduler is not None and ckpt.get("scheduler"):
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+    if run.scaler is not None and ckpt.get("scaler"):
+        run.scaler.load_state_dict(ckpt["scaler"])
+    s, state, dist = ckpt["sampler"], run.state, run.dist
+    state.epoch, state.step, state.history = ckpt["epoch"], ckpt["step"], list(ckpt.get("history", []))
+    state.best_metric, state.bad_epochs = ckpt.get("best_metric"), ckpt.get("bad_epochs", 0)
+    same_layout = (s["batch_size"], s["world_size"]) == (run.args.batch_size, dist.world_size)
+    state.batch_in_epoch = s["batch_in_epoch"] if same_layout else 0
+    if not same_layout and s["batch_in_epoch"] and dist.is_main:
+        print(f"warning: {path} was saved with batch {s['batch_size']} × {s['world_size']} processes; "
+              f"epoch {ckpt['epoch'] + 1} restarts from its beginning", flush=True)
+    restore_rng(ckpt["rng"])  # rank 0's streams; the other ranks draw their own from seed + rank
+    if dist.rank:
+        seed_everything(run.args.seed + dist.rank + 7919 * ckpt["step"])
+
+
+def check_same_run(ckpt: dict, run, path: str | os.PathLike) -> None:
+    """Resuming needs the same architecture and optimizer layout; say which flag differs."""
+    def canon(x):
+        return json.dumps(x, sort_keys=True, default=str)
+    have = (ckpt.get("architecture"), canon(dict(ckpt.get("model_kwargs") or {})))
+    want = (run.spec.architecture, canon(dict(run.spec.kwargs or {})))
+    if have != want:
+        raise UserError(f"{path} holds a {have[0]} {have[1]} model, this run builds {want[0]} {want[1]}; "
+                        "resume with its --model/--model-args or start a new --save-dir (or --resume none)")
+    saved = ckpt.get("args") or {}
+    for flag in ("layer_decay", "opt"):
+        if flag in saved and saved[flag] != getattr(run.args, flag):
+            raise UserError(f"{path} was trained with --{flag.replace('_', '-')} {saved[flag]}, this run asks "
+                            f"for {getattr(run.args, flag)}; resume with the same value or start a new "
+                            "--save-dir (or --resume none)")
+
+
+class Checkpointer:
+    """Where and when a run is saved: ``last.pth`` / ``best_model.pth`` in ``save_dir``, on rank 0.
+
+    :meth:`save` is the one place a checkpoint is written; :meth:`after_update` is called by the
+    loop after every optimizer update and decides whether ``last.pth`` is due.
+    """
+
+    def __init__(self, save_dir: str | os.PathLike, resume: str | None = "auto", every_steps: int = 0):
+        self.dir, self.resume, self.every_steps = Path(save_dir), resume, every_steps
+
+    def save(self, run, name: str) -> None:
+        """Write ``run``'s checkpoint as ``save_dir/name`` (rank 0 only; atomic)."""
+        if run.dist.is_main:
+            save_checkpoint(checkpoint_state(run), self.dir / name)
+
+    def after_update(self, run) -> None:
+        """``last.pth`` every ``every_steps`` updates (0: only at the ends of epochs)."""
+        if self.every_steps and run.state.step % self.every_steps == 0:
+            self.save(run, "last.pth")
+
+    def resume_path(self) -> Path | None:
+        """The checkpoint to resume: ``--resume`` as given, ``auto`` = ``last.pth`` when it exists."""
+        if self.resume in (None, "", "none"):
+            return None
+        if self.resume == "auto":
+            p = self.dir / "last.pth"
+            return p if p.is_file() else None
+        return Path(self.resume)
+
+    def restore(self, run, path: str | os.PathLike) -> None:
+        """Load ``path`` and put every state back into ``run``."""
+        restore_state(run, load_checkpoint(path), path)
 
 
 # ---------------------------------------------------------------------- background writing

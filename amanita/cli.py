@@ -1,16 +1,22 @@
-"""Argument groups shared by the training scripts (the scripts own parsing; this only declares)."""
+"""What every script shares: argument groups (the scripts own parsing; this only declares) and
+:func:`cli_main`, which turns user errors into one line and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import functools
+import sys
+from typing import Callable
 
 import json
 import math
 
+from amanita.backbone import STOCK_MODEL
+from amanita.decode import DECODE_HELP, DECODE_MODES, DEFAULT_DECODE
+from amanita.io import UserError
 from amanita.losses import WEIGHT_METHODS
-from amanita.model import STOCK_MODEL
-from amanita.taxonomy import LEAF, RANKS
+from amanita.taxonomy import DISPLAY_ORDER, HEADS
 
-METRIC_NAMES = [f"{k}/{m}" for k in (*RANKS, LEAF) for m in ("acc1", "f1")]
+METRIC_NAMES = [f"{k}/{m}" for k in DISPLAY_ORDER for m in ("acc1", "f1")]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -88,13 +94,44 @@ def json_object(text: str) -> str:
     return text
 
 
+AMP_MODES = ("auto", "bf16", "fp16", "none")
+
+
+def add_inference_args(g: argparse._ArgumentGroup) -> None:
+    """``--decode``, ``--amp`` and ``--device``: declared once, with the same defaults in every script."""
+    g.add_argument("--decode", choices=DECODE_MODES, default=DEFAULT_DECODE, help=DECODE_HELP)
+    g.add_argument("--amp", choices=AMP_MODES, default="auto",
+                   help="autocast: auto = bf16 on CUDA, none on CPU (fp16 training adds a GradScaler)")
+    g.add_argument("--device", type=device_name, default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+
+
+def add_readout_args(g: argparse._ArgumentGroup) -> None:
+    """``--tta`` and ``--no-temperatures``: how validation and test.py turn outputs into probabilities."""
+    from amanita.engine import TTA_MODES
+    g.add_argument("--tta", choices=TTA_MODES, default="none",
+                   help="test-time augmentation: flip = mean logits of each image and its mirror image (2× the time)")
+    g.add_argument("--no-temperatures", action="store_true",
+                   help="ignore the temperatures stored by validate.py --calibrate (uncalibrated confidences)")
+
+
+def script_parser(description: str) -> argparse.ArgumentParser:
+    """A script's parser: its docstring as written, every flag's default in its help."""
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+
+
+def add_split_args(g: argparse._ArgumentGroup, val_required: bool = True, test_help: str = "FungiTastic test CSV"
+                   ) -> None:
+    """``--train-path``, ``--val-path``, ``--test-path`` and ``--image-root``, the same in every script."""
+    g.add_argument("--train-path", required=True, help="FungiTastic train CSV")
+    g.add_argument("--val-path", required=val_required, default=None, help="FungiTastic validation CSV (ClosedSet-Val)")
+    g.add_argument("--test-path", default=None, help=test_help)
+    g.add_argument("--image-root", default=None,
+                   help="one folder holding every split's images; None: the FungiTastic layout beside each CSV")
+
+
 def add_dataset_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     g = p.add_argument_group("Dataset parameters")
-    g.add_argument("--train-path", required=True, help="FungiTastic train CSV")
-    g.add_argument("--val-path", required=True, help="FungiTastic validation CSV (ClosedSet-Val)")
-    g.add_argument("--test-path", default=None, help="test CSV, evaluated with the best checkpoint at the end")
-    g.add_argument("--image-root", default=None,
-                   help="one folder holding every split's images (default: the FungiTastic layout beside each CSV)")
+    add_split_args(g, test_help="test CSV, evaluated with the best checkpoint at the end")
     g.add_argument("--image-size-folder", default="300p", help="FungiTastic image-size folder (300p, 500p, 720p, fullsize)")
     g.add_argument("--mappings", default="taxonomic_mappings.json",
                    help="taxonomic_mappings.json; built from the given CSVs when the file does not exist")
@@ -158,13 +195,13 @@ def add_loss_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     g = p.add_argument_group("Loss and augmentation")
     if multitask:
         g.add_argument("--rank-weights", type=nonneg_float, nargs=6, default=[0.1, 0.1, 0.1, 0.2, 0.3, 1.0],
-                       metavar=tuple(r.upper() for r in RANKS),
-                       help="loss weight of each head (phylum class order family genus species)")
+                       metavar=tuple(k.upper() for k in HEADS),
+                       help="loss weight of each head (phylum class order family genus leaf)")
         g.add_argument("--head-mode", choices=("residual", "independent"), default="residual",
-                       help="residual: a coarse rank = the species probabilities summed up the tree + its own "
+                       help="residual: a coarse rank = the leaf probabilities summed up the tree + its own "
                             "head (exactly the stock model's at step 0); independent: six separate heads")
         g.add_argument("--consistency-weight", type=nonneg_float, default=0.0,
-                       help="weight of KL(species summed up to a rank ‖ that rank's head)")
+                       help="weight of KL(leaf probabilities summed up to a rank ‖ that rank's head)")
     g.add_argument("--label-smoothing", type=below_one, default=0.1, help="label smoothing")
     g.add_argument("--auto-augment", default="rand-m20-n2",
                    help="timm auto-augment policy (stock: RandAugment 2 ops, magnitude 20); 'none' to disable")
@@ -186,17 +223,12 @@ def add_run_args(p: argparse.ArgumentParser, multitask: bool) -> None:
                    help="checkpoint to resume; auto: last.pth in --save-dir when present; none: start fresh")
     g.add_argument("--save-every-steps", type=nonneg_int, default=500, help="also save last.pth every N updates (0: epoch ends only)")
     g.add_argument("--seed", type=nonneg_int, default=42, help="random seed (each process uses seed + rank)")
-    g.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
-                   help="autocast: auto = bf16 on CUDA, none on CPU; fp16 adds a GradScaler")
-    g.add_argument("--device", type=device_name, default="auto", help="auto, cpu or cuda")
     g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (timm ModelEmaV3) and validate it")
     g.add_argument("--model-ema-decay", type=probability, default=0.9998, help="EMA decay")
     g.add_argument("--early-stopping-patience", type=nonneg_int, default=0, help="stop after N epochs without improvement (0: off)")
     g.add_argument("--early-stopping-metric", default="species/f1", choices=METRIC_NAMES,
                    help="validation metric for best_model.pth and early stopping: <leaf|rank>/<acc1|f1>")
-    g.add_argument("--decode", choices=("consistent", "independent"), default="consistent",
-                   help="validation decoding: consistent = best real root-to-leaf path over all heads; "
-                        "independent = argmax per head")
+    add_inference_args(g)
     g.add_argument("--log-interval", type=positive_int, default=20, help="batches between progress-bar updates")
 
 
@@ -218,3 +250,121 @@ def build_train_parser(description: str, multitask: bool) -> argparse.ArgumentPa
     add_loss_args(p, multitask)
     add_run_args(p, multitask)
     return p
+
+
+def build_validate_parser(description: str) -> argparse.ArgumentParser:
+    """validate.py's flags."""
+    from amanita.metrics import DEFAULT_FOCUS
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("Model parameters")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", default=None,
+                     help="multi-task checkpoint to validate (its taxonomy and data config are stored inside)")
+    src.add_argument("--from-predictions", default=None, metavar="PATH",
+                     help="make the report from a saved predictions.csv instead of running a model")
+    c = p.add_argument_group("Calibration parameters")
+    c.add_argument("--calibrate", action="store_true",
+                   help="fit one temperature per rank on --val-path by NLL, store them in --checkpoint "
+                        "('temperatures', 'calibration'; rewritten atomically) and use them; one more pass over the images")
+    add_readout_args(c)
+    b = p.add_argument_group("Baseline parameters").add_mutually_exclusive_group()
+    b.add_argument("--baseline-checkpoint", default=None, help="a second checkpoint to compare against")
+    b.add_argument("--baseline-model", default=None,
+                   help="a stock single-head timm model (name, hf-hub: id or weights file) to compare against; "
+                        "its species probabilities are summed up the tree")
+    b.add_argument("--baseline-predictions", default=None, metavar="PATH",
+                   help="a saved baseline_predictions.csv to compare against")
+    d = p.add_argument_group("Dataset parameters")
+    d.add_argument("--val-path", default=None, help="validation CSV (FungiTastic schema); needed to run a model, "
+                   "and for the specimen grids")
+    d.add_argument("--image-root", default=None,
+                   help="folder of the images; None: the FungiTastic layout beside the CSV")
+    d.add_argument("--mappings", default=None,
+                   help="taxonomic_mappings.json; None: the taxonomy stored in the checkpoint "
+                        "(required with --from-predictions)")
+    add_level_args(p)
+    r = p.add_argument_group("Report parameters")
+    r.add_argument("--focus-species", nargs="+", default=list(DEFAULT_FOCUS), metavar="NAME",
+                   help="species analysed one by one in the report")
+    r.add_argument("--output-dir", default="validation_results", help="where the report and its files go")
+    r.add_argument("--training-log", default=None,
+                   help="metrics.jsonl for the training curves; None: the one beside --checkpoint")
+    x = p.add_argument_group("Runtime parameters")
+    x.add_argument("--batch-size", type=positive_int, default=64, help="images per inference batch")
+    x.add_argument("--workers", type=nonneg_int, default=4, help="data-loading worker processes")
+    x.add_argument("--max-bad-image-fraction", type=probability, default=0.001,
+                   help="stop when more than this share of the validation images cannot be read, or have "
+                        "a category_id outside the mappings")
+    add_inference_args(x)
+    return p
+
+
+def add_level_args(p: argparse.ArgumentParser) -> None:
+    """validate.py's observation and open-set flag groups."""
+    from amanita.observations import COMBINE
+    from amanita.openset import SCORES
+    o = p.add_argument_group("Observation parameters")
+    o.add_argument("--aggregate", nargs="+", choices=("image", "observation"), default=["image", "observation"],
+                   help="levels to report: per image, per observation (observationID: its images' outputs "
+                        "combined), or both side by side")
+    o.add_argument("--combine", choices=COMBINE, default="mean-prob",
+                   help="how an observation's images are combined at every rank before decoding: mean of "
+                        "probabilities or mean of log-probabilities (renormalised)")
+    u = p.add_argument_group("Open-set parameters")
+    u.add_argument("--open-set", action="store_true",
+                   help="score known vs unknown species (category_id -1 rows, e.g. FungiTastic-OpenSet-Val.csv): "
+                        "AUROC, TNR at --target-tpr, and top-1 of the unknown species at the ranks seen")
+    u.add_argument("--unknown-score", choices=SCORES, default="msp",
+                   help="unknown-species score of the leaf head used for the threshold: msp (1 - max "
+                        "probability), entropy, or energy (-logsumexp of the logits)")
+    u.add_argument("--target-tpr", type=float, default=0.95,
+                   help="share of known-species images the stored threshold must accept")
+    u.add_argument("--store-threshold", action="store_true",
+                   help="write the threshold for --target-tpr into --checkpoint (key 'open_set') for test.py")
+
+
+def parse_identify_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """test.py's flags, parsed and checked (a bad value exits with argparse's usage line)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
+    g = p.add_argument_group("Model parameters")
+    g.add_argument("--checkpoint", required=True, help="an amanita checkpoint (multi-task or single-head)")
+    g.add_argument("--mappings", default=None,
+                   help="taxonomic_mappings.json to use instead of the taxonomy stored in the checkpoint "
+                        "(must be the same tree; e.g. to update poisonous flags)")
+    g.add_argument("--no-ema", action="store_true", help="use the raw weights even when the checkpoint has EMA weights")
+    add_readout_args(g)
+    o = p.add_argument_group("Output parameters")
+    o.add_argument("--top-k", type=positive_int, default=5, help="species listed per image")
+    o.add_argument("--backoff", type=probability, default=0.9, metavar="THRESHOLD",
+                   help="report the finest rank whose confidence reaches this value")
+    o.add_argument("--json", action="store_true", help="one JSON object per image on stdout, one per line")
+    r = p.add_argument_group("Runtime parameters")
+    r.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
+    r.add_argument("--workers", type=nonneg_int, default=2, help="image-decoding worker processes (0: in this process)")
+    add_inference_args(r)
+    return p.parse_args(argv)
+
+
+def cli_main(fn: Callable[[], int | None]) -> Callable[[], None]:
+    """Run a script's ``main``: user errors become one line on stderr and exit code 2."""
+    @functools.wraps(fn)
+    def wrapper() -> None:
+        try:
+            code = fn()
+        except (UserError, FileNotFoundError) as e:  # a TaxonomyError is a UserError
+            msg = str(e).strip()
+            print(f"error: {msg}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+        except BrokenPipeError:  # output piped into `head`: stop quietly
+            sys.stderr.close()
+            sys.exit(0)
+        except OSError as e:  # a path that is a folder, a file where a folder should be, no permission
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+            sys.exit(2)
+        sys.exit(code or 0)
+    return wrapper

@@ -17,12 +17,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from amanita.io import UserError, read_metadata_csv
-from amanita.taxonomy import REQUIRED_COLUMNS, Taxonomy, encode_labels
+from amanita.taxonomy import LABEL_COLUMN, LEAF, REQUIRED_COLUMNS, Taxonomy, encode_labels, label_column
 
 log = logging.getLogger(__name__)
 
 BAD_IMAGE = -2  # leaf label of a sample whose image could not be read (other labels -1)
-SPLIT_WORDS = {"train": "train", "val": "val", "test": "test"}
+SPLITS = ("train", "val", "test")  # the split folder named by a word of the CSV file name
 JPEG_MAGIC = b"\xff\xd8\xff"
 # what PIL raises for a file that is not a readable image (a decompression bomb is not an OSError)
 IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -69,7 +69,7 @@ def default_image_root(csv_path: str | os.PathLike, size: str = "300p") -> Path:
     """
     p = Path(csv_path).resolve()
     words = re.split(r"[-_.]", p.stem.lower())
-    split = next((SPLIT_WORDS[w] for w in reversed(words) if w in SPLIT_WORDS), None)
+    split = next((w for w in reversed(words) if w in SPLITS), None)
     if p.parent.parent.name == "metadata" and split is not None:
         return p.parent.parent.parent / p.parent.name / split / size
     return p.parent
@@ -140,7 +140,8 @@ class FungiTasticDataset(Dataset):
 
     def __init__(self, csv_path: str | os.PathLike | pd.DataFrame | None, taxonomy: Taxonomy,
                  transform=None, image_root: str | os.PathLike | None = None, image_size_folder: str = "300p",
-                 input_size: tuple[int, int, int] = (3, 224, 224), metadata: pd.DataFrame | None = None):
+                 input_size: tuple[int, int, int] = (3, 224, 224), metadata: pd.DataFrame | None = None,
+                 seed: int | None = None):
         if isinstance(csv_path, pd.DataFrame):
             metadata, csv_path = csv_path, None
         if metadata is not None:
@@ -157,9 +158,9 @@ class FungiTasticDataset(Dataset):
         self.labels = torch.from_numpy(encode_labels(taxonomy, df))  # (n, 7)
         cid = pd.to_numeric(df["category_id"], errors="coerce").to_numpy()
         # category_ids of the rows outside the mappings (-1: an open-set unknown, not counted); see check_labels
-        self.foreign_ids = cid[(self.labels[:, 0] == -1).numpy() & (cid != -1)]
+        self.foreign_ids = cid[(label_column(self.labels, LEAF) == -1).numpy() & (cid != -1)]
         self.source = str(csv_path) if csv_path is not None else None
-        self.seed: int | None = None  # set for training: augmentations follow (seed, epoch, index)
+        self.seed = seed  # training: augmentations follow (seed, epoch, index); None: the caller's RNG
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # persistent workers read it
 
     def path(self, i: int) -> str:
@@ -186,7 +187,7 @@ class FungiTasticDataset(Dataset):
         except IMAGE_ERRORS as e:
             log.warning("bad image %s (%s)", self.path(i), type(e).__name__ + ": " + str(e)[:120])
             labels = torch.full_like(self.labels[i], -1)
-            labels[0] = BAD_IMAGE
+            labels[LABEL_COLUMN[LEAF]] = BAD_IMAGE
             return torch.zeros(self.input_size, dtype=torch.uint8), labels, i
         if self.transform is not None:
             with self._seeded(i):

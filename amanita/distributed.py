@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from amanita.io import UserError
+
 
 @dataclass
 class DistInfo:
@@ -27,20 +29,37 @@ class DistInfo:
         return self.world_size > 1
 
 
+def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
+    """``--device``: ``auto`` is CUDA when available, else the CPU; a bare ``cuda`` is this process's GPU.
+
+    Asking for CUDA where there is none is a :class:`~amanita.io.UserError`.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device (auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available here (use --device cpu)")
+    if dev.type == "cuda" and (dev.index is None or local_rank is not None):
+        dev = torch.device("cuda", local_rank or 0)
+    return dev
+
+
 def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> DistInfo:
     """Read ``RANK``/``LOCAL_RANK``/``WORLD_SIZE`` (torchrun) and start the process group.
 
-    NCCL on CUDA, gloo on CPU. Without torchrun's variables this is one process.
+    NCCL on CUDA, gloo on CPU. Without torchrun's variables this is one process. Each process
+    uses the GPU of its ``LOCAL_RANK``.
     """
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
+    dev = resolve_device(device, local_rank)
+    use_cuda = dev.type == "cuda"
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
+        torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo",
                                 timeout=datetime.timedelta(minutes=timeout_minutes),
@@ -65,6 +84,11 @@ def all_gather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def is_main_process() -> bool:
+    """Rank 0, or the only process: the one that prints and writes."""
+    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def world_size() -> int:

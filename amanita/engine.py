@@ -1,11 +1,10 @@
-"""The training step loop and inference, shared by train_minimal.py, train_multitask.py and validate.py."""
+"""The training step loop and batch inference, shared by the training scripts, validate.py and test.py."""
 from __future__ import annotations
 
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -13,19 +12,17 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from amanita.data import BAD_IMAGE, BadImageCounter, check_normalised
-from amanita.distributed import all_gather_objects, all_reduce_sum, world_size
-from amanita.model import decode as decode_predictions
-from amanita.model import rank_log_probs
+from amanita.data import BAD_IMAGE, check_normalised
+from amanita.decode import DEFAULT_DECODE, Decoder
+from amanita.distributed import all_gather_objects, all_reduce_sum, is_main_process, world_size
+from amanita.run import Run
+from amanita.taxonomy import KEYS, LEAF, Taxonomy, label_column
 from amanita.openset import FLAG_COLUMN, SCORES, leaf_energy, score_column, unknown_scores
-from amanita.taxonomy import LEAF, RANKS, Taxonomy
-
-KEYS = (LEAF,) + RANKS
 
 
 def as_outputs(out) -> dict[str, torch.Tensor]:
-    """A model's outputs as ``{head: logits}``: a single-head model's tensor is the species head."""
-    return out if isinstance(out, dict) else {"species": out}
+    """A model's outputs as ``{head: logits}``: a single-head model's tensor is the leaf head."""
+    return out if isinstance(out, dict) else {LEAF: out}
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -41,40 +38,20 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-@dataclass
-class TrainState:
-    """What the loop advances and the checkpoint records."""
-    epoch: int = 0
-    step: int = 0              # optimizer updates since the start
-    batch_in_epoch: int = 0    # batches done in the current epoch (a multiple of accum)
-    history: list = field(default_factory=list)
+def train_one_epoch(run: Run, loader) -> dict[str, float]:
+    """One epoch of ``run`` (or its remainder after a resume); returns mean losses and images/s.
 
-
-@dataclass
-class StepConfig:
-    accum_steps: int = 1
-    clip_grad: float | None = None
-    amp: torch.dtype | None = None
-    log_interval: int = 20
-    save_every_steps: int = 0
-
-
-def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer, scheduler, device,
-                    state: TrainState, cfg: StepConfig, scaler=None, ema=None,
-                    save: Callable[[], None] | None = None, show: bool = True,
-                    bad: BadImageCounter | None = None) -> dict[str, float]:
-    """One epoch (or its remainder after a resume); returns mean losses and images/s.
-
-    Gradients are accumulated over ``cfg.accum_steps`` batches; the scheduler steps per update;
-    ``save`` is called every ``cfg.save_every_steps`` updates at an update boundary. Losses stay
-    on the device and are read back only every ``log_interval`` batches.
+    Gradients are accumulated over ``run.config.accum_steps`` batches; after each update the
+    EMA, the scheduler and the checkpointer (``after_update``) follow. Losses stay on the device
+    and are read back only every ``log_interval`` batches.
     """
+    model, cfg, state, device = run.trained, run.config, run.state, run.dist.device
     model.train()
     sums: dict[str, torch.Tensor] = {}
     n_batches, n_images, t0 = 0, 0, time.perf_counter()
     bad_count = torch.zeros((), dtype=torch.long, device=device)
     total = len(loader) + state.batch_in_epoch
-    bar = tqdm(loader, total=total, initial=state.batch_in_epoch, disable=not show,
+    bar = tqdm(loader, total=total, initial=state.batch_in_epoch, disable=not run.dist.is_main,
                desc=f"epoch {state.epoch + 1}", dynamic_ncols=True, leave=False)
     for images, labels, _ in bar:
         images = images.to(device, non_blocking=True)
@@ -84,38 +61,35 @@ def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer, s
         sync = contextlib.nullcontext() if boundary or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast(device, cfg.amp):
-                losses = criterion(as_outputs(model(images)), labels)
+                losses = run.criterion(as_outputs(model(images)), labels)
             loss = losses["loss"] / group
-            (scaler.scale(loss) if scaler is not None else loss).backward()
+            (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
         for k, v in losses.items():
             sums[k] = sums.get(k, 0) + v.detach()
-        bad_count += (labels[:, 0] == BAD_IMAGE).sum()
+        bad_count += (label_column(labels, LEAF) == BAD_IMAGE).sum()
         n_batches += 1
         n_images += images.shape[0]
         state.batch_in_epoch += 1
         if boundary:
-            _update(model, optimizer, scaler, cfg.clip_grad)
-            state.step += 1
-            if ema is not None:
-                ema.update(model, step=state.step)
-            if scheduler is not None:
-                scheduler.step_update(num_updates=state.step)
-            if save is not None and cfg.save_every_steps and state.step % cfg.save_every_steps == 0:
-                save()
+            _update(run)
         if n_batches % cfg.log_interval == 0:
-            if bad is not None:
-                bad.update(int(bad_count.item()) - bad.count)
-            if show:
+            _count_bad(run, bad_count)
+            if run.dist.is_main:
                 bar.set_postfix(loss=f"{(sums['loss'] / n_batches).item():.3f}",
-                                lr=f"{optimizer.param_groups[-1]['lr']:.2e}",
+                                lr=f"{run.optimizer.param_groups[-1]['lr']:.2e}",
                                 img_s=f"{n_images / (time.perf_counter() - t0):.0f}")
-    if bad is not None:
-        bad.update(int(bad_count.item()) - bad.count)
+    _count_bad(run, bad_count)
     bar.close()
     elapsed = time.perf_counter() - t0
     out = {k: (v / max(n_batches, 1)).item() for k, v in sums.items()}
     out["images_per_s"] = n_images / max(elapsed, 1e-9)
     return out
+
+
+def _count_bad(run: Run, bad_count: torch.Tensor) -> None:
+    """Tell the bad-image counter (which stops the run past its share) how many were seen so far."""
+    if run.bad_images is not None:
+        run.bad_images.update(int(bad_count.item()) - run.bad_images.count)
 
 
 def accumulation_group(batch: int, total: int, accum: int) -> tuple[int, bool]:
@@ -136,17 +110,26 @@ def updates_per_epoch(n_batches: int, accum: int) -> int:
     return max(-(-n_batches // accum), 1)
 
 
-def _update(model, optimizer, scaler, clip_grad):
+def _update(run: Run) -> None:
+    """One optimizer update (unscale, clip, step), then the EMA, the scheduler and the checkpointer."""
+    model, optimizer, scaler, state = run.trained, run.optimizer, run.scaler, run.state
     if scaler is not None:
         scaler.unscale_(optimizer)
-    if clip_grad:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    if run.config.clip_grad:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), run.config.clip_grad)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    if run.ema is not None:
+        run.ema.update(model, step=state.step)
+    if run.scheduler is not None:
+        run.scheduler.step_update(num_updates=state.step)
+    if run.checkpointer is not None:
+        run.checkpointer.after_update(run)
 
 
 TTA_MODES = ("none", "flip")
@@ -170,37 +153,51 @@ class Readout:
     temperatures: dict[str, float] | None = None  # see amanita.calibration; None: T = 1
 
 
-@torch.no_grad()
-def iter_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=None, show: bool = True,
-                   readout: Readout | None = None):
-    """Yield ``(log_probs, labels, idx, energy)`` per batch: ``{key: (B, n_classes)}`` on the device,
-    and the leaf head's energy −logsumexp(logits) (B,), taken before any temperature.
+class BatchPredictor:
+    """The one batch-prediction step: images → log-probabilities at the leaf and six ranks → predictions.
 
-    A single-head model's outputs are indexed by ``category_id``: the leaves' columns are
-    picked when the model has one output per id.
+    Used by :func:`predict` (whole splits, through :func:`iter_log_probs`), ``test.py`` (photos)
+    and the benchmarks. Puts the model in eval mode; ``amp`` is ``auto``/``bf16``/``fp16``/``none``
+    or an autocast dtype; ``readout`` adds test-time augmentation and temperatures.
     """
-    from amanita.calibration import apply_temperatures
-    readout = readout or Readout()
-    model.eval()
-    dtype = amp_dtype(amp, device) if isinstance(amp, str) else amp
-    rollups = {r: m.to(device) for r, m in taxonomy.rollup_matrices().items()}  # built once, not per batch
-    leaf_index = None
-    for images, labels, idx in tqdm(loader, disable=not show, desc="predict", dynamic_ncols=True, leave=False):
-        images = images.to(device, non_blocking=True)
+
+    def __init__(self, model: nn.Module, taxonomy: Taxonomy, device, decode: str = DEFAULT_DECODE,
+                 amp: str | torch.dtype | None = None, readout: Readout | None = None):
+        self.model, self.device = model.eval(), torch.device(device)
+        self.dtype = amp_dtype(amp, self.device) if isinstance(amp, str) else amp
+        self.decoder = Decoder(taxonomy, self.device, decode)
+        self.readout = readout or Readout()
+
+    @torch.no_grad()
+    def log_probs(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``(log_probs, energy)``: ``{key: (B, n_classes)}`` (temperature-scaled when the readout has
+        them) and the leaf head's energy −logsumexp(logits) (B,), taken before any temperature."""
+        from amanita.calibration import apply_temperatures
+        images = images.to(self.device, non_blocking=True)
         check_normalised(images)
-        with autocast(device, dtype):
-            outputs = forward_tta(model, images, readout.tta)
-        if leaf_index is None and outputs["species"].shape[1] != taxonomy.n_leaves:
-            leaf_index = torch.tensor(taxonomy.category_ids, device=device)
-        logp = apply_temperatures(rank_log_probs(outputs, taxonomy, leaf_index, rollups), readout.temperatures)
-        leaf = outputs["species"] if leaf_index is None else outputs["species"].index_select(1, leaf_index)
-        yield logp, labels.to(device), idx, leaf_energy(leaf)
+        with autocast(self.device, self.dtype):
+            outputs = forward_tta(self.model, images, self.readout.tta)
+        energy = leaf_energy(self.decoder.leaf_logits(outputs))
+        return apply_temperatures(self.decoder.log_probs(outputs), self.readout.temperatures), energy
+
+    def __call__(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``(log_probs, preds)``: preds ``{key: (B,)}`` decoded as asked."""
+        logp, _ = self.log_probs(images)
+        return logp, self.decoder.decode(logp)
+
+
+def iter_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=None, readout: Readout | None = None):
+    """Yield ``(log_probs, labels, idx, energy)`` per batch, on the device (see :meth:`BatchPredictor.log_probs`)."""
+    step = BatchPredictor(model, taxonomy, device, amp=amp, readout=readout)
+    for images, labels, idx in tqdm(loader, disable=not is_main_process(), desc="predict", dynamic_ncols=True,
+                                    leave=False):
+        logp, energy = step.log_probs(images)
+        yield logp, labels.to(step.device), idx, energy
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader, taxonomy: Taxonomy, device, decode: str = "independent",
-            amp: str | torch.dtype | None = None, show: bool = True, readout: Readout | None = None
-            ) -> pd.DataFrame:
+def predict(model: nn.Module, loader, taxonomy: Taxonomy, device, decode: str = DEFAULT_DECODE,
+            amp: str | torch.dtype | None = None, readout: Readout | None = None) -> pd.DataFrame:
     """Per-sample predictions at the leaf and six ranks, gathered from every rank exactly once.
 
     Returns one row per readable sample, sorted by ``index`` (the row of the CSV), with
@@ -211,23 +208,23 @@ def predict(model: nn.Module, loader, taxonomy: Taxonomy, device, decode: str = 
     ``observationID`` and ``unknown_species`` columns. Results stay on the device until the split
     ends, then come to the host in two copies (integer and float columns), not per batch.
     """
-    return predict_batches(iter_log_probs(model, loader, taxonomy, device, amp, show, readout), taxonomy, decode)
+    return predict_batches(iter_log_probs(model, loader, taxonomy, device, amp, readout), taxonomy, decode)
 
 
 @torch.inference_mode()
-def predict_batches(batches, taxonomy: Taxonomy, decode: str = "independent", pooler=None) -> pd.DataFrame:
+def predict_batches(batches, taxonomy: Taxonomy, decode: str = DEFAULT_DECODE, pooler=None) -> pd.DataFrame:
     """:func:`predict`'s table from :func:`iter_log_probs` batches; a ``pooler``
     (:class:`amanita.observations.ObservationPooler`) also receives every readable image."""
-    ancestors = taxonomy.ancestor_matrix()
+    decoder = None
     ints, floats, index = [], [], []
     for logp, labels, idx, energy in batches:
-        ancestors = ancestors.to(energy.device)
-        i, f = _device_columns(logp, labels, ancestors, decode, energy)
+        decoder = decoder or Decoder(taxonomy, energy.device, decode)
+        i, f = _device_columns(logp, labels, decoder, energy)
         ints.append(i)
         floats.append(f)
         index.append(torch.as_tensor(idx))
         if pooler is not None:
-            ok = labels[:, 0] != BAD_IMAGE
+            ok = label_column(labels, LEAF) != BAD_IMAGE
             pooler.add({k: v[ok] for k, v in logp.items()}, torch.as_tensor(idx)[ok.cpu()], {"energy": energy[ok]})
     gathered = all_gather_objects(_host_columns(ints, floats, index))
     cols = {k: np.concatenate([g[k] for g in gathered]) for k in COLUMNS}
@@ -236,15 +233,15 @@ def predict_batches(batches, taxonomy: Taxonomy, decode: str = "independent", po
     return df.reset_index(drop=True)
 
 
-def prediction_columns(logp: dict[str, torch.Tensor], labels: torch.Tensor, idx, ancestors: torch.Tensor,
-                       decode: str, energy: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+def prediction_columns(logp: dict[str, torch.Tensor], labels: torch.Tensor, idx, decoder: Decoder,
+                       energy: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """Decode ``logp`` (``{key: (B, n_classes)}``) and return the predictions-table columns of these samples.
 
     What :func:`predict` does per batch (there the columns stay on the device until the split
     ends); also usable on :func:`collect_log_probs`'s output and on pooled observations.
     ``energy`` (B,) feeds the ``unknown_energy`` column (NaN without it).
     """
-    ints, floats = _device_columns(logp, labels, ancestors, decode, energy)
+    ints, floats = _device_columns(logp, labels, decoder, energy)
     return _host_columns([ints], [floats], [torch.as_tensor(idx)])
 
 
@@ -258,7 +255,7 @@ def with_metadata(preds: pd.DataFrame, metadata: pd.DataFrame) -> pd.DataFrame:
     return preds
 
 
-def predict_observations(pooler, labels: torch.Tensor, taxonomy: Taxonomy, decode: str = "independent"
+def predict_observations(pooler, labels: torch.Tensor, taxonomy: Taxonomy, decode: str = DEFAULT_DECODE
                          ) -> pd.DataFrame:
     """The per-observation predictions table from a pooler filled by :func:`predict_batches`.
 
@@ -274,14 +271,12 @@ def predict_observations(pooler, labels: torch.Tensor, taxonomy: Taxonomy, decod
     first = torch.as_tensor(pooler.first)[keep]
     device = next(iter(logp.values())).device
     logp = {k: v[keep.to(device)] for k, v in logp.items()}
-    ancestors = taxonomy.ancestor_matrix().to(device)
-    cols = prediction_columns(logp, labels[first].to(device), first, ancestors, decode,
+    cols = prediction_columns(logp, labels[first].to(device), first, Decoder(taxonomy, device, decode),
                               extra["energy"][keep.to(device)])
     return pd.DataFrame(cols).assign(n_images=count.cpu()[keep].numpy())
 
 
-@torch.no_grad()
-def collect_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=None, show: bool = True,
+def collect_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=None,
                       readout: Readout | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Every sample's log-probabilities ``{key: (N, n_classes)}`` and labels ``(N, 7)``, on the CPU.
 
@@ -289,8 +284,8 @@ def collect_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=
     N × (all heads' classes) floats: about 2.5 GB for FungiTastic's 89,659 validation images.
     """
     parts, labels = {}, []
-    for logp, y, _, _ in iter_log_probs(model, loader, taxonomy, device, amp, show, readout):
-        keep = (y[:, 0] != BAD_IMAGE).cpu()
+    for logp, y, _, _ in iter_log_probs(model, loader, taxonomy, device, amp, readout):
+        keep = (label_column(y, LEAF) != BAD_IMAGE).cpu()
         for k, v in logp.items():
             parts.setdefault(k, []).append(v.cpu()[keep])
         labels.append(y.cpu()[keep])
@@ -306,15 +301,15 @@ COLUMNS = ["index"] + [f"{k}_{c}" for k in KEYS for c in ("true", "pred", "conf"
                                                            "top3", "top4", "top5")] + SCORE_COLUMNS
 
 
-def _device_columns(logp: dict, labels: torch.Tensor, ancestors: torch.Tensor, decode: str,
-                    energy: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _device_columns(logp: dict, labels: torch.Tensor, decoder: Decoder, energy: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch's columns, on the device: ``(B, len(INT_COLUMNS))`` int64, ``(B, len(FLOAT_COLUMNS))`` float32."""
     from amanita.calibration import lineage_confidence
-    preds = decode_predictions(logp, ancestors, decode)
-    lconf = lineage_confidence(logp[LEAF], preds, ancestors)
+    preds = decoder.decode(logp)
+    lconf = lineage_confidence(logp[LEAF], preds, decoder.ancestors)
     ints, floats = [], []
-    for j, k in enumerate(KEYS):
-        lp, pred, true = logp[k], preds[k], labels[:, j]
+    for k in KEYS:
+        lp, pred, true = logp[k], preds[k], label_column(labels, k)
         top = lp.topk(min(5, lp.shape[1]), dim=1).indices
         if top.shape[1] < 5:
             top = torch.cat([top, top.new_full((top.shape[0], 5 - top.shape[1]), -1)], dim=1)

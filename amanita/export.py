@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from amanita.io import UserError, atomic_write_bytes, atomic_write_text, import_optional
+from amanita.io import UserError, atomic_write_stream, atomic_write_text, import_optional
 from amanita.taxonomy import Taxonomy
 
 INPUT_NAME = "image"
@@ -108,7 +108,8 @@ def export_onnx(model: nn.Module, data_config: dict, path: str | os.PathLike, op
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto)
-    atomic_write_bytes(path, proto.SerializeToString())
+    data = proto.SerializeToString()
+    atomic_write_stream(path, lambda f: f.write(data))
     return names
 
 

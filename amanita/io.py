@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
+import hashlib
 import os
-import sys
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
@@ -102,10 +102,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     _atomic_write(path, lambda f: f.write(text.encode("utf-8")), "wb")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data), "wb")
-
-
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     import torch
     _atomic_write(path, lambda f: torch.save(obj, f), "wb")
@@ -159,31 +155,6 @@ def read_metadata_csv(path: str | os.PathLike, required: Iterable[str] = ()) -> 
     return df
 
 
-def cli_main(fn: Callable[[], int | None]) -> Callable[[], None]:
-    """Run a script's ``main``: user errors become one line on stderr and exit code 2."""
-    @functools.wraps(fn)
-    def wrapper() -> None:
-        from amanita.taxonomy import TaxonomyError
-        try:
-            code = fn()
-        except (UserError, TaxonomyError, FileNotFoundError) as e:
-            msg = str(e).strip()
-            print(f"error: {msg}", file=sys.stderr)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            sys.exit(130)
-        except BrokenPipeError:  # output piped into `head`: stop quietly
-            sys.stderr.close()
-            sys.exit(0)
-        except OSError as e:  # a path that is a folder, a file where a folder should be, no permission
-            where = f"{e.filename}: " if e.filename else ""
-            print(f"error: {where}{e.strerror or e}", file=sys.stderr)
-            sys.exit(2)
-        sys.exit(code or 0)
-    return wrapper
-
-
 def import_optional(module: str, feature: str, hint: str):
     """Import an optional dependency, or a :class:`UserError` saying which feature needs it and how to install it."""
     import importlib
@@ -191,3 +162,26 @@ def import_optional(module: str, feature: str, hint: str):
         return importlib.import_module(module)
     except ImportError:
         raise UserError(f"{feature} needs the '{module}' package, which is not installed: {hint}") from None
+
+
+# ---------------------------------------------------------------------- provenance
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def git_sha(repo: str | os.PathLike | None = None) -> str | None:
+    """The checked-out commit (with ``-dirty`` for local changes), or None outside git."""
+    cwd = repo or Path(__file__).resolve().parent  # the package's checkout, wherever the script runs
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("-dirty" if dirty else "")

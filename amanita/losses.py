@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from amanita.taxonomy import LEAF, RANKS, Taxonomy
+from amanita.taxonomy import COARSE_RANKS, HEADS, LEAF, RANKS, Taxonomy, label_column
 
 WEIGHT_METHODS = ("inverse", "sqrt_inverse", "effective_number")
 
@@ -39,56 +39,55 @@ def class_weights_from_counts(counts, method: str = "sqrt_inverse", beta: float 
 
 def compute_class_weights(tax: Taxonomy, method: str = "sqrt_inverse", beta: float = 0.999
                           ) -> dict[str, torch.Tensor]:
-    """One weight tensor per rank (species = accepted names) and one per leaf (the species head)."""
+    """One weight tensor per rank (species = accepted names) and one per leaf (the leaf head)."""
     if not tax.counts:
         raise ValueError("the taxonomy has no train counts; rebuild it with a train split")
     return {r: class_weights_from_counts(tax.counts[r], method, beta) for r in (*RANKS, LEAF)}
 
 
 class MultiTaskLoss(torch.nn.Module):
-    """Sum over heads of rank weight × class-weighted, label-smoothed cross-entropy.
+    """Sum over heads of head weight × class-weighted, label-smoothed cross-entropy.
 
-    ``outputs`` is ``{head: logits}`` (``"species"`` over leaves, or over all stock outputs
-    with ``leaf_index`` selecting the leaves' columns); ``labels`` is ``(B, 7)`` (leaf, then the
-    six ranks), negative = unknown or unreadable, ignored. A head with no known label in the
-    batch contributes an exact zero that still touches its parameters, so DDP needs no
-    ``find_unused_parameters``. With ``consistency_weight`` > 0, adds the KL divergence between
-    each coarse head and the species head's probabilities summed up to that rank.
-    Returns ``{"loss": total, "loss/<rank>": per head, ["loss/consistency"]}``.
+    ``outputs`` is ``{head: logits}`` (``"leaf"`` over leaves, or over all stock outputs with
+    ``leaf_index`` selecting the leaves' columns; the coarse ranks over their classes);
+    ``labels`` is ``(B, 7)`` in :data:`~amanita.taxonomy.KEYS` order, negative = unknown or
+    unreadable, ignored. A head with no known label in the batch contributes an exact zero that
+    still touches its parameters, so DDP needs no ``find_unused_parameters``. With
+    ``consistency_weight`` > 0, adds the KL divergence between each coarse head and the leaf
+    head's probabilities summed up to that rank.
+    Returns ``{"loss": total, "loss/<head>": per head, ["loss/consistency"]}``.
     """
 
-    def __init__(self, taxonomy: Taxonomy, rank_weights: dict[str, float] | None = None,
+    def __init__(self, taxonomy: Taxonomy, head_weights: dict[str, float] | None = None,
                  class_weights: dict[str, torch.Tensor] | None = None, label_smoothing: float = 0.0,
                  consistency_weight: float = 0.0, leaf_index: torch.Tensor | None = None):
         super().__init__()
-        self.rank_weights = {r: 1.0 for r in RANKS} if rank_weights is None else dict(rank_weights)
+        self.head_weights = {k: 1.0 for k in HEADS} if head_weights is None else dict(head_weights)
         self.label_smoothing = label_smoothing
         self.consistency_weight = consistency_weight
         self.register_buffer("leaf_index", leaf_index, persistent=False)
-        for rank in RANKS:
-            key = LEAF if rank == "species" else rank  # the species head is over leaves
+        for key in HEADS:
             w = None if class_weights is None else class_weights[key].float()
-            self.register_buffer(f"cw_{rank}", w, persistent=False)
+            self.register_buffer(f"cw_{key}", w, persistent=False)
         if consistency_weight > 0:
-            for rank in RANKS[:-1]:
+            for rank in COARSE_RANKS:
                 self.register_buffer(f"rollup_{rank}", taxonomy.rollup_matrix(rank), persistent=False)
 
-    def _logits(self, outputs: dict, rank: str) -> torch.Tensor:
-        x = outputs[rank]
-        if rank == "species" and self.leaf_index is not None:
+    def _logits(self, outputs: dict, key: str) -> torch.Tensor:
+        x = outputs[key]
+        if key == LEAF and self.leaf_index is not None:
             x = x.index_select(1, self.leaf_index)
         return x.float()
 
     def forward(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
         out, total = {}, 0.0
-        for j, rank in enumerate(RANKS):
-            if rank not in outputs or self.rank_weights.get(rank, 0.0) == 0.0:
+        for key in HEADS:
+            if key not in outputs or self.head_weights.get(key, 0.0) == 0.0:
                 continue
-            logits = self._logits(outputs, rank)
-            target = labels[:, 0] if rank == "species" else labels[:, 1 + j]
-            out[f"loss/{rank}"] = self._ce(logits, target, getattr(self, f"cw_{rank}"))
-            total = total + self.rank_weights[rank] * out[f"loss/{rank}"]
-        if self.consistency_weight > 0 and "species" in outputs:
+            logits = self._logits(outputs, key)
+            out[f"loss/{key}"] = self._ce(logits, label_column(labels, key), getattr(self, f"cw_{key}"))
+            total = total + self.head_weights[key] * out[f"loss/{key}"]
+        if self.consistency_weight > 0 and LEAF in outputs:
             out["loss/consistency"] = self._consistency(outputs)
             total = total + self.consistency_weight * out["loss/consistency"]
         out["loss"] = total
@@ -104,9 +103,9 @@ class MultiTaskLoss(torch.nn.Module):
         return (per_sample * valid).sum() / norm.sum().clamp_min(1e-12)
 
     def _consistency(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        leaf_p = F.softmax(self._logits(outputs, "species"), dim=1)  # (B, n_leaves)
+        leaf_p = F.softmax(self._logits(outputs, LEAF), dim=1)  # (B, n_leaves)
         kl = 0.0
-        for rank in RANKS[:-1]:
+        for rank in COARSE_RANKS:
             if rank not in outputs:
                 continue
             summed = (leaf_p @ getattr(self, f"rollup_{rank}")).clamp_min(1e-8)

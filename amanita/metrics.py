@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_fscore_support
 
-from amanita.predictions import KEYS, topk_columns
-from amanita.taxonomy import LEAF, RANKS, Taxonomy
+from amanita.predictions import topk_columns
+from amanita.taxonomy import DISPLAY_ORDER, KEYS, LEAF, RANKS, Taxonomy
 
 ECE_BINS = 15
 RELATIONS = ("same species", "same genus", "same family", "same order", "same class",
@@ -148,7 +148,7 @@ def lineage_calibration(preds: pd.DataFrame) -> dict | None:
     right = np.ones(len(preds), dtype=bool)
     known = np.ones(len(preds), dtype=bool)
     out = {}
-    for k in RANKS + (LEAF,):
+    for k in DISPLAY_ORDER:  # phylum down to the leaf
         true = preds[f"{k}_true"].to_numpy(np.int64)
         right &= preds[f"{k}_pred"].to_numpy(np.int64) == true
         known &= true >= 0
@@ -344,7 +344,7 @@ def focus_species(preds: pd.DataFrame, tax: Taxonomy, name: str, top: int = 10) 
            "poisonous": bool(spois[s]), "lineage": _species_lineage(tax, s),
            "support": int(sel.sum()), "train_images": _count(tax, "species", s)}
     out["accuracy"] = {k: _mean((preds[f"{k}_pred"].to_numpy() == preds[f"{k}_true"].to_numpy())[
-        sel & (preds[f"{k}_true"].to_numpy() >= 0)]) for k in (LEAF,) + RANKS}
+        sel & (preds[f"{k}_true"].to_numpy() >= 0)]) for k in KEYS}
     out["mean_confidence"] = _mean(preds["species_conf"].to_numpy()[sel])
     out["predicted_edible"] = int((~spois[sp[sel]]).sum())
     out["mistaken_for"] = _named_counts(sp[sel & (sp != s)], names, spois, tax, s, top)

@@ -21,13 +21,29 @@ import numpy as np
 import pandas as pd
 import torch
 
+from amanita.io import UserError, atomic_write_text
+
 RANKS = ("phylum", "class", "order", "family", "genus", "species")
 REQUIRED_COLUMNS = ("filename", "category_id") + RANKS
-LEAF = "leaf"
 FORMAT_VERSION = 1
 
+# The vocabulary, defined once. ``leaf`` is the ``category_id`` head (one output per
+# scientificName); ``species`` is only the accepted-name rank (synonymous leaves summed).
+LEAF = "leaf"
+COARSE_RANKS = RANKS[:-1]        # ranks with a head of their own besides the leaf head
+KEYS = (LEAF,) + RANKS           # label columns and prediction keys, in this order
+HEADS = COARSE_RANKS + (LEAF,)   # the multi-task model's heads (and its loss terms), in this order
+DISPLAY_ORDER = RANKS + (LEAF,)  # tables: coarse to fine, then the leaf
+KEY_LABEL = {LEAF: "leaf (category_id)"} | {r: r for r in RANKS}
+LABEL_COLUMN = {k: j for j, k in enumerate(KEYS)}  # column of each key in the (n, 7) label arrays
 
-class TaxonomyError(ValueError):
+
+def label_column(labels, key: str):
+    """The labels of ``key`` from an ``(n, 7)`` label array or tensor (see :func:`encode_labels`)."""
+    return labels[:, LABEL_COLUMN[key]]
+
+
+class TaxonomyError(UserError, ValueError):
     """Raised for inconsistent taxonomies: the message lists every problem."""
 
 
@@ -52,17 +68,16 @@ class Taxonomy:
         return len(self.category_ids)
 
     def num_classes(self, rank: str) -> int:
-        """Number of outputs of the head for ``rank`` (leaves for the species head)."""
+        """Number of classes of ``rank`` (``"leaf"``: the leaves)."""
         return self.n_leaves if rank == LEAF else len(self.classes[rank])
 
     def head_sizes(self) -> dict[str, int]:
-        """Outputs of each head of the multi-task model: five coarse ranks and the leaf head.
+        """Outputs of each head of the multi-task model, in :data:`HEADS` order.
 
-        The species head has one output per leaf (``category_id``), like the stock head.
+        The five coarse ranks and the leaf head, one output per leaf (``category_id``) like the
+        stock head; the species rank has no head (its probabilities are summed leaves).
         """
-        sizes = {r: len(self.classes[r]) for r in RANKS[:-1]}
-        sizes["species"] = self.n_leaves
-        return sizes
+        return {k: self.num_classes(k) for k in HEADS}
 
     def index(self, rank: str) -> dict[str, int]:
         """Name → index at ``rank``."""
@@ -171,7 +186,6 @@ class Taxonomy:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the mappings JSON atomically."""
-        from amanita.io import atomic_write_text
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
 
     @classmethod
@@ -299,17 +313,17 @@ def build_taxonomy(frames: Iterable[pd.DataFrame], count_frame: pd.DataFrame | N
 
 
 def encode_labels(tax: Taxonomy, df: pd.DataFrame) -> np.ndarray:
-    """``(len(df), 7)`` int64 labels: leaf index, then the six ranks; -1 for unknown.
+    """``(len(df), 7)`` int64 labels in :data:`KEYS` order (leaf, then the six ranks); -1 unknown.
 
     A rank label is taken from the row's own value (NaN → -1), the leaf from ``category_id``.
     """
-    out = np.full((len(df), 1 + len(RANKS)), -1, dtype=np.int64)
+    out = np.full((len(df), len(KEYS)), -1, dtype=np.int64)
     cid = pd.to_numeric(df["category_id"], errors="coerce")
     leaf_of = tax.leaf_index()
-    out[:, 0] = cid.map(lambda c: leaf_of.get(int(c), -1) if pd.notna(c) else -1).to_numpy()
-    for j, r in enumerate(RANKS, start=1):
+    out[:, LABEL_COLUMN[LEAF]] = cid.map(lambda c: leaf_of.get(int(c), -1) if pd.notna(c) else -1).to_numpy()
+    for r in RANKS:
         idx = tax.index(r)
-        out[:, j] = df[r].map(lambda v: idx.get(_clean(v), -1) if _clean(v) else -1).to_numpy()
+        out[:, LABEL_COLUMN[r]] = df[r].map(lambda v: idx.get(_clean(v), -1) if _clean(v) else -1).to_numpy()
     return out
 
 
@@ -317,7 +331,7 @@ def class_counts(tax: Taxonomy, df: pd.DataFrame) -> dict[str, list[int]]:
     """Images per class at each rank and per leaf in ``df`` (unknown labels not counted)."""
     labels = encode_labels(tax, df)
     out = {}
-    for j, r in enumerate((LEAF,) + RANKS):
-        col = labels[:, j]
+    for r in KEYS:
+        col = label_column(labels, r)
         out[r] = np.bincount(col[col >= 0], minlength=tax.num_classes(r)).tolist()
     return out

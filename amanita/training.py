@@ -1,33 +1,36 @@
-"""The training recipe behind train_minimal.py and train_multitask.py, one short function a step."""
+"""The training recipe behind train_minimal.py and train_multitask.py, one short function a step.
+
+:func:`build_run` builds the :class:`~amanita.run.Run` once; :func:`train_epoch` trains, validates,
+saves (``run.checkpointer.save``) and logs (:func:`log_record`, the one place an epoch's record goes).
+"""
 from __future__ import annotations
 
 import json
 import os
-import random
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from amanita import checkpoint as ck
-from amanita.cli import check_train_args
+from amanita.backbone import ModelSpec, parse_model_args, resolve_architecture, resolve_data_config
+from amanita.checkpoint import Checkpointer, plain_args, seed_everything
+from amanita.cli import build_train_parser, check_train_args, cli_main
 from amanita.data import (BadImageCounter, DeviceLoader, FungiTasticDataset, check_labels, check_unreadable,
-                          create_transforms, make_loader,
-                          read_split)
-from amanita.distributed import (DistInfo, ResumableDistributedSampler, ShardSampler, barrier,
-                                 cleanup, init_distributed)
-from amanita.engine import StepConfig, TrainState, amp_dtype, finite_or_raise, predict, reduce_mean, \
-    summarize, train_one_epoch, updates_per_epoch
-from amanita.io import UserError, atomic_write_text, load_tensor_file
+                          create_transforms, make_loader, read_split)
+from amanita.distributed import (DistInfo, ResumableDistributedSampler, ShardSampler, barrier, cleanup,
+                                 init_distributed, wrap_for_training)
+from amanita.engine import amp_dtype, finite_or_raise, predict, reduce_mean, summarize, train_one_epoch, \
+    updates_per_epoch
+from amanita.heads import init_from_stock
+from amanita.io import UserError, atomic_write_text, git_sha, load_tensor_file
 from amanita.losses import MultiTaskLoss, compute_class_weights
-from amanita.model import (create_multitask_model, create_single_head_model, describe, init_from_stock,
-                           parse_model_args, resolve_architecture, resolve_data_config)
-from amanita.taxonomy import LEAF, RANKS, Taxonomy, build_taxonomy
+from amanita.model import create_multitask_model, create_single_head_model, describe
+from amanita.run import Run, StepConfig
+from amanita.taxonomy import DISPLAY_ORDER, HEADS, LEAF, Taxonomy, build_taxonomy
 
-KEYS = RANKS + (LEAF,)
 RUN_FILES = ("last.pth", "best_model.pth", "metrics.jsonl", "args.json", "test_metrics.json")  # in --save-dir
 
 
@@ -44,12 +47,6 @@ def apply_cluster_environment(args) -> None:
     args.log_dir = os.environ.get("LOSSY_ARTIFACT_PATH") or args.save_dir
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def load_taxonomy(args, dist: DistInfo) -> Taxonomy:
     """The mappings file, or (when it does not exist) the taxonomy of the given CSVs, saved there."""
     if Path(args.mappings).is_file():
@@ -62,22 +59,24 @@ def load_taxonomy(args, dist: DistInfo) -> Taxonomy:
     return tax
 
 
-def build_model(args, tax: Taxonomy, multitask: bool) -> tuple[nn.Module, dict, str, dict]:
-    """The model to train, its data config, and the (architecture, kwargs) that rebuild it offline."""
+def build_model(args, tax: Taxonomy, multitask: bool) -> tuple[nn.Module, ModelSpec]:
+    """The model to train and the spec that rebuilds it offline (architecture, kwargs, data config)."""
     model_args = parse_model_args(args.model_args)
     pretrained = {"auto": None, "yes": True, "no": False}[args.pretrained]
     kw = dict(model_args=model_args, pretrained=pretrained, pretrained_file=args.pretrained_file,
               drop_path_rate=args.drop_path, drop_rate=args.drop)
+    kind, head_mode = ("multitask", args.head_mode) if multitask else ("single", None)
     if args.init_from:
-        model, cfg, arch, arch_kwargs = _model_from_checkpoint(args.init_from, tax, multitask, args)
-        return model, override_data_config(cfg, args), arch, arch_kwargs
+        model, src = _model_from_checkpoint(args.init_from, tax, multitask, args)
+        return model, ModelSpec(kind, src.architecture, src.kwargs, override_data_config(src.data_config, args),
+                                head_mode)
     if multitask:
         model = create_multitask_model(args.model, tax, **kw, head_mode=args.head_mode)
     else:
         model = create_single_head_model(args.model, tax, **kw)
     arch, arch_kwargs = resolve_architecture(args.model, model_args)
-    base = model.backbone if multitask else model
-    return model, override_data_config(resolve_data_config(base, args.model), args), arch, arch_kwargs
+    cfg = resolve_data_config(model.backbone if multitask else model, args.model)
+    return model, ModelSpec(kind, arch, arch_kwargs, override_data_config(cfg, args), head_mode)
 
 
 def override_data_config(cfg: dict, args) -> dict:
@@ -89,22 +88,24 @@ def override_data_config(cfg: dict, args) -> dict:
     return cfg
 
 
-def _model_from_checkpoint(path, tax: Taxonomy, multitask: bool, args) -> tuple[nn.Module, dict, str, dict]:
-    """``--init-from``: a single-head checkpoint seeds the heads as the stock model would."""
+def _model_from_checkpoint(path, tax: Taxonomy, multitask: bool, args) -> tuple[nn.Module, ModelSpec]:
+    """``--init-from``: a single-head checkpoint seeds the heads as the stock model would.
+
+    Returns the model to train and the source checkpoint's spec (architecture, data config)."""
     src = ck.load_checkpoint(path)
-    kind = src.get("kind")
-    if not multitask and kind == "multitask":
+    spec = ck.model_spec(src)
+    if not multitask and spec.kind == "multitask":
         raise UserError(f"--init-from {path} holds a multi-task model; train_minimal.py starts from a single-head one")
     # heads are taken by category_id: another taxonomy would silently rename the classes
-    ck.check_compatible(src, tax, kind, path, getattr(args, "head_mode", "residual"))
-    arch, arch_kwargs = src["architecture"], dict(src.get("model_kwargs", {}))
-    stock, _, data_config = ck.build_from_checkpoint(src)
-    kw = dict(model_args=arch_kwargs, pretrained=False, drop_path_rate=args.drop_path, drop_rate=args.drop)
+    ck.check_compatible(src, tax, src.get("kind"), path, getattr(args, "head_mode", "residual"))
+    stock, _, _ = ck.build_from_checkpoint(src)
+    arch = spec.architecture
+    kw = dict(model_args=spec.kwargs, pretrained=False, drop_path_rate=args.drop_path, drop_rate=args.drop)
     try:
         if not multitask:
             model = create_single_head_model(arch, tax, **kw)
             model.load_state_dict(stock.state_dict())
-        elif kind == "multitask":
+        elif spec.kind == "multitask":
             model = create_multitask_model(arch, tax, **kw, head_mode=args.head_mode)
             model.load_state_dict(stock.state_dict())
         else:
@@ -112,7 +113,7 @@ def _model_from_checkpoint(path, tax: Taxonomy, multitask: bool, args) -> tuple[
             init_from_stock(model, stock, tax)
     except (RuntimeError, ValueError) as e:
         raise UserError(f"--init-from {path} does not fit this run: {str(e).strip().splitlines()[0][:200]}") from None
-    return model, data_config, arch, arch_kwargs
+    return model, spec
 
 
 def make_loaders(args, tax: Taxonomy, data_config: dict, dist: DistInfo):
@@ -126,9 +127,8 @@ def make_loaders(args, tax: Taxonomy, data_config: dict, dist: DistInfo):
     aa = None if str(args.auto_augment).lower() in ("none", "") else args.auto_augment
     train_tf = create_transforms(data_config, True, args.hflip, args.vflip, tuple(args.scale), aa, args.color_jitter)
     eval_tf = create_transforms(data_config, False)
-    train_ds = FungiTasticDataset(args.train_path, tax, train_tf, **common)
+    train_ds = FungiTasticDataset(args.train_path, tax, train_tf, **common, seed=args.seed)
     check_labels(train_ds, args.max_bad_image_fraction, "train")
-    train_ds.seed = args.seed
     sampler = ResumableDistributedSampler(len(train_ds), dist.world_size, dist.rank, True, args.seed)
     train_loader = _loader(train_ds, sampler, args, dist, data_config)
     evals = {}
@@ -150,19 +150,19 @@ def _loader(ds, sampler, args, dist, data_config, persistent=True) -> DeviceLoad
 def make_criterion(args, tax: Taxonomy, multitask: bool, device) -> MultiTaskLoss:
     if not multitask:  # single head over category_id outputs
         leaf_index = torch.tensor(tax.category_ids)
-        return MultiTaskLoss(tax, {"species": 1.0}, label_smoothing=args.label_smoothing,
+        return MultiTaskLoss(tax, {LEAF: 1.0}, label_smoothing=args.label_smoothing,
                              leaf_index=leaf_index).to(device)
     weights = None
     if args.use_class_weights:
         weights = (load_tensor_file(args.class_weights, "a class_weights.pt from compute_class_weights.py")
                    if args.class_weights else compute_class_weights(tax, args.class_weight_method))
-        for k in (*RANKS[:-1], LEAF):
+        for k in HEADS:
             if not isinstance(weights, dict) or not isinstance(weights.get(k), torch.Tensor):
                 raise UserError(f"{args.class_weights} has no {k} weights; make it with compute_class_weights.py")
             if len(weights[k]) != tax.num_classes(k):
                 raise UserError(f"{args.class_weights}: {k} has {len(weights[k])} weights, the taxonomy "
                                 f"{tax.num_classes(k)} classes; recompute them for these mappings")
-    return MultiTaskLoss(tax, dict(zip(RANKS, args.rank_weights)), weights, args.label_smoothing,
+    return MultiTaskLoss(tax, dict(zip(HEADS, args.rank_weights)), weights, args.label_smoothing,
                          args.consistency_weight).to(device)
 
 
@@ -202,123 +202,11 @@ def group_table(model: nn.Module, optimizer) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------- checkpoints
-class Checkpointer:
-    """Saves ``last.pth`` / ``best_model.pth`` on rank 0 and restores every state on resume."""
-
-    def __init__(self, args, dist, kind, tax, model, optimizer, scheduler, scaler, ema, state,
-                 data_config, arch, arch_kwargs, sampler_batch_size):
-        self.args, self.dist, self.kind, self.tax, self.state = args, dist, kind, tax, state
-        self.model, self.optimizer, self.scheduler, self.scaler, self.ema = model, optimizer, scheduler, scaler, ema
-        self.data_config, self.arch, self.arch_kwargs = data_config, arch, arch_kwargs
-        self.sampler_batch_size = sampler_batch_size
-        self.dir = Path(args.save_dir)
-
-    def state_dict(self, best_metric, bad_epochs) -> dict:
-        model = ck.unwrap(self.model)
-        return {
-            "model": model.state_dict(),
-            "model_ema": ck.unwrap(self.ema.module).state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "epoch": self.state.epoch, "step": self.state.step,
-            "sampler": {"epoch": self.state.epoch, "batch_in_epoch": self.state.batch_in_epoch,
-                        "batch_size": self.sampler_batch_size, "world_size": self.dist.world_size},
-            "rng": ck.capture_rng(), "args": _plain(vars(self.args)), "kind": self.kind,
-            "architecture": self.arch, "model_kwargs": self.arch_kwargs,
-            "head_sizes": self.tax.head_sizes() if self.kind == "multitask" else None,
-            "head_mode": getattr(self.args, "head_mode", None),
-            "taxonomy": self.tax.to_dict(), "taxonomy_sha256": self.tax.sha256(),
-            "data_config": dict(self.data_config), "history": self.state.history,
-            "best_metric": best_metric, "bad_epochs": bad_epochs,
-            "val_f1": _last(self.state.history, "val/species/f1"), "val_acc": _last(self.state.history, "val/species/acc1"),
-            "git_sha": ck.git_sha(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }
-
-    def save(self, name: str, best_metric=None, bad_epochs=0) -> None:
-        if self.dist.is_main:
-            ck.save_checkpoint(self.state_dict(best_metric, bad_epochs), self.dir / name)
-
-    def resume_path(self) -> Path | None:
-        r = self.args.resume
-        if r in (None, "", "none"):
-            return None
-        if r == "auto":
-            p = self.dir / "last.pth"
-            return p if p.is_file() else None
-        return Path(r)
-
-    def restore(self, path: Path) -> tuple[float | None, int]:
-        """Load every state from ``path``; returns (best metric so far, epochs without improvement)."""
-        c = ck.load_checkpoint(path)
-        ck.check_compatible(c, self.tax, self.kind, path, getattr(self.args, "head_mode", "residual"))
-        self.check_same_run(c, path)
-        try:
-            ck.unwrap(self.model).load_state_dict(c["model"])
-            if self.ema is not None and c.get("model_ema") is not None:
-                ck.unwrap(self.ema.module).load_state_dict(c["model_ema"])
-            self.optimizer.load_state_dict(c["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise UserError(f"{path} does not fit this run ({str(e).strip().splitlines()[0][:160]}); resume with "
-                            "the flags it was trained with or start a new --save-dir (or --resume none)") from None
-        if self.scheduler is not None and c.get("scheduler"):
-            self.scheduler.load_state_dict(c["scheduler"])
-        if self.scaler is not None and c.get("scaler"):
-            self.scaler.load_state_dict(c["scaler"])
-        s = c["sampler"]
-        self.state.epoch, self.state.step, self.state.history = c["epoch"], c["step"], list(c.get("history", []))
-        same_layout = (s["batch_size"], s["world_size"]) == (self.sampler_batch_size, self.dist.world_size)
-        self.state.batch_in_epoch = s["batch_in_epoch"] if same_layout else 0
-        if not same_layout and s["batch_in_epoch"]:
-            log(self.dist, f"warning: {path} was saved with batch {s['batch_size']} × {s['world_size']} processes; "
-                           f"epoch {c['epoch'] + 1} restarts from its beginning")
-        ck.restore_rng(c["rng"])  # rank 0's streams; the other ranks draw their own from seed + rank
-        if self.dist.rank:
-            seed_everything(self.args.seed + self.dist.rank + 7919 * c["step"])
-        return c.get("best_metric"), c.get("bad_epochs", 0)
-
-
-    def check_same_run(self, c: dict, path: Path) -> None:
-        """Resuming needs the same architecture and optimizer layout; say which flag differs."""
-        def canon(x):
-            return json.dumps(x, sort_keys=True, default=str)
-        have = (c.get("architecture"), canon(dict(c.get("model_kwargs") or {})))
-        want = (self.arch, canon(dict(self.arch_kwargs or {})))
-        if have != want:
-            raise UserError(f"{path} holds a {have[0]} {have[1]} model, this run builds {want[0]} {want[1]}; "
-                            "resume with its --model/--model-args or start a new --save-dir (or --resume none)")
-        saved = c.get("args") or {}
-        for flag in ("layer_decay", "opt"):
-            if flag in saved and saved[flag] != getattr(self.args, flag):
-                raise UserError(f"{path} was trained with --{flag.replace('_', '-')} {saved[flag]}, this run asks "
-                                f"for {getattr(self.args, flag)}; resume with the same value or start a new "
-                                "--save-dir (or --resume none)")
-
-
-def clean_save_dir(args, dist: DistInfo) -> None:
-    """Delete the temporary files a killed write of this run's files left (each up to a checkpoint's size)."""
-    if dist.is_main:
-        for f in ck.remove_stale_temporaries(args.save_dir, RUN_FILES):
-            print(f"removed {f}, left by an interrupted write", flush=True)
-
-
-def _plain(d: dict) -> dict:
-    """Arguments as plain types, so ``torch.load(weights_only=True)`` reads them."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()
-            if v is None or isinstance(v, (str, int, float, bool, list, tuple, dict))}
-
-
-def _last(history: list, key: str):
-    vals = [h[key] for h in history if key in h]
-    return vals[-1] if vals else None
-
-
 # ---------------------------------------------------------------------- reporting
 def rank_table(train: dict, val: dict, split: str = "val") -> str:
     """Per key: train loss and the eval split's top-1 and F1 (the split names the columns)."""
     lines = [f"  {'rank':<8} {'train loss':>10} {split + ' top-1':>10} {split + ' F1':>8}"]
-    for k in KEYS:
+    for k in DISPLAY_ORDER:
         loss = train.get(f"loss/{k}")
         acc, f1 = val.get(f"{k}/acc1"), val.get(f"{k}/f1")
         lines.append(f"  {k:<8} {'' if loss is None else f'{loss:10.4f}':>10} "
@@ -330,8 +218,20 @@ def write_metrics(history: list, log_dir: str) -> None:
     atomic_write_text(Path(log_dir) / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
 
+def log_record(run: Run, record: dict) -> None:
+    """The one place an epoch's record goes: the history (saved in checkpoints) and metrics.jsonl."""
+    run.state.history.append(record)
+    if run.dist.is_main:
+        write_metrics(run.state.history, run.args.log_dir)
+
+
 # ---------------------------------------------------------------------- the run
-def run(args, multitask: bool) -> int:
+def main(description: str, multitask: bool) -> None:
+    """A training script: parse its flags (amanita.cli), train, and exit; bad input is one line and exit 2."""
+    cli_main(lambda: train(build_train_parser(description, multitask).parse_args(), multitask))()
+
+
+def train(args, multitask: bool) -> int:
     """Train (or resume) and evaluate; returns the process exit code."""
     check_train_args(args)
     apply_cluster_environment(args)
@@ -343,138 +243,162 @@ def run(args, multitask: bool) -> int:
 
 
 def _run(args, multitask: bool, dist: DistInfo) -> int:
-    seed_everything(args.seed + dist.rank)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    device = dist.device
-    kind = "multitask" if multitask else "single"
-    tax = load_taxonomy(args, dist)
-    model, data_config, arch, arch_kwargs = build_model(args, tax, multitask)
-    model.to(device)
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
-    train_loader, sampler, evals = make_loaders(args, tax, data_config, dist)
-    criterion = make_criterion(args, tax, multitask, device)
-    optimizer = make_optimizer(model, args, device, multitask)
-    accum = max(args.accum_steps, 1)
-    n_updates = updates_per_epoch(-(-len(sampler) // args.batch_size), accum)
-    from timm.scheduler import create_scheduler_v2
-    scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=args.epochs, min_lr=args.min_lr,
-                                       warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs,
-                                       step_on_epochs=False, updates_per_epoch=n_updates)
-    dtype = amp_dtype(args.amp, device)
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    ema = None
-    if args.model_ema:
-        from timm.utils import ModelEmaV3
-        ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=True)
-    state = TrainState()
-    saver = Checkpointer(args, dist, kind, tax, model, optimizer, scheduler, scaler, ema, state,
-                         data_config, arch, arch_kwargs, args.batch_size)
-    best, bad_epochs = None, 0
+    run = build_run(args, multitask, dist)
     clean_save_dir(args, dist)
-    resume = saver.resume_path()
+    resume = run.checkpointer.resume_path()
     if resume is not None:
-        best, bad_epochs = saver.restore(resume)
-        log(dist, f"resumed from {resume}: epoch {state.epoch + 1}, batch {state.batch_in_epoch}, update {state.step}")
-    scheduler.step_update(num_updates=state.step)
-    announce(args, dist, model, optimizer, tax, data_config, train_loader.dataset, n_updates)
-    train_model = model
-    if args.compile:
-        train_model = torch.compile(model)
-    if dist.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+        run.checkpointer.restore(run, resume)
+        log(dist, f"resumed from {resume}: epoch {run.state.epoch + 1}, batch {run.state.batch_in_epoch}, "
+                  f"update {run.state.step}")
+    run.scheduler.step_update(num_updates=run.state.step)
+    announce(run)
     if dist.is_main:
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(args.save_dir) / "args.json", json.dumps(_plain(vars(args)), indent=1))
-    cfg = StepConfig(accum, args.clip_grad or None, dtype, args.log_interval, args.save_every_steps)
-    bad = BadImageCounter(len(sampler), args.max_bad_image_fraction, f"train images on rank {dist.rank}")
-    saver.model = train_model
-    while state.epoch < args.epochs:
-        stop, best, bad_epochs = _epoch(args, dist, train_model, model, train_loader, sampler, evals, criterion,
-                                        optimizer, scheduler, scaler, ema, state, cfg, saver, bad, tax,
-                                        best, bad_epochs, dtype)
-        if stop:
+        atomic_write_text(Path(args.save_dir) / "args.json", json.dumps(plain_args(args), indent=1))
+    while run.state.epoch < args.epochs:
+        if train_epoch(run):
             break
-    if "test" in evals:
-        test_best(args, dist, evals["test"], tax, dtype)
+    if "test" in run.evals:
+        test_best(run)
+    best = run.state.best_metric
     log(dist, f"done: best val {args.early_stopping_metric} = {best if best is None else f'{best:.4f}'}; "
               f"checkpoints in {args.save_dir}")
     return 0
 
 
-def _epoch(args, dist, train_model, model, loader, sampler, evals, criterion, optimizer, scheduler,
-           scaler, ema, state, cfg, saver, bad, tax, best, bad_epochs, dtype):
-    """Train the rest of one epoch, validate, save, log; returns (stop?, best, bad_epochs)."""
-    sampler.set_epoch(state.epoch)  # before iterating: the sampler and the dataset's epoch are read then
-    sampler.set_start(state.batch_in_epoch * args.batch_size)
-    loader.dataset.set_epoch(state.epoch)
-    save = (lambda: saver.save("last.pth", best, bad_epochs))
+def build_run(args, multitask: bool, dist: DistInfo) -> Run:
+    """Everything the run needs, built once from the arguments, in an order that seeds reproducibly."""
+    seed_everything(args.seed + dist.rank)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    tax = load_taxonomy(args, dist)
+    model, spec = build_model(args, tax, multitask)
+    model.to(dist.device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_loader, sampler, evals = make_loaders(args, tax, spec.data_config, dist)
+    criterion = make_criterion(args, tax, multitask, dist.device)
+    optimizer = make_optimizer(model, args, dist.device, multitask)
+    n_updates = updates_per_epoch(-(-len(sampler) // args.batch_size), max(args.accum_steps, 1))
+    from timm.scheduler import create_scheduler_v2
+    scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=args.epochs, min_lr=args.min_lr,
+                                       warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs,
+                                       step_on_epochs=False, updates_per_epoch=n_updates)
+    dtype = amp_dtype(args.amp, dist.device)
+    train_model = wrap_for_training(model, dist, args.compile)
+    ema = None
+    if args.model_ema:  # after DDP's broadcast, so every rank averages rank 0's starting weights
+        from timm.utils import ModelEmaV3
+        ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=True)
+    return Run(model=model, optimizer=optimizer, criterion=criterion, dist=dist,
+               config=StepConfig(max(args.accum_steps, 1), args.clip_grad or None, dtype, args.log_interval),
+               train_model=train_model, scheduler=scheduler,
+               scaler=torch.amp.GradScaler(dist.device.type) if dtype == torch.float16 else None, ema=ema,
+               bad_images=BadImageCounter(len(sampler), args.max_bad_image_fraction,
+                                          f"train images on rank {dist.rank}"),
+               checkpointer=Checkpointer(args.save_dir, args.resume, args.save_every_steps),
+               args=args, taxonomy=tax, spec=spec, train_loader=train_loader, sampler=sampler, evals=evals)
+
+
+def train_epoch(run: Run) -> bool:
+    """Train the rest of one epoch, validate, log, save; True when early stopping says stop."""
+    args, state, dist = run.args, run.state, run.dist
     t0 = time.perf_counter()
-    train = train_one_epoch(train_model, loader, criterion, optimizer, scheduler, dist.device, state, cfg,
-                            scaler, ema, save, dist.is_main, bad)
-    train = reduce_mean(train, dist.device)
+    train = reduce_mean(train_one_epoch(run, epoch_loader(run)), dist.device)
     finite_or_raise(train, state.epoch)
-    eval_model = ema.module if ema is not None else model
-    val = summarize(evaluate(args, dist, eval_model, evals["val"], tax, dtype, "val"), tax)
-    record = {"epoch": state.epoch + 1, "step": state.step, "lr": optimizer.param_groups[-1]["lr"] / optimizer.param_groups[-1].get("lr_scale", 1.0),
-              "epoch_time_s": time.perf_counter() - t0, "images_per_s": train.pop("images_per_s") * dist.world_size}
-    record |= {f"train/{k.removeprefix('loss/')}/loss" if k.startswith("loss/") else "train/loss": v
-               for k, v in train.items()}
-    record |= {f"val/{k}": v for k, v in val.items()}
+    val = summarize(evaluate_split(run, run.eval_model, "val"), run.taxonomy)
+    record = epoch_record(run, train, val, time.perf_counter() - t0)
     log(dist, f"epoch {state.epoch + 1}/{args.epochs}: lr {record['lr']:.2e}, {record['images_per_s']:.0f} images/s, "
               f"{record['epoch_time_s']:.0f} s\n{rank_table(train, val)}")
-    state.history.append(record)
-    metric = val.get(args.early_stopping_metric)
-    if metric is None:
-        raise UserError(f"--early-stopping-metric {args.early_stopping_metric} is not one of {sorted(val)}")
-    improved = best is None or metric > best
-    best, bad_epochs = (metric, 0) if improved else (best, bad_epochs + 1)
+    improved = update_best(run, val)
     state.epoch += 1
     state.batch_in_epoch = 0
+    log_record(run, record)
     if improved:
-        saver.save("best_model.pth", best, bad_epochs)
-    saver.save("last.pth", best, bad_epochs)
-    if dist.is_main:
-        write_metrics(state.history, args.log_dir)
+        run.checkpointer.save(run, "best_model.pth")
+    run.checkpointer.save(run, "last.pth")
     barrier()
-    stop = bool(args.early_stopping_patience) and bad_epochs >= args.early_stopping_patience
+    stop = bool(args.early_stopping_patience) and state.bad_epochs >= args.early_stopping_patience
     if stop:
-        log(dist, f"early stopping: {args.early_stopping_metric} has not improved for {bad_epochs} epochs")
-    return stop, best, bad_epochs
+        log(dist, f"early stopping: {args.early_stopping_metric} has not improved for {state.bad_epochs} epochs")
+    return stop
 
 
-def evaluate(args, dist, model, loader, tax, dtype, split: str):
-    """Predictions of one eval split; unreadable images past --max-bad-image-fraction stop the run."""
-    preds = predict(model, loader, tax, dist.device, args.decode, dtype, dist.is_main)
-    check_unreadable(len(loader.dataset), len(preds), args.max_bad_image_fraction, split)
-    return preds
+def epoch_loader(run: Run) -> DeviceLoader:
+    """The training loader set to this epoch, starting where the epoch stands (after a resume, mid-epoch).
+
+    Set before iterating: the sampler and the dataset's epoch are read then."""
+    state = run.state
+    run.sampler.set_epoch(state.epoch)
+    run.sampler.set_start(state.batch_in_epoch * run.args.batch_size)
+    run.train_loader.dataset.set_epoch(state.epoch)
+    return run.train_loader
 
 
-def test_best(args, dist, loader, tax, dtype) -> None:
+def epoch_record(run: Run, train: dict, val: dict, seconds: float) -> dict:
+    """One line of metrics.jsonl: epoch, update, lr, speed, train losses and val metrics."""
+    group = run.optimizer.param_groups[-1]
+    record = {"epoch": run.state.epoch + 1, "step": run.state.step, "lr": group["lr"] / group.get("lr_scale", 1.0),
+              "epoch_time_s": seconds, "images_per_s": train.pop("images_per_s") * run.dist.world_size}
+    record |= {f"train/{k.removeprefix('loss/')}/loss" if k.startswith("loss/") else "train/loss": v
+               for k, v in train.items()}
+    return record | {f"val/{k}": v for k, v in val.items()}
+
+
+def update_best(run: Run, val: dict) -> bool:
+    """Track ``--early-stopping-metric``; True when this epoch is the best so far."""
+    name, state = run.args.early_stopping_metric, run.state
+    metric = val.get(name)
+    if metric is None:
+        raise UserError(f"--early-stopping-metric {name} is not one of {sorted(val)}")
+    improved = state.best_metric is None or metric > state.best_metric
+    if improved:
+        state.best_metric, state.bad_epochs = metric, 0
+    else:
+        state.bad_epochs += 1
+    return improved
+
+
+def test_best(run: Run) -> None:
     """Evaluate the test split with best_model.pth and record it in test_metrics.json."""
+    args, dist, tax = run.args, run.dist, run.taxonomy
     path = Path(args.save_dir) / "best_model.pth"
     if not path.is_file():
         return
     best_model, _, _, info = ck.load_for_eval(path, dist.device)
-    test = summarize(evaluate(args, dist, best_model, loader, tax, dtype, "test"), tax)
+    test = summarize(evaluate_split(run, best_model, "test"), tax)
     log(dist, f"test split, best checkpoint (epoch {info['epoch']}):\n{rank_table({}, test, 'test')}")
     if dist.is_main:
         atomic_write_text(Path(args.save_dir) / "test_metrics.json",
                           json.dumps({"epoch": info["epoch"]} | {f"test/{k}": v for k, v in test.items()}, indent=1))
 
 
-def announce(args, dist, model, optimizer, tax, data_config, train_ds, updates_per_epoch) -> None:
+def evaluate_split(run: Run, model: nn.Module, split: str):
+    """Predictions of one eval split; unreadable images past --max-bad-image-fraction stop the run."""
+    loader = run.evals[split]
+    preds = predict(model, loader, run.taxonomy, run.dist.device, run.args.decode, run.config.amp)
+    check_unreadable(len(loader.dataset), len(preds), run.args.max_bad_image_fraction, split)
+    return preds
+
+
+def clean_save_dir(args, dist: DistInfo) -> None:
+    """Delete the temporary files a killed write of this run's files left (each up to a checkpoint's size)."""
+    if dist.is_main:
+        for f in ck.remove_stale_temporaries(args.save_dir, RUN_FILES):
+            print(f"removed {f}, left by an interrupted write", flush=True)
+
+
+def announce(run: Run) -> None:
     """Start-up: git SHA, resolved arguments, model, data config, train transform, parameter groups."""
-    if not dist.is_main:
+    if not run.dist.is_main:
         return
-    print(f"amanita {ck.git_sha()} | {' '.join(sys.argv)}")
-    print("arguments: " + json.dumps(_plain(vars(args)), sort_keys=True))
-    print(f"taxonomy: {tax.summary()}")
-    print(f"model: {describe(model)}")
-    print(f"data config: {data_config}")
-    print(f"train transform: {train_ds.transform}")
-    print(f"{len(train_ds)} training images, {dist.world_size} process(es) on {dist.device}, "
-          f"{updates_per_epoch} updates per epoch")
-    print(group_table(model, optimizer))
+    n_batches = -(-len(run.sampler) // run.args.batch_size)
+    print(f"amanita {git_sha() or 'unknown'} | {' '.join(sys.argv)}")
+    print("arguments: " + json.dumps(plain_args(run.args), sort_keys=True))
+    print(f"taxonomy: {run.taxonomy.summary()}")
+    print(f"model: {describe(run.model)}")
+    print(f"data config: {run.spec.data_config}")
+    print(f"train transform: {run.train_loader.dataset.transform}")
+    print(f"{len(run.train_loader.dataset)} training images, {run.dist.world_size} process(es) on {run.dist.device}, "
+          f"{updates_per_epoch(n_batches, run.config.accum_steps)} updates per epoch")
+    print(group_table(run.model, run.optimizer))

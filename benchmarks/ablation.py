@@ -34,17 +34,16 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from a checkout
-from amanita.calibration import apply_temperatures, fit_temperatures  # noqa: E402
-from amanita.checkpoint import load_for_eval  # noqa: E402
-from amanita.cli import HelpFormatter, build_train_parser  # noqa: E402
-from amanita.data import (DeviceLoader, FungiTasticDataset, create_transforms, image_paths,  # noqa: E402
-                          make_loader, read_split)
-from amanita.engine import Readout, collect_log_probs, prediction_columns  # noqa: E402
-from amanita.io import UserError, atomic_write_text, cli_main  # noqa: E402
-from amanita.metrics import hierarchy_metrics, key_metrics, lineage_calibration, poison_metrics  # noqa: E402
-from amanita.taxonomy import Taxonomy, build_taxonomy  # noqa: E402
-from amanita.training import run  # noqa: E402
+from amanita import training
+from amanita.calibration import apply_temperatures, fit_temperatures
+from amanita.checkpoint import load_for_eval
+from amanita.cli import HelpFormatter, build_train_parser, cli_main
+from amanita.data import DeviceLoader, FungiTasticDataset, create_transforms, image_paths, make_loader, read_split
+from amanita.decode import Decoder
+from amanita.engine import Readout, collect_log_probs, prediction_columns
+from amanita.io import UserError, atomic_write_text
+from amanita.metrics import hierarchy_metrics, key_metrics, lineage_calibration, poison_metrics
+from amanita.taxonomy import Taxonomy, build_taxonomy
 
 VARIANTS = {"a": "single-head continued", "b": "multi-task, residual heads",
             "c": "multi-task, independent heads", "d": "residual + consistency"}
@@ -105,7 +104,7 @@ def train(flags: list[str], multitask: bool, log: Path) -> None:
     parsed = build_train_parser("ablation run", multitask).parse_args(flags)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        code = run(parsed, multitask)
+        code = training.train(parsed, multitask)
     if code:
         raise UserError(f"training failed (exit {code}); see {log}")
 
@@ -180,16 +179,15 @@ def evaluate(path: Path, loaders: dict, device) -> list[dict]:
     (a second validation pass per run would cost more than the flip rows tell).
     """
     model, tax, _, info = load_for_eval(path, device)
-    ancestors = tax.ancestor_matrix().to(device)
-    val_lp, val_y = collect_log_probs(model, loaders["val"], tax, device, show=False)
+    val_lp, val_y = collect_log_probs(model, loaders["val"], tax, device)
     temps = fit_temperatures(val_lp, val_y)
     rows = []
     for tta in ("none", "flip"):
-        test_lp, test_y = collect_log_probs(model, loaders["test"], tax, device, show=False, readout=Readout(tta))
+        test_lp, test_y = collect_log_probs(model, loaders["test"], tax, device, readout=Readout(tta))
         for calibrated in ((False, True) if tta == "none" else (False,)):
             lp = {k: v.to(device) for k, v in apply_temperatures(test_lp, temps if calibrated else None).items()}
             for decode in ("consistent", "independent"):
-                cols = prediction_columns(lp, test_y.to(device), np.arange(len(test_y)), ancestors, decode)
+                cols = prediction_columns(lp, test_y.to(device), np.arange(len(test_y)), Decoder(tax, device, decode))
                 rows.append({"tta": tta, "decode": decode, "calibrated": calibrated, "step": info["step"],
                              "T_leaf": temps["leaf"]} | score(pd.DataFrame(cols), tax))
     return rows

@@ -21,15 +21,13 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from amanita import checkpoint as ck  # noqa: E402
+from amanita import checkpoint as ck
 
 
 def parse_args():

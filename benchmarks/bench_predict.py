@@ -17,18 +17,16 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from amanita.data import DeviceLoader  # noqa: E402
-from amanita.engine import predict  # noqa: E402
-from amanita.model import create_multitask_model, parse_model_args  # noqa: E402
-from amanita.predictions import synthetic_taxonomy  # noqa: E402
+from amanita.backbone import parse_model_args
+from amanita.data import DeviceLoader
+from amanita.demo.predictions import synthetic_taxonomy
+from amanita.engine import predict
+from amanita.model import create_multitask_model
 
 DEMO_MODEL_ARGS = '{"depth": 4, "embed_dim": 192, "num_heads": 3, "img_size": 96}'
 
@@ -72,7 +70,7 @@ def bare_loop(model, loader, device) -> float:
 
 def predict_loop(model, loader, tax, device, decode) -> float:
     t0 = time.perf_counter()
-    df = predict(model, loader, tax, device, decode, show=False)
+    df = predict(model, loader, tax, device, decode)
     return len(df) / (time.perf_counter() - t0)
 
 

@@ -22,12 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from amanita.data import FungiTasticDataset, create_transforms, read_split  # noqa: E402
-from amanita.engine import StepConfig, TrainState, train_one_epoch  # noqa: E402
-from amanita.losses import MultiTaskLoss  # noqa: E402
-from amanita.model import create_multitask_model, parse_model_args, resolve_data_config  # noqa: E402
-from amanita.taxonomy import RANKS, build_taxonomy  # noqa: E402
+from amanita.data import FungiTasticDataset, create_transforms, read_split
+from amanita.distributed import DistInfo
+from amanita.engine import train_one_epoch
+from amanita.losses import MultiTaskLoss
+from amanita.backbone import parse_model_args, resolve_data_config
+from amanita.model import create_multitask_model
+from amanita.run import Run, StepConfig
+from amanita.taxonomy import HEADS, KEYS, build_taxonomy, label_column
 
 DEMO_MODEL_ARGS = '{"depth": 4, "embed_dim": 192, "num_heads": 3, "img_size": 96}'
 
@@ -53,8 +55,7 @@ def bare_loop(model, batches, device) -> float:
     t0, n = time.perf_counter(), 0
     for x, y, _ in batches:
         out = model(x)
-        loss = F.cross_entropy(out["species"], y[:, 0]) + sum(
-            F.cross_entropy(out[r], y[:, 1 + j]) for j, r in enumerate(RANKS[:-1]))
+        loss = sum(F.cross_entropy(out[k], label_column(y, k)) for k in HEADS)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -68,9 +69,9 @@ def amanita_loop(model, batches, tax, device) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     sched, _ = create_scheduler_v2(opt, "cosine", num_epochs=1, step_on_epochs=False, updates_per_epoch=len(batches))
     crit = MultiTaskLoss(tax, label_smoothing=0.1).to(device)
+    run = Run(model, opt, crit, dist=DistInfo(device=device), config=StepConfig(clip_grad=1.0), scheduler=sched)
     t0 = time.perf_counter()
-    out = train_one_epoch(model, batches, crit, opt, sched, device, TrainState(), StepConfig(clip_grad=1.0),
-                          show=False)
+    out = train_one_epoch(run, batches)
     _sync(device)
     return sum(x.shape[0] for x, _, _ in batches) / (time.perf_counter() - t0), out
 
@@ -121,7 +122,7 @@ def main():
     n = args.batches + args.warmup
     batches = [(torch.randn(args.batch_size, 3, *size, device=device),
                 torch.stack([torch.randint(0, tax.num_classes(k), (args.batch_size,), device=device)
-                             for k in ("leaf",) + RANKS], 1), None) for _ in range(n)]
+                             for k in KEYS], 1), None) for _ in range(n)]
     # first passes are slow (allocator and oneDNN caches): one untimed pass of each first
     bare_loop(model, batches[: args.warmup], device)
     amanita_loop(model, batches[: args.warmup], tax, device)

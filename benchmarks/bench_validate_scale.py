@@ -3,9 +3,10 @@
 
 Builds synthetic predictions for 89,659 validation images over a random taxonomy of
 FungiTastic's size (7 phyla, 28 classes, 95 orders, 308 families, 918 genera, 2,786 species,
-2,829 leaves) and a baseline, then runs what ``validate.py --from-predictions`` runs: metrics
-for both, predictions.csv, metrics.json + per-class CSVs, every figure (the specimen grids over
-a few shared thumbnails, training curves from a 30-epoch log) and the HTML page.
+2,829 leaves) and a baseline, then runs what ``validate.py --from-predictions`` runs
+(:func:`amanita.evaluate.evaluate`, timed per stage): metrics for both, predictions.csv,
+metrics.json + per-class CSVs, every figure (the specimen grids over a few shared thumbnails,
+training curves from a 30-epoch log) and the HTML page.
 Target (issue 4): metrics + figures + report under 60 s wall and 6 GB peak on 2 cores.
 
 Prints one JSON object. Example:
@@ -16,7 +17,6 @@ import json
 import os
 import platform
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,11 +24,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from amanita.metrics import compute_metrics  # noqa: E402
-from amanita.predictions import (FUNGITASTIC_SIZES, FUNGITASTIC_VAL_SIZE, synthetic_predictions,  # noqa: E402
-                                 synthetic_taxonomy, write_predictions)
-from amanita.report import base_provenance, make_figures, write_html, write_metrics  # noqa: E402
+from amanita.evaluate import EvalInputs, evaluate
+from amanita.demo.predictions import FUNGITASTIC_SIZES, FUNGITASTIC_VAL_SIZE, synthetic_predictions, synthetic_taxonomy
+from amanita.predictions import write_predictions
+from amanita.report import base_provenance
 
 
 def parse_args():
@@ -71,19 +70,14 @@ def main():
     stages = {"synthetic_inputs": time.perf_counter() - t}
     rss_inputs = peak_rss_gb()
 
-    def timed(name, fn):
-        t0 = time.perf_counter()
-        result = fn()
-        stages[name] = time.perf_counter() - t0
-        return result
-
-    metrics = timed("metrics", lambda: compute_metrics(preds, tax))
-    base = timed("metrics_baseline", lambda: compute_metrics(baseline, tax))
-    timed("predictions_csv", lambda: write_predictions(preds, out / "predictions.csv"))
-    prov = base_provenance(tax, vars(args))
-    timed("metrics_json", lambda: write_metrics(out, metrics, base, prov))
-    figs, notes = timed("figures", lambda: make_figures(preds, tax, metrics, out, base, paths, log))
-    page = timed("html", lambda: write_html(out, metrics, figs, notes, base, "baseline", prov))
+    t = time.perf_counter()
+    write_predictions(preds, out / "predictions.csv")
+    stages["predictions_csv"] = time.perf_counter() - t
+    inputs_ = EvalInputs(preds, tax, base_provenance(tax, vars(args)), baseline, "baseline", paths, log)
+    result = evaluate(inputs_, out)
+    stages |= result.seconds
+    page = result.report
+    figs = list(out.glob("*.png"))
     measured = [k for k in stages if k != "synthetic_inputs"]
     print(json.dumps({
         "samples": len(preds), "classes": FUNGITASTIC_SIZES, "figures": len(figs),

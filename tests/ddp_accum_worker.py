@@ -11,7 +11,9 @@ import torch
 import torch.nn as nn
 
 from amanita.distributed import cleanup, init_distributed
-from amanita.engine import StepConfig, TrainState, train_one_epoch
+from amanita.engine import train_one_epoch
+from amanita.run import Run, StepConfig
+from amanita.taxonomy import label_column
 
 
 def main(out_path: str, accum: int, n_batches: int) -> None:
@@ -22,17 +24,16 @@ def main(out_path: str, accum: int, n_batches: int) -> None:
     g = torch.Generator().manual_seed(100 + dist.rank)  # different data on every rank
     loader = [(torch.randn(4, 3, 2, 2, generator=g), torch.randint(0, 5, (4, 1), generator=g), list(range(4)))
               for _ in range(n_batches)]
-    criterion = lambda out, labels: {"loss": nn.functional.cross_entropy(out["species"], labels[:, 0])}
+    criterion = lambda out, labels: {"loss": nn.functional.cross_entropy(out["leaf"], label_column(labels, "leaf"))}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    state = TrainState()
-    train_one_epoch(ddp, loader, criterion, optimizer, None, dist.device, state, StepConfig(accum_steps=accum),
-                    show=False)
+    run = Run(model, optimizer, criterion, dist=dist, config=StepConfig(accum_steps=accum), train_model=ddp)
+    train_one_epoch(run, loader)
     params = torch.cat([p.detach().flatten() for p in model.parameters()])
     gathered = [torch.zeros_like(params) for _ in range(dist.world_size)]
     torch.distributed.all_gather(gathered, params)
     if dist.is_main:
         same = all(torch.equal(gathered[0], t) for t in gathered[1:])
-        json.dump({"equal": same, "steps": state.step, "batches": state.batch_in_epoch}, open(out_path, "w"))
+        json.dump({"equal": same, "steps": run.state.step, "batches": run.state.batch_in_epoch}, open(out_path, "w"))
     cleanup()
 
 

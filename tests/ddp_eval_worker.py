@@ -14,7 +14,7 @@ dist = init_distributed("cpu")
 model, tax, cfg, _ = load_for_eval(ckpt)
 ds = FungiTasticDataset(val_csv, tax, create_transforms(cfg, train=False), input_size=cfg["input_size"])
 loader = DeviceLoader(make_loader(ds, 4, 0, "cpu", ShardSampler(len(ds), dist.world_size, dist.rank)), "cpu", cfg)
-preds = predict(model, loader, tax, torch.device("cpu"), show=False)
+preds = predict(model, loader, tax, torch.device("cpu"), decode="independent")
 if dist.is_main:
     with open(out, "w") as f:
         json.dump({"n": len(preds), "indices": preds["index"].tolist(), "metrics": summarize(preds, tax),

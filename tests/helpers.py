@@ -1,6 +1,30 @@
-"""Hand-written FungiTastic-format rows for worked examples."""
+"""Test helpers: hand-written FungiTastic-format rows for worked examples, tiny image sets, scripts."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+
+from amanita.backbone import STOCK_MODEL
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def script_env(**extra) -> dict:
+    """The environment of a subprocess: this one, the package importable without installing it."""
+    return dict(os.environ, PYTHONPATH=str(ROOT), **extra)
+
+
+def run_script(script: str, *args, env=None, check=True, timeout=600, cwd=None):
+    """Run a top-level script with the test interpreter; returns the CompletedProcess."""
+    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True,
+                          text=True, env=script_env(**(env or {})), timeout=timeout, cwd=cwd or ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
 
 LINEAGES = {  # category_id: (scientificName, phylum, class, order, family, genus, species, poisonous)
     0: ("Amanita phalloides", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae", "Amanita", "Amanita phalloides", 1),
@@ -82,7 +106,8 @@ def tiny_checkpoint(path, taxonomy, arch=TINY_BEIT[0], model_args=TINY_BEIT[1], 
     import torch
 
     from amanita.checkpoint import save_checkpoint
-    from amanita.model import create_multitask_model, resolve_data_config
+    from amanita.backbone import resolve_data_config
+    from amanita.model import create_multitask_model
     torch.manual_seed(seed)
     model = create_multitask_model(arch, taxonomy, model_args=dict(model_args), pretrained=False)
     for head in model.heads.values():  # non-zero coarse heads, so every output depends on its own weights
@@ -92,3 +117,28 @@ def tiny_checkpoint(path, taxonomy, arch=TINY_BEIT[0], model_args=TINY_BEIT[1], 
                          head_mode="residual", head_sizes=taxonomy.head_sizes(), taxonomy=taxonomy.to_dict(),
                          taxonomy_sha256=taxonomy.sha256(), data_config=cfg, epoch=1, step=1, **extra), path)
     return model.eval(), cfg
+
+
+# ---------------------------------------------------------------------- an offline hub cache
+def hub_cache_folder(cache_dir: str | os.PathLike, model_id: str = STOCK_MODEL) -> Path:
+    """The Hugging Face hub-cache folder of a model id (``models--org--name``)."""
+    repo = model_id.removeprefix("hf-hub:")
+    return Path(cache_dir) / ("models--" + repo.replace("/", "--"))
+
+
+def write_hub_cache_model(cache_dir: str | os.PathLike, model, config: dict,
+                          model_id: str = STOCK_MODEL, revision: str = "0" * 40) -> Path:
+    """Write ``model`` into a hub-cache folder as timm would find it offline (tests, air-gapped sites).
+
+    Layout: ``models--org--name/refs/main`` (the revision) and ``snapshots/<rev>/`` holding
+    ``config.json`` and ``model.safetensors``.
+    """
+    from safetensors.torch import save_file
+    folder = hub_cache_folder(cache_dir, model_id)
+    snap = folder / "snapshots" / revision
+    snap.mkdir(parents=True, exist_ok=True)
+    (folder / "refs").mkdir(exist_ok=True)
+    (folder / "refs" / "main").write_text(revision)
+    (snap / "config.json").write_text(json.dumps(config, indent=1))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(snap / "model.safetensors"))
+    return snap

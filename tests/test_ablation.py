@@ -4,8 +4,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import run_script
-from tests.helpers import make_image_dataset
+from tests.helpers import make_image_dataset, run_script
 
 TINY = '{"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 8}'
 

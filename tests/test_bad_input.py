@@ -15,21 +15,22 @@ import sys
 from pathlib import Path
 from unittest import mock
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
-import validate
 from amanita import cli
-from amanita.data import BAD_IMAGE, FungiTasticDataset, read_split, scan_images
 from amanita.checkpoint import CheckpointWriter, remove_stale_temporaries
+from amanita.data import BAD_IMAGE, FungiTasticDataset, read_split, scan_images
+from amanita.demo.predictions import synthetic_predictions, synthetic_taxonomy
+from amanita.evaluate import Evaluation, summary_lines, validate
+from amanita.identify import identify
 from amanita.io import UserError, atomic_torch_save, load_tensor_file
-from amanita.predictions import read_predictions, synthetic_predictions, synthetic_taxonomy, write_predictions
+from amanita.predictions import write_predictions
 from amanita.taxonomy import Taxonomy, TaxonomyError, build_taxonomy
-from tests.conftest import ROOT, run_script
-from tests.helpers import SMALL_MODEL, make_image_dataset, rows
+from amanita.training import train
+from tests.helpers import SMALL_MODEL, make_image_dataset, rows, run_script
 
 
 def one_line(text: str) -> str:
@@ -37,6 +38,23 @@ def one_line(text: str) -> str:
     lines = text.strip().splitlines()
     assert len(lines) == 1, text
     return lines[0]
+
+
+def parse_validate(argv: list):
+    """validate.py's flags (amanita.cli)."""
+    return cli.build_validate_parser("validate.py").parse_args(argv)
+
+
+class Script:
+    """A script's main run through the package in this process (the tests import no script)."""
+
+    def __init__(self, work):
+        self.main = cli.cli_main(lambda: work(sys.argv[1:]))
+
+
+VALIDATE = Script(lambda argv: print("\n".join(summary_lines(validate(parse_validate(argv))))))
+TEST_PY = Script(lambda argv: identify(cli.parse_identify_args("test.py", argv)))
+TRAIN_MULTITASK = Script(lambda argv: train(cli.build_train_parser("t", multitask=True).parse_args(argv), True))
 
 
 def run_main(module, argv: list) -> tuple[int, str, str]:
@@ -85,15 +103,19 @@ def test_training_flag_values_are_checked_before_any_work(flags, name):
 def test_cuda_device_without_cuda_is_refused_by_every_script():
     parser = cli.build_train_parser("t", multitask=False)
     assert "CUDA is not available" in argparse_error(parser.parse_args, TRAIN + ["--device", "cuda"])
-    assert "CUDA is not available" in argparse_error(validate.parse_args, ["--from-predictions", "p.csv",
+    assert "CUDA is not available" in argparse_error(parse_validate, ["--from-predictions", "p.csv",
                                                                           "--device", "cuda:0"])
 
 
-def test_subset_and_validate_counts_must_be_positive():
-    import create_minimal_subset
-    line = argparse_error(create_minimal_subset.parse_args, ["--train-path", "t", "--val-path", "v", "--n-train", "-3"])
-    assert "--n-train" in line and "'-3'" in line
-    assert "--batch-size" in argparse_error(validate.parse_args, ["--batch-size", "0"])
+def test_validate_counts_must_be_positive():
+    assert "--batch-size" in argparse_error(parse_validate, ["--batch-size", "0"])
+
+
+@pytest.mark.slow
+def test_subset_counts_must_be_positive():
+    proc = run_script("create_minimal_subset.py", "--train-path", "t", "--val-path", "v", "--n-train", "-3", check=False)
+    line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "--n-train" in line and "'-3'" in line
 
 
 def test_flag_types_accept_their_boundaries():
@@ -159,7 +181,7 @@ def foreign_files(tmp_path):
 @pytest.mark.parametrize("name", ["pickled.pth", "text.pth", "raw.pkl"])
 def test_foreign_files_are_refused_in_one_line(foreign_files, name):
     from amanita.checkpoint import load_checkpoint
-    from amanita.model import create_timm_model
+    from amanita.backbone import create_timm_model
     path = foreign_files / name
     for load in (lambda: load_checkpoint(path), lambda: load_tensor_file(path, "class weights"),
                  lambda: create_timm_model(str(path))):  # --model / --baseline-model / --pretrained-file
@@ -172,7 +194,7 @@ def test_foreign_files_are_refused_in_one_line(foreign_files, name):
 
 
 def test_unknown_model_and_offline_hub_model_say_what_to_do(monkeypatch):
-    from amanita.model import create_timm_model
+    from amanita.backbone import create_timm_model
     with pytest.raises(UserError, match=r"--model no_such_net: timm has no such model"):
         create_timm_model("no_such_net")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -285,7 +307,7 @@ def test_focus_species_without_images_does_not_crash(preds_dir, tmp_path):
     name = tax.classes["species"][int(preds["species_true"].max()) + 1 if preds["species_true"].max() + 1 < 8 else 0]
     kept = preds[preds["species_true"] != tax.index("species")[name]]
     write_predictions(kept, tmp_path / "p.csv", tax)
-    code, out, err = run_main(validate, ["--from-predictions", tmp_path / "p.csv", "--mappings", root / "m.json",
+    code, out, err = run_main(VALIDATE, ["--from-predictions", tmp_path / "p.csv", "--mappings", root / "m.json",
                                          "--output-dir", tmp_path / "o", "--focus-species", name, "Nonexistent us"])
     assert code == 0, err
     assert f"{name}: no validation images" in out and "Nonexistent us: not in the taxonomy" in out
@@ -297,7 +319,7 @@ def test_predictions_from_another_taxonomy_are_refused(preds_dir, tmp_path):
     other = Taxonomy.from_dict(json.loads((root / "m.json").read_text()))
     other.classes["species"][0] = "Renamed species"
     other.save(tmp_path / "other.json")
-    code, _, err = run_main(validate, ["--from-predictions", root / "predictions.csv", "--mappings",
+    code, _, err = run_main(VALIDATE, ["--from-predictions", root / "predictions.csv", "--mappings",
                                        tmp_path / "other.json", "--output-dir", tmp_path / "o"])
     msg = one_line(err)
     assert code == 2 and "predictions.csv was made with another taxonomy" in msg and "--mappings" in msg
@@ -314,7 +336,7 @@ def test_failing_validate_leaves_the_previous_results_whole(preds_dir, tmp_path,
     root, tax, _ = preds_dir
     out = tmp_path / "o"
     args = ["--from-predictions", root / "predictions.csv", "--mappings", root / "m.json", "--output-dir", out]
-    assert run_main(validate, args)[0] == 0
+    assert run_main(VALIDATE, args)[0] == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     other = synthetic_predictions(tax, 40, seed=5)
     write_predictions(other, tmp_path / "new.csv", tax)
@@ -322,7 +344,7 @@ def test_failing_validate_leaves_the_previous_results_whole(preds_dir, tmp_path,
     def broken(*a, **k):
         raise UserError("figure failed")
     monkeypatch.setattr("amanita.report.make_figures", broken)
-    code, _, err = run_main(validate, ["--from-predictions", tmp_path / "new.csv", *args[2:]])
+    code, _, err = run_main(VALIDATE, ["--from-predictions", tmp_path / "new.csv", *args[2:]])
     assert code == 2 and "figure failed" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing replaced, no staging left
 
@@ -333,8 +355,7 @@ def test_summary_lines_survive_missing_numbers(tmp_path):
                    "poison": {"psc": 0, "esc": 0, "cost": None},
                    "focus": [{"name": "Amanita phalloides", "found": True, "support": 0,
                               "accuracy": {"species": None, "genus": None}}]}}
-    (tmp_path / "metrics.json").write_text(json.dumps(m))
-    lines = validate.summary_lines(tmp_path / "metrics.json", None)
+    lines = summary_lines(Evaluation(m, tmp_path / "validation_report.html", {}))
     assert "Amanita phalloides: no validation images" in lines and any("n/a" in x for x in lines)
 
 
@@ -342,7 +363,6 @@ def test_summary_lines_survive_missing_numbers(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny multi-task checkpoint (32 px input, one epoch) trained in this process."""
-    from amanita.training import run
     root = tmp_path_factory.mktemp("badinput")
     data = make_image_dataset(root, n_train=24, n_val=12)
     base = ["--train-path", data["train"], "--val-path", data["val"], "--mappings", root / "m.json", *SMALL_MODEL,
@@ -350,15 +370,14 @@ def trained(tmp_path_factory):
     args = cli.build_train_parser("t", multitask=True).parse_args([str(a) for a in base + ["--save-dir", root / "run"]])
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
-        assert run(args, multitask=True) == 0
+        assert train(args, multitask=True) == 0
     return {"root": root, "data": data, "base": [str(a) for a in base], "ckpt": root / "run" / "best_model.pth",
             "log": log.getvalue()}
 
 
 def train_in_process(trained, *extra) -> tuple[int, str]:
     """Train with the fixture's flags plus ``extra``, through the script's main: (exit code, stderr)."""
-    import train_multitask
-    code, _, err = run_main(train_multitask, trained["base"] + [str(a) for a in extra])
+    code, _, err = run_main(TRAIN_MULTITASK, trained["base"] + [str(a) for a in extra])
     return code, err
 
 
@@ -420,12 +439,12 @@ def test_validate_with_a_bad_image_and_a_small_model(trained, tmp_path, caplog, 
     original = bad.read_bytes()
     try:
         bad.write_bytes(b"not a jpeg")
-        code, out, err = run_main(validate, ["--checkpoint", trained["ckpt"], "--val-path", val, "--workers", 0,
+        code, out, err = run_main(VALIDATE, ["--checkpoint", trained["ckpt"], "--val-path", val, "--workers", 0,
                                              "--output-dir", tmp_path / "o", "--max-bad-image-fraction", 0.1])
         assert code == 0, err
         assert "1 of 12 validation images could not be read" in caplog.text
         assert len(pd.read_csv(tmp_path / "o" / "predictions.csv")) == 11
-        code, out, err = run_main(validate, ["--checkpoint", trained["ckpt"], "--val-path", val, "--workers", 0,
+        code, out, err = run_main(VALIDATE, ["--checkpoint", trained["ckpt"], "--val-path", val, "--workers", 0,
                                              "--output-dir", tmp_path / "o2"])
         assert code == 2 and "--max-bad-image-fraction 0.001" in err.strip().splitlines()[-1]
     finally:
@@ -438,26 +457,22 @@ def test_validation_rows_outside_the_mappings_are_counted(trained, tmp_path, cap
         return df
     val = _val_copy(trained, tmp_path, edit)
     images = Path(trained["data"]["val"]).parents[2] / "FungiTastic" / "val" / "300p"
-    code, _, err = run_main(validate, ["--checkpoint", trained["ckpt"], "--val-path", val, "--image-root", images,
+    code, _, err = run_main(VALIDATE, ["--checkpoint", trained["ckpt"], "--val-path", val, "--image-root", images,
                                        "--workers", 0, "--output-dir", tmp_path / "o"])
     msg = one_line(err)
     assert code == 2 and "2 of 12 rows have a category_id not in the mappings (77)" in msg
-    code, _, err = run_main(validate, ["--checkpoint", trained["ckpt"], "--val-path", val, "--image-root", images,
+    code, _, err = run_main(VALIDATE, ["--checkpoint", trained["ckpt"], "--val-path", val, "--image-root", images,
                                        "--workers", 0, "--output-dir", tmp_path / "o", "--max-bad-image-fraction", 0.2])
     assert code == 0 and "2 of 12 rows have a category_id not in the mappings" in caplog.text
 
 
 def test_json_output_is_valid_utf8_for_any_file_name(trained, tmp_path):
-    import importlib.util
     import os
-    spec = importlib.util.spec_from_file_location("amanita_test_script", ROOT / "test.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     image = next((Path(trained["data"]["val"]).parents[2] / "FungiTastic" / "val" / "300p").iterdir())
     odd = os.fsencode(tmp_path) + b"/caf\xe9.jpg"  # Latin-1 bytes: not UTF-8
     with open(odd, "wb") as f:
         f.write(image.read_bytes())
-    code, out, err = run_main(script, ["--checkpoint", trained["ckpt"], "--json", "--workers", 0, tmp_path])
+    code, out, err = run_main(TEST_PY, ["--checkpoint", trained["ckpt"], "--json", "--workers", 0, tmp_path])
     assert code == 0, err
     out.encode("utf-8")  # no lone surrogates: the bytes written are valid UTF-8
     assert json.loads(out)["path"].endswith("caf\\xe9.jpg")

@@ -4,8 +4,8 @@ import torch.nn as nn
 
 from amanita.calibration import (apply_temperatures, calibration_summary, cross_fitted_ece, fit_temperature,
                                  lineage_confidence)
+from amanita.decode import decode, rank_log_probs
 from amanita.engine import forward_tta
-from amanita.model import decode, rank_log_probs
 from amanita.taxonomy import LEAF, RANKS, build_taxonomy
 from tests.helpers import TRAIN_IDS, rows
 
@@ -99,7 +99,7 @@ def test_lineage_confidence_of_a_broken_lineage_drops_to_zero(tax):
 @pytest.mark.parametrize("mode", ["consistent", "independent"])
 def test_lineage_confidences_never_rise_towards_the_leaf(tax, mode):
     g = torch.Generator().manual_seed(4)
-    outputs = {"species": torch.randn(500, tax.n_leaves, generator=g) * 3}
+    outputs = {"leaf": torch.randn(500, tax.n_leaves, generator=g) * 3}
     outputs |= {r: torch.randn(500, tax.num_classes(r), generator=g) * 3 for r in RANKS[:-1]}
     logp = rank_log_probs(outputs, tax)
     anc = tax.ancestor_matrix()
@@ -117,14 +117,14 @@ class Asymmetric(nn.Module):
 
     def forward(self, x):
         w = x.shape[-1] // 2
-        return {"species": torch.stack([x[..., :w].mean((1, 2, 3)), x[..., w:].mean((1, 2, 3))], 1)}
+        return {"leaf": torch.stack([x[..., :w].mean((1, 2, 3)), x[..., w:].mean((1, 2, 3))], 1)}
 
 
 def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror():
     x = torch.zeros(1, 3, 4, 4)
     x[..., :2] = 1.0
-    assert forward_tta(Asymmetric(), x)["species"].tolist() == [[1.0, 0.0]]
-    assert forward_tta(Asymmetric(), x, "flip")["species"].tolist() == [[0.5, 0.5]]
+    assert forward_tta(Asymmetric(), x)["leaf"].tolist() == [[1.0, 0.0]]
+    assert forward_tta(Asymmetric(), x, "flip")["leaf"].tolist() == [[0.5, 0.5]]
     with pytest.raises(ValueError, match="rotate"):
         forward_tta(Asymmetric(), x, "rotate")
 
@@ -133,7 +133,8 @@ def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror():
 def write_checkpoint(path, tax):
     """An untrained tiny multi-task checkpoint in the format the training scripts write."""
     from amanita.checkpoint import save_checkpoint
-    from amanita.model import create_multitask_model, resolve_data_config
+    from amanita.backbone import resolve_data_config
+    from amanita.model import create_multitask_model
     torch.manual_seed(0)
     model = create_multitask_model("beit_base_patch16_224", tax, model_args=SMALL, pretrained=False)
     with torch.no_grad():  # spread the untrained logits so the confidences are far from calibrated

@@ -1,15 +1,137 @@
-"""Checkpoints: update_checkpoint (fields added atomically, plain types only) and background writing
-(snapshots, ordering, best-model links, failures, stale temporaries)."""
+"""Checkpoints in-process: old formats, errors, update_checkpoint, RNG capture, an exact resume of the
+loop, and background writing (snapshots, ordering, best-model links, failures, stale temporaries)."""
+import argparse
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
 from amanita import checkpoint as ck
-from amanita.checkpoint import load_checkpoint, update_checkpoint
+from amanita.checkpoint import Checkpointer, load_checkpoint, update_checkpoint
+from amanita.engine import train_one_epoch
+from amanita.backbone import ModelSpec
 from amanita.io import UserError
+from amanita.losses import MultiTaskLoss
+from amanita.model import create_multitask_model
+from amanita.run import Run
+from amanita.taxonomy import LEAF, build_taxonomy
+from tests.helpers import TRAIN_IDS, rows
+
+SMALL = {"depth": 1, "embed_dim": 32, "num_heads": 2, "img_size": 16, "patch_size": 8}
 
 
+@pytest.fixture
+def tax():
+    return build_taxonomy([rows(TRAIN_IDS)])
+
+
+def _multitask_checkpoint(tax) -> tuple[torch.nn.Module, dict]:
+    torch.manual_seed(0)
+    model = create_multitask_model("beit_base_patch16_224", tax, SMALL, pretrained=False).eval()
+    return model, {"format_version": ck.CHECKPOINT_VERSION, "model": model.state_dict(), "model_ema": None,
+                   "kind": "multitask", "architecture": "beit_base_patch16_224", "model_kwargs": SMALL,
+                   "head_sizes": tax.head_sizes(), "head_mode": "residual", "taxonomy": tax.to_dict(),
+                   "taxonomy_sha256": tax.sha256(), "data_config": {"input_size": (3, 16, 16)},
+                   "history": [{"epoch": 0, "train/leaf/loss": 1.5, "val/species/f1": 0.25}]}
+
+
+def _as_version_1(ckpt: dict) -> dict:
+    """What the same checkpoint looked like before the rename: the leaf head was called species."""
+    old = {k: v for k, v in ckpt.items() if k != "format_version"}
+    old["model"] = {k.replace("heads.leaf.", "heads.species."): v for k, v in ckpt["model"].items()}
+    old["head_sizes"] = {("species" if k == LEAF else k): n for k, n in ckpt["head_sizes"].items()}
+    old["history"] = [{"epoch": 0, "train/species/loss": 1.5, "val/species/f1": 0.25}]
+    return old
+
+
+def test_a_checkpoint_from_before_the_leaf_rename_loads_with_the_same_outputs(tax, tmp_path):
+    model, ckpt = _multitask_checkpoint(tax)
+    old = _as_version_1(ckpt)
+    assert "heads.species.weight" in old["model"]
+    ck.save_checkpoint(old, tmp_path / "old.pth")
+    loaded, tax2, _, _ = ck.load_for_eval(tmp_path / "old.pth")
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        want, got = model(x), loaded(x)
+    assert set(got) == set(want) and LEAF in got and "species" not in got
+    for k in want:
+        torch.testing.assert_close(got[k], want[k])
+    upgraded = ck.load_checkpoint(tmp_path / "old.pth")
+    assert upgraded["head_sizes"] == tax.head_sizes() and upgraded["format_version"] == ck.CHECKPOINT_VERSION
+    assert upgraded["history"] == ckpt["history"]  # the leaf loss renamed, the species-rank F1 kept
+    ck.check_compatible(upgraded, tax, "multitask", "old.pth")  # resumes like a new one
+
+
+def test_a_current_checkpoint_is_left_as_it_is(tax):
+    _, ckpt = _multitask_checkpoint(tax)
+    assert ck.upgrade_checkpoint(ckpt) is ckpt
+
+
+def test_a_file_that_is_not_a_checkpoint_is_a_one_line_error(tmp_path):
+    (tmp_path / "x.pth").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="x.pth cannot be loaded as an amanita checkpoint"):
+        ck.load_checkpoint(tmp_path / "x.pth")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "y.pth")
+    with pytest.raises(UserError, match="no 'model' entry"):
+        ck.load_checkpoint(tmp_path / "y.pth")
+    with pytest.raises(UserError, match="checkpoint not found"):
+        ck.load_checkpoint(tmp_path / "missing.pth")
+
+
+def test_rng_capture_restores_every_stream_through_a_checkpoint_file(tmp_path):
+    ck.seed_everything(5)
+    np.random.randn()  # odd count: numpy now holds a cached gaussian, which must be captured too
+    ck.save_checkpoint({"model": {}, "rng": ck.capture_rng()}, tmp_path / "r.pth")
+    first = (random.random(), np.random.randn(), np.random.rand(), torch.rand(2).tolist())
+    ck.seed_everything(99)
+    ck.restore_rng(ck.load_checkpoint(tmp_path / "r.pth")["rng"])
+    assert (random.random(), np.random.randn(), np.random.rand(), torch.rand(2).tolist()) == first
+
+
+# ---------------------------------------------------------------------- exact resume, in-process
+def _batches(n: int) -> list:
+    g = torch.Generator().manual_seed(7)
+    labels = lambda: torch.cat([torch.randint(0, 6, (2, 1), generator=g), torch.full((2, 6), -1)], 1)
+    return [(torch.randn(2, 3, 2, 2, generator=g), labels(), [2 * i, 2 * i + 1]) for i in range(n)]
+
+
+def _tiny_run(tax, save_dir, every_steps: int, init_seed: int = 0) -> Run:
+    """A single-head run small enough to train in milliseconds, with dropout (so RNG matters)."""
+    from timm.scheduler import CosineLRScheduler
+    torch.manual_seed(init_seed)
+    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(12, 6))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = CosineLRScheduler(opt, t_initial=6, warmup_t=2, warmup_lr_init=0.01, t_in_epochs=False)
+    crit = MultiTaskLoss(tax, {LEAF: 1.0}, leaf_index=torch.arange(6))
+    return Run(model, opt, crit, scheduler=sched, checkpointer=Checkpointer(save_dir, "auto", every_steps),
+               args=argparse.Namespace(batch_size=2, seed=0), taxonomy=tax,
+               spec=ModelSpec("single", "tiny", {}, {"input_size": (3, 2, 2)}))
+
+
+def test_a_run_killed_after_its_last_save_resumes_to_the_same_weights(tax, tmp_path):
+    batches = _batches(6)
+    straight = _tiny_run(tax, tmp_path / "straight", every_steps=0)
+    ck.seed_everything(1)
+    train_one_epoch(straight, batches)
+    killed = _tiny_run(tax, tmp_path / "killed", every_steps=2)
+    ck.seed_everything(1)
+    train_one_epoch(killed, batches[:5])  # saved at updates 2 and 4; the 5th is lost with the kill
+    resumed = _tiny_run(tax, tmp_path / "killed", every_steps=2, init_seed=123)
+    path = resumed.checkpointer.resume_path()
+    assert path == tmp_path / "killed" / "last.pth"
+    resumed.checkpointer.restore(resumed, path)
+    assert (resumed.state.step, resumed.state.batch_in_epoch) == (4, 4)
+    train_one_epoch(resumed, batches[resumed.state.batch_in_epoch:])
+    assert resumed.state.step == straight.state.step == 6
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+    assert resumed.optimizer.param_groups[0]["lr"] == straight.optimizer.param_groups[0]["lr"]
+
+
+# ---------------------------------------------------------------------- update_checkpoint
 def _ckpt(path):
     torch.save({"model": {"w": torch.ones(2)}, "epoch": 3}, path)
     return path

@@ -10,8 +10,7 @@ from amanita.data import (BAD_IMAGE, BadImageCounter, DeviceLoader, FungiTasticD
 from amanita.io import UserError
 from amanita.losses import class_weights_from_counts
 from amanita.taxonomy import build_taxonomy
-from tests.conftest import run_script
-from tests.helpers import TRAIN_IDS, rows
+from tests.helpers import TRAIN_IDS, rows, run_script
 
 EVAL_CFG = dict(input_size=(3, 32, 32), interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3,
                 crop_pct=1.0, crop_mode="squash")
@@ -118,6 +117,7 @@ def test_class_weights_hand_computed():
     assert w[:3].mean().item() == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_compute_class_weights_script(tmp_path):
     train = tmp_path / "train.csv"
     rows(TRAIN_IDS).to_csv(train, index=False)
@@ -147,6 +147,7 @@ def test_stratified_subset_groups_observations_and_covers_species():
     assert set(prefer.category_id) == {5}
 
 
+@pytest.mark.slow
 def test_minimal_subset_script(tmp_path):
     meta = tmp_path / "metadata" / "FungiTastic"
     meta.mkdir(parents=True)

@@ -1,21 +1,50 @@
-"""Two CPU processes with gloo under torchrun, as on a cluster node."""
+"""Samplers in-process; two CPU processes with gloo under torchrun, as on a cluster node (slow)."""
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from tests.conftest import ROOT
-from tests.helpers import SMALL_MODEL, make_image_dataset
+from amanita.distributed import ResumableDistributedSampler, ShardSampler
+from tests.helpers import ROOT, SMALL_MODEL, make_image_dataset, script_env
 
-ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+ENV = script_env(OMP_NUM_THREADS="1")
 
 
 def torchrun(*args, nproc=2, timeout=300):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *map(str, args)]
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_sampler_order_depends_on_seed_and_epoch_only():
+    a, b = ResumableDistributedSampler(10, seed=3), ResumableDistributedSampler(10, seed=3)
+    a.set_epoch(1)
+    b.set_epoch(1)
+    assert list(a) == list(b) and sorted(a) == list(range(10))
+    b.set_epoch(2)
+    assert list(a) != list(b)
+    assert list(ShardSampler(5)) == list(range(5))
+
+
+def test_sampler_resumes_at_the_sample_it_stopped_at():
+    s = ResumableDistributedSampler(10, seed=0)
+    s.set_epoch(4)
+    full = list(s)
+    s.set_start(6)  # six samples (e.g. 3 batches of 2) were trained before the kill
+    assert list(s) == full[6:] and len(s) == 4
+    s.set_epoch(5)  # a new epoch starts from its beginning
+    assert len(s) == 10
+
+
+def test_two_ranks_partition_the_padded_epoch_and_shards_count_each_sample_once():
+    ranks = [ResumableDistributedSampler(7, num_replicas=2, rank=r, seed=1) for r in (0, 1)]
+    parts = [list(r) for r in ranks]
+    assert [len(p) for p in parts] == [4, 4]  # 7 padded to 8 with the first index, like DistributedSampler
+    merged = sorted(parts[0] + parts[1])
+    assert set(merged) == set(range(7)) and len(merged) == 8
+    shards = [list(ShardSampler(7, 2, r)) for r in (0, 1)]
+    assert shards == [[0, 2, 4, 6], [1, 3, 5]]
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +58,7 @@ def ddp_run(tmp_path_factory):
     return data, save, proc
 
 
+@pytest.mark.slow
 def test_train_multitask_runs_unchanged_under_torchrun(ddp_run):
     data, save, proc = ddp_run
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -39,6 +69,7 @@ def test_train_multitask_runs_unchanged_under_torchrun(ddp_run):
     assert len((save / "metrics.jsonl").read_text().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_two_process_validation_counts_each_sample_once(ddp_run, tmp_path):
     data, save, _ = ddp_run
     worker = ROOT / "tests" / "ddp_eval_worker.py"
@@ -53,6 +84,7 @@ def test_two_process_validation_counts_each_sample_once(ddp_run, tmp_path):
     assert a["metrics"] == pytest.approx(b["metrics"]) and a["conf"] == pytest.approx(b["conf"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_an_error_on_one_rank_stops_every_rank(tmp_path):
     data = make_image_dataset(tmp_path, n_train=40, n_val=10)
     bad = sorted((tmp_path / "FungiTastic" / "train" / "300p").iterdir())[3]
@@ -65,6 +97,7 @@ def test_an_error_on_one_rank_stops_every_rank(tmp_path):
     assert "could not be read" in proc.stderr and str(bad) in proc.stderr
 
 
+@pytest.mark.slow
 def test_accumulation_remainder_keeps_ranks_identical(tmp_path):
     """2 ranks, accumulation 3, 8 batches (groups of 3, 3, 2): the last group must all-reduce."""
     out = tmp_path / "accum.json"

@@ -2,7 +2,8 @@
 import torch
 import torch.nn as nn
 
-from amanita.engine import StepConfig, TrainState, accumulation_group, train_one_epoch, updates_per_epoch
+from amanita.engine import accumulation_group, train_one_epoch, updates_per_epoch
+from amanita.run import Run, StepConfig
 
 
 def test_accumulation_groups_end_on_the_epochs_last_batch():
@@ -22,17 +23,17 @@ class _CountingScheduler:
 
 
 def _mse(out, labels):
-    return {"loss": ((out["species"] - labels.float()) ** 2).mean()}
+    return {"loss": ((out["leaf"] - labels.float()) ** 2).mean()}
 
 
 def _run(batches, accum):
     torch.manual_seed(0)
     model = nn.Linear(3, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    sched, state = _CountingScheduler(), TrainState()
-    train_one_epoch(model, batches, _mse, opt, sched, torch.device("cpu"), state,
-                    StepConfig(accum_steps=accum), show=False)
-    return model, state, sched
+    sched = _CountingScheduler()
+    run = Run(model, opt, _mse, config=StepConfig(accum_steps=accum), scheduler=sched)
+    train_one_epoch(run, batches)
+    return model, run.state, sched
 
 
 def test_a_partial_group_is_one_update_on_the_mean_of_its_batches():
@@ -85,7 +86,7 @@ def test_predict_keeps_results_on_the_device_and_copies_once_per_split(monkeypat
     copies = []
     real_cpu = torch.Tensor.cpu
     monkeypatch.setattr(torch.Tensor, "cpu", lambda t, *a, **k: copies.append(t.shape) or real_cpu(t, *a, **k))
-    got = predict(model, loader, tax, torch.device("cpu"), show=False)
+    got = predict(model, loader, tax, torch.device("cpu"), decode="independent")
     monkeypatch.undo()
     assert model.modes == [True, True, True]
     assert len(copies) == 2  # one integer block, one float block for the whole split

@@ -9,8 +9,7 @@ import torch
 from amanita.data import FungiTasticDataset, create_transforms, to_model_input
 from amanita.io import UserError
 from amanita.taxonomy import Taxonomy, build_taxonomy
-from tests.conftest import run_script
-from tests.helpers import TRAIN_IDS, make_image_dataset, rows, tiny_checkpoint
+from tests.helpers import TRAIN_IDS, make_image_dataset, rows, run_script, tiny_checkpoint
 
 pytest.importorskip("onnxruntime", reason="optional: pip install -r requirements-test.txt")
 

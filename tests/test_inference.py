@@ -1,22 +1,21 @@
-"""test.py: inference on images with a multi-task and a single-head checkpoint trained here."""
-import importlib.util
+"""test.py: inference on images with a multi-task and a single-head checkpoint trained here.
+
+test.py's flags and main run in this process (amanita.cli.parse_identify_args, amanita.identify);
+one test runs the script itself."""
 import json
 import shutil
-import sys
 
 import pytest
 import torch
 
 from amanita.checkpoint import load_for_eval, update_checkpoint
+from amanita.cli import cli_main, parse_identify_args
 from amanita.data import create_transforms, read_image
+from amanita.identify import identify
 from amanita.taxonomy import RANKS, Taxonomy
-from tests.conftest import ROOT, run_script
-from tests.helpers import LINEAGES, SMALL_MODEL, make_image_dataset
+from tests.helpers import LINEAGES, SMALL_MODEL, make_image_dataset, run_script
 
-# test.py shares its name with the standard library's ``test`` package: load it by path
-_spec = importlib.util.spec_from_file_location("amanita_test_script", ROOT / "test.py")
-script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(script)
+pytestmark = pytest.mark.slow  # end-to-end: trains in subprocesses
 
 POISONOUS = {name for name, *_, poisonous in LINEAGES.values() if poisonous}
 
@@ -35,11 +34,10 @@ def trained(tmp_path_factory):
             "mappings": root / "m.json", "images": images}
 
 
-def run(monkeypatch, capsys, *args):
-    """Run test.py's main in this process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["test.py", *map(str, args)])
+def run(capsys, *args):
+    """test.py's parsing, main and error handling in this process; returns (exit code, stdout, stderr)."""
     with pytest.raises(SystemExit) as exit_info:
-        script.main()
+        cli_main(lambda: identify(parse_identify_args("test.py", [str(a) for a in args])))()
     out, err = capsys.readouterr()
     return exit_info.value.code, out, err
 
@@ -48,11 +46,11 @@ def records(out):
     return [json.loads(line) for line in out.splitlines()]
 
 
-def test_human_output_lists_lineage_topk_and_backoff(trained, monkeypatch, capsys):
+def test_human_output_lists_lineage_topk_and_backoff(trained, capsys):
     images = trained["images"][:2]
-    code, out, err = run(monkeypatch, capsys, "--checkpoint", trained["multi"], "--top-k", 3, "--workers", 0, *images)
+    code, out, err = run(capsys, "--checkpoint", trained["multi"], "--top-k", 3, "--workers", 0, *images)
     assert code == 0, err
-    _, js, _ = run(monkeypatch, capsys, "--checkpoint", trained["multi"], "--top-k", 3, "--workers", 0, "--json", *images)
+    _, js, _ = run(capsys, "--checkpoint", trained["multi"], "--top-k", 3, "--workers", 0, "--json", *images)
     blocks = out.strip().split("\n\n")
     assert len(blocks) == 2 and "multi-task model" in err
     for block, rec in zip(blocks, records(js)):
@@ -65,9 +63,9 @@ def test_human_output_lists_lineage_topk_and_backoff(trained, monkeypatch, capsy
             assert t["species"] in block and t["scientificName"] in block
 
 
-def test_json_lines_topk_sorted_and_consistent_lineage(trained, monkeypatch, capsys):
+def test_json_lines_topk_sorted_and_consistent_lineage(trained, capsys):
     images = trained["images"]
-    code, out, err = run(monkeypatch, capsys, "--checkpoint", trained["multi"], "--json", "--decode", "consistent",
+    code, out, err = run(capsys, "--checkpoint", trained["multi"], "--json", "--decode", "consistent",
                          "--top-k", 4, "--batch-size", 5, "--workers", 0, *images)
     assert code == 0, err
     recs = records(out)
@@ -87,18 +85,18 @@ def test_json_lines_topk_sorted_and_consistent_lineage(trained, monkeypatch, cap
         assert rec["poisonous_in_topk"] == any(t["poisonous"] for t in rec["topk"])
 
 
-def test_backoff_is_the_finest_rank_reaching_the_threshold(trained, monkeypatch, capsys):
+def test_backoff_is_the_finest_rank_reaching_the_threshold(trained, capsys):
     image = trained["images"][0]
-    _, out, _ = run(monkeypatch, capsys, "--checkpoint", trained["multi"], "--json", "--workers", 0, image)
+    _, out, _ = run(capsys, "--checkpoint", trained["multi"], "--json", "--workers", 0, image)
     lineage = records(out)[0]["lineage"]
     threshold = sorted(s["confidence"] for s in lineage)[3]
-    _, out, _ = run(monkeypatch, capsys, "--checkpoint", trained["multi"], "--json", "--workers", 0,
+    _, out, _ = run(capsys, "--checkpoint", trained["multi"], "--json", "--workers", 0,
                     "--backoff", threshold, image)
     expected = [s for s in lineage if s["confidence"] >= threshold][-1]
     assert records(out)[0]["backoff"] == expected
-    _, out, _ = run(monkeypatch, capsys, "--checkpoint", trained["multi"], "--workers", 0, "--backoff", 0, image)
+    _, out, _ = run(capsys, "--checkpoint", trained["multi"], "--workers", 0, "--backoff", 0, image)
     assert f"confident down to species: {lineage[-1]['name']}" in out
-    _, out, _ = run(monkeypatch, capsys, "--checkpoint", trained["multi"], "--workers", 0, "--backoff", 1, image)
+    _, out, _ = run(capsys, "--checkpoint", trained["multi"], "--workers", 0, "--backoff", 1, image)
     assert "not confident at any rank" in out
 
 
@@ -109,9 +107,9 @@ def normalised_by_hand(data_config, paths) -> torch.Tensor:
     return (torch.stack([transform(read_image(p)) for p in paths]) / 255 - mean) / std
 
 
-def test_single_head_coarse_ranks_are_summed_species_probabilities(trained, monkeypatch, capsys):
+def test_single_head_coarse_ranks_are_summed_species_probabilities(trained, capsys):
     images = trained["images"][:6]
-    code, out, err = run(monkeypatch, capsys, "--checkpoint", trained["single"], "--json", "--decode", "independent",
+    code, out, err = run(capsys, "--checkpoint", trained["single"], "--json", "--decode", "independent",
                          "--top-k", 6, "--workers", 0, *images)
     assert code == 0, err
     model, tax, data_config, info = load_for_eval(trained["single"])
@@ -131,9 +129,9 @@ def test_single_head_coarse_ranks_are_summed_species_probabilities(trained, monk
         assert sum(by_id.values()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_poisonous_warning_follows_the_taxonomy_flags(trained, monkeypatch, capsys, tmp_path):
+def test_poisonous_warning_follows_the_taxonomy_flags(trained, capsys, tmp_path):
     image = trained["images"][0]
-    code, out, _ = run(monkeypatch, capsys, "--checkpoint", trained["multi"], "--top-k", 6, "--workers", 0, image)
+    code, out, _ = run(capsys, "--checkpoint", trained["multi"], "--top-k", 6, "--workers", 0, image)
     warning = [line for line in out.splitlines() if "⚠ POISONOUS" in line]
     assert code == 0 and len(warning) == 1
     assert "Amanita phalloides" in warning[0] and "Amanita muscaria" in warning[0] and "do not eat" in warning[0]
@@ -141,16 +139,16 @@ def test_poisonous_warning_follows_the_taxonomy_flags(trained, monkeypatch, caps
     tax = Taxonomy.load(trained["mappings"])
     tax.poisonous = [False] * tax.n_leaves
     tax.save(tmp_path / "harmless.json")
-    code, out, _ = run(monkeypatch, capsys, "--checkpoint", trained["multi"], "--top-k", 6, "--workers", 0,
+    code, out, _ = run(capsys, "--checkpoint", trained["multi"], "--top-k", 6, "--workers", 0,
                        "--mappings", tmp_path / "harmless.json", image)
     assert code == 0 and "POISONOUS" not in out and "☠" not in out
 
 
-def test_mappings_of_another_tree_are_refused(trained, monkeypatch, capsys, tmp_path):
+def test_mappings_of_another_tree_are_refused(trained, capsys, tmp_path):
     tax = Taxonomy.load(trained["mappings"])
     tax.classes["genus"][0] = "Verpa"
     tax.save(tmp_path / "other.json")
-    code, out, err = run(monkeypatch, capsys, "--checkpoint", trained["multi"], "--mappings", tmp_path / "other.json",
+    code, out, err = run(capsys, "--checkpoint", trained["multi"], "--mappings", tmp_path / "other.json",
                          trained["images"][0])
     assert code == 2 and out == ""
     assert err.startswith("error: ") and "not the taxonomy" in err and len(err.strip().splitlines()) == 1
@@ -169,14 +167,14 @@ def test_bad_files_are_reported_and_the_rest_still_predicted(trained, tmp_path):
                       f"error: {bad}: not an image (unrecognised file format)"]
 
 
-def test_directories_expand_recursively_by_extension(trained, monkeypatch, capsys, tmp_path):
+def test_directories_expand_recursively_by_extension(trained, capsys, tmp_path):
     src = trained["images"]
     (tmp_path / "b" / "deep").mkdir(parents=True)
     expected = [tmp_path / "a.PNG", tmp_path / "b" / "deep" / "c.jpeg", tmp_path / "b" / "z.jpg"]
     for s, d in zip(src, expected):
         shutil.copy(s, d)  # JPEG bytes under any image extension: Pillow reads the content
     (tmp_path / "b" / "readme.txt").write_text("skipped: not an image extension")
-    code, out, err = run(monkeypatch, capsys, "--checkpoint", trained["multi"], "--json", tmp_path)
+    code, out, err = run(capsys, "--checkpoint", trained["multi"], "--json", tmp_path)
     assert code == 0, err
     assert [r["path"] for r in records(out)] == [str(p) for p in expected]
 
@@ -189,10 +187,10 @@ def test_help_lists_every_flag_with_its_default():
     assert "Output parameters" in proc.stdout and "(default: 5)" in proc.stdout and "Examples:" in proc.stdout
 
 
-def test_lineage_confidences_never_rise_and_follow_stored_temperatures(trained, monkeypatch, capsys, tmp_path):
+def test_lineage_confidences_never_rise_and_follow_stored_temperatures(trained, capsys, tmp_path):
     images = trained["images"][:6]
     args = ["--json", "--workers", 0, "--decode", "independent", *images]
-    code, out, err = run(monkeypatch, capsys, "--checkpoint", trained["multi"], *args)
+    code, out, err = run(capsys, "--checkpoint", trained["multi"], *args)
     assert code == 0 and "uncalibrated confidences" in err, err
     plain = records(out)
     for rec in plain:
@@ -201,18 +199,18 @@ def test_lineage_confidences_never_rise_and_follow_stored_temperatures(trained, 
     calibrated = tmp_path / "calibrated.pth"
     shutil.copyfile(trained["multi"], calibrated)
     update_checkpoint(calibrated, temperatures={k: 4.0 for k in ("leaf",) + RANKS})  # much flatter
-    code, out, err = run(monkeypatch, capsys, "--checkpoint", calibrated, *args)
+    code, out, err = run(capsys, "--checkpoint", calibrated, *args)
     assert code == 0 and "calibrated confidences" in err
     for hot, cold in zip(plain, records(out)):
         assert cold["topk"][0]["probability"] < hot["topk"][0]["probability"]
         assert [s["name"] for s in cold["lineage"]] == [s["name"] for s in hot["lineage"]]  # argmax unchanged
-    code, out, _ = run(monkeypatch, capsys, "--checkpoint", calibrated, "--no-temperatures", *args)
+    code, out, _ = run(capsys, "--checkpoint", calibrated, "--no-temperatures", *args)
     assert records(out) == plain
 
 
-def test_flip_tta_is_the_mean_logit_of_image_and_mirror(trained, monkeypatch, capsys):
+def test_flip_tta_is_the_mean_logit_of_image_and_mirror(trained, capsys):
     image = trained["images"][0]
-    code, out, err = run(monkeypatch, capsys, "--checkpoint", trained["single"], "--json", "--workers", 0,
+    code, out, err = run(capsys, "--checkpoint", trained["single"], "--json", "--workers", 0,
                          "--tta", "flip", "--top-k", 6, image)
     assert code == 0, err
     model, tax, data_config, _ = load_for_eval(trained["single"])

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT
-from tests.helpers import SMALL_MODEL, make_image_dataset
+from tests.helpers import ROOT, SMALL_MODEL, make_image_dataset, script_env
 
 ISC_FILE = ROOT / "fungitastic_multitask.isc"
 ISC_VARIABLES = ("$NNODES", "$N_PROC", "$MASTER_ADDR", "$MASTER_PORT", "$NODE_RANK")
@@ -118,12 +117,13 @@ def kill_mid_run(cmd, env, last, min_step):
     assert alive, f"the run ended before it could be killed:\n{stderr[-3000:]}"
 
 
+@pytest.mark.slow
 def test_command_trains_is_killed_and_resumes_from_the_checkpoint_artifact(isc, tmp_path):
     tiny_fungitastic(tmp_path / "data")
     ckpt, lossy = tmp_path / "checkpoints", tmp_path / "lossy"
     cmd = local_command(isc, tmp_path / "data", *SMALL_MODEL, "--mappings", tmp_path / "m.json", "--workers", 0,
                         "--batch-size", 4, "--epochs", EPOCHS, "--save-every-steps", 1, "--auto-augment", "none")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", NNODES="1", N_PROC="2",
+    env = script_env(OMP_NUM_THREADS="1", NNODES="1", N_PROC="2",
                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), NODE_RANK="0",
                CHECKPOINT_ARTIFACT_PATH=str(ckpt), LOSSY_ARTIFACT_PATH=str(lossy))
     kill_mid_run(cmd, env, ckpt / "last.pth", min_step=UPDATES_PER_EPOCH + 1)
@@ -151,12 +151,13 @@ def readme_dry_run_block() -> str:
     return section.split("```bash\n", 1)[1].split("```", 1)[0]
 
 
+@pytest.mark.slow
 def test_readme_dry_run_block_trains_on_a_demo_set(tmp_path):
     """The README block as pasted, on a small generated demo set, with shorter training appended."""
     demo = tmp_path / "data" / "demo"
     subprocess.run([sys.executable, str(ROOT / "create_synthetic_dataset.py"), "--output-dir", str(demo),
                     "--n-observations", "300", "--image-size", "48", "--workers", "1"],
-                   check=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+                   check=True, capture_output=True, env=script_env(), timeout=120)
     block = readme_dry_run_block()
     assert block.startswith("source .venv/bin/activate\n") and "MASTER_PORT=29500" in block
     # the venv is this interpreter's (on PATH below); paths and the port made local to the test
@@ -164,7 +165,7 @@ def test_readme_dry_run_block_trains_on_a_demo_set(tmp_path):
     block = block.replace('"data/demo"', shlex.quote(str(demo))).replace("$PWD/isc_dry_run", str(tmp_path / "run"))
     block = block.rstrip() + " --epochs 1 --model-args '{\"depth\": 1, \"embed_dim\": 32, \"num_heads\": 2, " \
                              "\"img_size\": 32, \"patch_size\": 8}' --workers 0 --save-every-steps 2 --image-size-folder 48p"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
+    env = script_env(OMP_NUM_THREADS="1",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.run(["bash", "-c", block], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, top_k_accuracy_score
 
+from amanita.demo.predictions import synthetic_predictions, synthetic_taxonomy
 from amanita.io import UserError
 from amanita.metrics import (compute_metrics, confused_pairs, expected_calibration_error, focus_species,
                              hierarchy_metrics, jsonable, key_metrics, per_class_table, poison_metrics,
                              reliability_bins, resolve_species, safety_table)
-from amanita.predictions import (KEYS, read_predictions, synthetic_predictions, synthetic_taxonomy,
-                                 topk_columns, write_predictions)
-from amanita.taxonomy import LEAF, RANKS, Taxonomy
+from amanita.predictions import read_predictions, topk_columns, write_predictions
+from amanita.taxonomy import KEYS, LEAF, RANKS, Taxonomy
 
 # ---------------------------------------------------------------------- the worked example
 # One phylum, class and order; two families; two genera; four species (one leaf each):

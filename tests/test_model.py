@@ -1,7 +1,6 @@
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 
@@ -9,13 +8,13 @@ import pytest
 import timm
 import torch
 
+from amanita.decode import decode, rank_log_probs
 from amanita.losses import MultiTaskLoss
-from amanita.model import (MultiTaskBEiT, create_timm_model, decode, rank_log_probs,
-                           resolve_data_config, write_hub_cache_model)
+from amanita.backbone import create_timm_model, resolve_data_config
+from amanita.model import MultiTaskBEiT
 from amanita.taxonomy import LEAF, RANKS, build_taxonomy
 from amanita.training import group_table, make_optimizer
-from tests.conftest import ROOT
-from tests.helpers import TRAIN_IDS, rows
+from tests.helpers import TRAIN_IDS, rows, script_env, write_hub_cache_model
 
 SMALL = {"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 8}
 # category_id of each helper lineage in this test: not contiguous, not in lineage order
@@ -37,9 +36,10 @@ def hub_config(num_classes):
                                "first_conv": "patch_embed.proj", "classifier": "head"}}
 
 
+@pytest.mark.slow
 def test_stock_start_from_hub_cache_offline(tmp_path):
     """A small BEiT written into the hub cache under the stock id loads with HF_HUB_OFFLINE=1;
-    at step 0 the species logits equal the stock logits and (residual heads) every coarse rank
+    at step 0 the leaf logits equal the stock logits and (residual heads) every coarse rank
     equals the stock probabilities summed up the tree; independent heads start from descendants."""
     torch.manual_seed(0)
     stock = timm.create_model("beit_base_patch16_224", pretrained=False, num_classes=8, **SMALL)
@@ -49,6 +49,7 @@ def test_stock_start_from_hub_cache_offline(tmp_path):
     df.to_csv(tmp_path / "train.csv", index=False)
     code = f"""
 import json, torch, pandas as pd
+from amanita.backbone import *
 from amanita.model import *
 from amanita.taxonomy import build_taxonomy
 tax = build_taxonomy([pd.read_csv({str(tmp_path / 'train.csv')!r})])
@@ -61,15 +62,15 @@ with torch.no_grad():
 ids = torch.tensor(tax.category_ids)
 summed = {{r: torch.softmax(s[:, ids], 1) @ tax.rollup_matrix(r) for r in ("phylum", "order", "genus")}}
 amanita = tax.rollup_matrix("genus")[:, tax.index("genus")["Amanita"]].bool()
-w = ind.heads["species"].weight[amanita].mean(0)
+w = ind.heads["leaf"].weight[amanita].mean(0)
 print(json.dumps(dict(
-    equal=torch.allclose(out["species"], s[:, ids], atol=1e-5),
+    equal=torch.allclose(out["leaf"], s[:, ids], atol=1e-5),
     coarse_equal_summed=all(torch.allclose(torch.softmax(out[r], 1), p, atol=1e-5) for r, p in summed.items()),
     genus_from_descendants=torch.allclose(ind.heads["genus"].weight[tax.index("genus")["Amanita"]], w),
-    genus_bias=(ind.heads["genus"].bias[tax.index("genus")["Amanita"]] - ind.heads["species"].bias[amanita].mean()).item(),
+    genus_bias=(ind.heads["genus"].bias[tax.index("genus")["Amanita"]] - ind.heads["leaf"].bias[amanita].mean()).item(),
     data_config=resolve_data_config(mt.backbone, STOCK_MODEL), arch=resolve_architecture(STOCK_MODEL))))
 """
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"), PYTHONPATH=str(ROOT))
+    env = script_env(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -89,7 +90,7 @@ def test_unknown_model_data_config_follows_timm():
 
 def test_layer_decay_groups_for_beit_base():
     backbone = create_timm_model("beit_base_patch16_224", pretrained=False, num_classes=0)
-    model = MultiTaskBEiT(backbone, {"phylum": 7, "genus": 10, "species": 20})
+    model = MultiTaskBEiT(backbone, {"phylum": 7, "genus": 10, "leaf": 20})
     args = argparse.Namespace(layer_decay=0.75, weight_decay=0.05, head_lr_scale=1.0, opt="adamw", lr=1e-4,
                               momentum=0.9)
     opt = make_optimizer(model, args, torch.device("cpu"), multitask=True)
@@ -101,7 +102,7 @@ def test_layer_decay_groups_for_beit_base():
     assert scale_of[id(named["backbone.cls_token"])] == pytest.approx(0.75 ** 13)
     assert scale_of[id(named["backbone.blocks.0.attn.qkv.weight"])] == pytest.approx(0.75 ** 12)
     assert scale_of[id(named["backbone.blocks.11.mlp.fc2.weight"])] == pytest.approx(0.75)
-    assert scale_of[id(named["heads.species.weight"])] == 1.0
+    assert scale_of[id(named["heads.leaf.weight"])] == 1.0
     assert "14 layer scales" in group_table(model, opt)
     args.head_lr_scale = 10.0
     opt = make_optimizer(model, args, torch.device("cpu"), multitask=True)
@@ -126,7 +127,7 @@ def test_consistent_decoding_picks_the_best_real_lineage(tax):
 def test_rank_log_probs_sum_leaves_for_a_single_head_model(tax):
     logits = torch.tensor([[2.0, 0.0, 1.0, -1.0, -1.0, 0.5, 9.0]])  # 7 stock outputs, 6 leaves
     idx = torch.tensor([0, 1, 2, 3, 4, 5])
-    lp = rank_log_probs({"species": logits}, tax, idx)
+    lp = rank_log_probs({"leaf": logits}, tax, idx)
     p = torch.softmax(logits[:, :6], 1)
     torch.testing.assert_close(lp[LEAF].exp(), p)
     torch.testing.assert_close(lp["genus"].exp(), p @ tax.rollup_matrix("genus"))
@@ -135,25 +136,25 @@ def test_rank_log_probs_sum_leaves_for_a_single_head_model(tax):
 
 def test_loss_hand_computed_with_unknown_labels(tax):
     out = {"genus": torch.tensor([[0.0, 1.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0]]),
-           "species": torch.zeros(2, 6)}
+           LEAF: torch.zeros(2, 6)}
     labels = torch.tensor([[2, 1, 1, 1, 1, 1, 1], [-1, -1, -1, -1, -1, -1, -1]])
     weights = {r: torch.ones(n) for r, n in zip(RANKS, [2, 2, 3, 4, 4, 5])} | {LEAF: torch.ones(6)}
     weights["genus"] = torch.tensor([1.0, 3.0, 1.0, 1.0])
-    crit = MultiTaskLoss(tax, {"genus": 0.5, "species": 1.0}, weights)
+    crit = MultiTaskLoss(tax, {"genus": 0.5, LEAF: 1.0}, weights)
     got = crit(out, labels)
     ce_genus = -torch.log_softmax(out["genus"][0], 0)[1]      # row 2 is unknown: ignored
     assert got["loss/genus"].item() == pytest.approx(ce_genus.item(), rel=1e-6)
-    assert got["loss/species"].item() == pytest.approx(math.log(6), rel=1e-6)
+    assert got["loss/leaf"].item() == pytest.approx(math.log(6), rel=1e-6)
     assert got["loss"].item() == pytest.approx(0.5 * ce_genus.item() + math.log(6), rel=1e-6)
-    none_known = crit({"genus": out["genus"], "species": out["species"]}, torch.full((2, 7), -1))
+    none_known = crit({"genus": out["genus"], LEAF: out[LEAF]}, torch.full((2, 7), -1))
     assert none_known["loss"].item() == 0.0
 
 
-def test_consistency_term_is_zero_when_heads_agree_with_the_species_head(tax):
+def test_consistency_term_is_zero_when_heads_agree_with_the_leaf_head(tax):
     leaf_logits = torch.randn(4, 6)
     p = torch.softmax(leaf_logits, 1)
-    out = {"species": leaf_logits} | {r: (p @ tax.rollup_matrix(r)).log() for r in RANKS[:-1]}
-    crit = MultiTaskLoss(tax, {"species": 1.0}, consistency_weight=1.0)
+    out = {LEAF: leaf_logits} | {r: (p @ tax.rollup_matrix(r)).log() for r in RANKS[:-1]}
+    crit = MultiTaskLoss(tax, {LEAF: 1.0}, consistency_weight=1.0)
     assert crit(out, torch.full((4, 7), -1))["loss/consistency"].item() == pytest.approx(0.0, abs=1e-5)
     out["genus"] = torch.zeros(4, 4)
     assert crit(out, torch.full((4, 7), -1))["loss/consistency"].item() > 0.01

@@ -72,7 +72,7 @@ class Logits(Dataset):
 
 class Identity(torch.nn.Module):
     def forward(self, x):
-        return {"species": x}
+        return {"leaf": x}
 
 
 def _leaf_logits(*leaf_probs):
@@ -87,7 +87,7 @@ def _run(meta, logits, combine="mean-prob"):
     labels = torch.from_numpy(encode_labels(TAX, meta))
     pooler = ObservationPooler(meta["observationID"].to_numpy(), combine)
     loader = DataLoader(Logits(logits, labels), batch_size=2)  # observation 100 spans two batches
-    batches = iter_log_probs(Identity(), loader, TAX, torch.device("cpu"), show=False)
+    batches = iter_log_probs(Identity(), loader, TAX, torch.device("cpu"))
     preds = with_metadata(predict_batches(batches, TAX, "independent", pooler), meta)
     return preds, with_metadata(predict_observations(pooler, labels, TAX, "independent"), meta)
 

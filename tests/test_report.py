@@ -8,23 +8,24 @@ import json
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
+from amanita.cli import build_validate_parser, cli_main
+from amanita.evaluate import summary_lines, validate
 from amanita.metrics import compute_metrics
-from amanita.predictions import synthetic_predictions, write_predictions
+from amanita.demo.predictions import synthetic_predictions
+from amanita.predictions import write_predictions
 from amanita.report import render_report
 from amanita.report.figures import (FigureInfo, optional_figures, confusion_matrix_figure, focus_figure,
                                     select_specimens)
 from amanita.report.html import SECTIONS
 from amanita.taxonomy import RANKS, build_taxonomy
-from tests.conftest import run_script
+from tests.helpers import run_script
 
 GENERA = {  # genus: (phylum, class, order, family)
     "Amanita": ("Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae"),
@@ -117,13 +118,12 @@ def report(tmp_path_factory):
 
 
 def run_validate(*args) -> tuple[int, str, str]:
-    """``validate.py ARGS`` in this process (as the script runs it); returns (exit code, stdout, stderr)."""
-    import validate
+    """validate.py's parsing, work and error handling in this process; returns (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
-    with mock.patch.object(sys, "argv", ["validate.py", *map(str, args)]), \
-            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    main = lambda: print("\n".join(summary_lines(validate(build_validate_parser("").parse_args(list(map(str, args)))))))
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            validate.main()
+            cli_main(main)()
         except SystemExit as e:
             return int(e.code or 0), out.getvalue(), err.getvalue()
     return 0, out.getvalue(), err.getvalue()
@@ -210,6 +210,7 @@ def test_cli_errors_are_one_line(tmp_path, report):
     assert code == 2 and "--val-path" in err
 
 
+@pytest.mark.slow
 def test_validate_script_runs_as_a_program():
     proc = run_script("validate.py", "--help")
     assert "--from-predictions" in proc.stdout and "--baseline-model" in proc.stdout
@@ -250,6 +251,7 @@ def full_page_png(driver, width: int = 1400) -> bytes:
     return base64.b64decode(shot["data"])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (HAVE_BROWSER and _selenium_available()),
                     reason=f"chromium not installed: need {CHROMIUM}, {CHROMEDRIVER} and selenium "
                            "(apt-get install chromium chromium-driver)")

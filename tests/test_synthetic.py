@@ -1,4 +1,4 @@
-"""The demo dataset generator: layout, schema, taxonomy, long tail, traits, determinism, CLI."""
+"""The demo dataset generator (amanita.demo): layout, schema, taxonomy, long tail, traits, determinism, CLI."""
 import hashlib
 import re
 from pathlib import Path
@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from amanita import synthetic as S
+from amanita.demo import dataset, drawing, metadata, taxonomy
 from amanita.io import UserError
 from amanita.taxonomy import RANKS, build_taxonomy
-from tests.conftest import run_script
+from tests.helpers import run_script
 
 TRAIN_VAL_COLUMNS = [
     "eventDate", "year", "month", "day", "habitat", "countryCode", "scientificName", "kingdom",
@@ -28,7 +28,7 @@ SMALL = dict(n_observations=1, image_size=48)  # every name at its minimum of 4 
 def small_set(tmp_path_factory):
     """A small demo set (about 700 tiny images) and its three CSVs, generated once."""
     root = tmp_path_factory.mktemp("demo")
-    summary = S.generate_dataset(root, seed=0, workers=2, **SMALL)
+    summary = dataset.generate_dataset(root, seed=0, workers=2, **SMALL)
     frames = {s: pd.read_csv(root / "metadata" / "FungiTastic" / f) for s, f in CSV_FILES.items()}
     return root, frames, summary
 
@@ -80,7 +80,7 @@ def test_values_are_plausible(small_set):
 
 # ---------------------------------------------------------------------- taxonomy
 def test_real_taxonomy_with_amanita_and_lookalikes():
-    table = S.species_table()
+    table = taxonomy.species_table()
     assert table["species"].nunique() >= 60 and table["phylum"].nunique() >= 4
     poisonous = dict(zip(table["scientificName"], table["poisonous"]))
     for epithet in ("phalloides", "virosa", "muscaria", "pantherina", "rubescens", "citrina"):
@@ -97,7 +97,7 @@ def test_real_taxonomy_with_amanita_and_lookalikes():
 
 
 def test_category_ids_contiguous_and_synonym_pair():
-    table = S.species_table()
+    table = taxonomy.species_table()
     assert table["category_id"].tolist() == list(range(len(table)))
     assert table["scientificName"].is_unique and table["scientificName"].is_monotonic_increasing
     syn = table[table["species"] == "Phlebia tremellosa"]
@@ -108,10 +108,10 @@ def test_category_ids_contiguous_and_synonym_pair():
 def test_build_taxonomy_accepts_the_csvs(small_set):
     _, frames, summary = small_set
     tax = build_taxonomy(frames.values(), count_frame=frames["train"])
-    assert tax.n_leaves == len(S.SPECIES) == summary["leaves"]
-    assert len(tax.classes["species"]) == len(S.SPECIES) - 1  # the synonym pair shares a species
+    assert tax.n_leaves == len(taxonomy.SPECIES) == summary["leaves"]
+    assert len(tax.classes["species"]) == len(taxonomy.SPECIES) - 1  # the synonym pair shares a species
     assert {r: len(tax.classes[r]) for r in RANKS} == summary["classes"]
-    leaf = tax.leaf_index()[int(S.species_table().set_index("scientificName")
+    leaf = tax.leaf_index()[int(taxonomy.species_table().set_index("scientificName")
                                 .loc["Amanita phalloides", "category_id"])]
     assert tax.poisonous[leaf] and tax.lineage(leaf)["family"] == "Amanitaceae"
 
@@ -119,7 +119,7 @@ def test_build_taxonomy_accepts_the_csvs(small_set):
 # ---------------------------------------------------------------------- splits and long tail
 def test_observations_never_cross_splits(small_set):
     _, frames, _ = small_set
-    for plan in (frames, S.plan_dataset(seed=3)):
+    for plan in (frames, metadata.plan_dataset(seed=3)):
         owners = pd.concat([df[["observationID"]].assign(split=s) for s, df in plan.items()])
         assert owners.groupby("observationID")["split"].nunique().max() == 1
         sizes = owners.groupby("observationID").size()
@@ -128,13 +128,13 @@ def test_observations_never_cross_splits(small_set):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_default_plan_is_long_tailed_with_every_species_everywhere(seed):
-    plan = S.plan_dataset(seed=seed)
+    plan = metadata.plan_dataset(seed=seed)
     assert 2500 <= sum(len(df) for df in plan.values()) <= 3500
     train = plan["train"]
     images = train.groupby("species").size()
     assert images.max() >= 20 * images.min()
     assert train.groupby("species")["observationID"].nunique().min() >= 2
-    every = set(S.species_table()["species"])
+    every = set(taxonomy.species_table()["species"])
     assert set(plan["val"]["species"]) == every and set(plan["test"]["species"]) == every
     n_obs = {s: df["observationID"].nunique() for s, df in plan.items()}
     assert 0.6 < n_obs["train"] / sum(n_obs.values()) < 0.8
@@ -142,8 +142,8 @@ def test_default_plan_is_long_tailed_with_every_species_everywhere(seed):
 
 # ---------------------------------------------------------------------- visual traits
 def test_each_rank_sets_distinct_traits_among_siblings():
-    table = S.species_table().drop_duplicates("species")
-    traits = {sp: S.species_traits(sp) for sp in table["species"]}
+    table = taxonomy.species_table().drop_duplicates("species")
+    traits = {sp: drawing.species_traits(sp) for sp in table["species"]}
     own = {"phylum": ("background",), "class": ("ground", "ground_style"), "order": ("plan",),
            "family": ("hue",), "genus": ("pattern", "pattern_color"),
            "species": ("body", "density", "element_size", "mark")}
@@ -159,24 +159,24 @@ def test_each_rank_sets_distinct_traits_among_siblings():
 
 
 def test_draw_image_is_deterministic_and_4_by_3():
-    a = S.draw_image("Amanita phalloides", seed=0, index=7)
+    a = drawing.draw_image("Amanita phalloides", seed=0, index=7)
     assert a.size == (400, 300) and a.mode == "RGB"
-    assert S.encode_jpeg(a) == S.encode_jpeg(S.draw_image("Amanita phalloides", seed=0, index=7))
-    assert a.tobytes() != S.draw_image("Amanita phalloides", seed=0, index=8).tobytes()
-    assert a.tobytes() != S.draw_image("Amanita phalloides", seed=1, index=7).tobytes()
+    assert drawing.encode_jpeg(a) == drawing.encode_jpeg(drawing.draw_image("Amanita phalloides", seed=0, index=7))
+    assert a.tobytes() != drawing.draw_image("Amanita phalloides", seed=0, index=8).tobytes()
+    assert a.tobytes() != drawing.draw_image("Amanita phalloides", seed=1, index=7).tobytes()
     with pytest.raises(KeyError):
-        S.draw_image("Amanita caesarea", seed=0, index=0)
+        drawing.draw_image("Amanita caesarea", seed=0, index=0)
 
 
 # ---------------------------------------------------------------------- generation
 def test_same_seed_same_bytes_whatever_the_workers(small_set, tmp_path):
     root, _, _ = small_set
     again = tmp_path / "again"
-    S.generate_dataset(again, seed=1, workers=1, **SMALL)
+    dataset.generate_dataset(again, seed=1, workers=1, **SMALL)
     other = file_hashes(again)
     stale = again / "FungiTastic" / "train" / "48p" / "stale.JPG"
     stale.write_bytes(b"old")
-    S.generate_dataset(again, seed=0, workers=1, **SMALL)  # in place, over the seed-1 set
+    dataset.generate_dataset(again, seed=0, workers=1, **SMALL)  # in place, over the seed-1 set
     first = file_hashes(root)
     assert file_hashes(again) == first and not stale.exists()
     csvs = [k for k in first if k.endswith(".csv")]
@@ -189,10 +189,11 @@ def test_refuses_a_folder_that_is_not_a_demo_set(tmp_path):
     foreign = tmp_path / "real_data"
     (foreign / "FungiTastic").mkdir(parents=True)
     with pytest.raises(UserError, match="not empty"):
-        S.generate_dataset(foreign, seed=0, **SMALL)
+        dataset.generate_dataset(foreign, seed=0, **SMALL)
     assert [p.name for p in foreign.iterdir()] == ["FungiTastic"]
 
 
+@pytest.mark.slow
 def test_cli_help_and_tiny_run(tmp_path):
     out = run_script("create_synthetic_dataset.py", "--help").stdout
     for flag in ("--output-dir", "--seed", "--n-observations", "--image-size", "--workers"):
@@ -208,5 +209,5 @@ def test_cli_help_and_tiny_run(tmp_path):
 def test_bad_arguments_are_user_errors(tmp_path):
     for bad in (dict(seed=-1), dict(image_size=8), dict(n_observations=0)):
         with pytest.raises(UserError):
-            S.generate_dataset(tmp_path / "x", **(SMALL | bad))
+            dataset.generate_dataset(tmp_path / "x", **(SMALL | bad))
     assert not (tmp_path / "x").exists()

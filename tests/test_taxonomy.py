@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from amanita.taxonomy import RANKS, Taxonomy, TaxonomyError, build_taxonomy, encode_labels
-from tests.conftest import run_script
-from tests.helpers import EXPECTED_ANCESTORS, EXPECTED_CLASSES, TRAIN_IDS, rows
+from tests.helpers import EXPECTED_ANCESTORS, EXPECTED_CLASSES, TRAIN_IDS, rows, run_script
 
 
 @pytest.fixture
@@ -22,7 +21,7 @@ def test_classes_sorted_by_lineage_and_ancestors(tax):
     assert tax.scientific_names[3] == "Merulius tremellosus"
     np.testing.assert_array_equal(tax.ancestors, EXPECTED_ANCESTORS)
     assert tax.poisonous == [True, True, False, False, False, False]
-    assert tax.head_sizes() == {"phylum": 2, "class": 2, "order": 3, "family": 4, "genus": 4, "species": 6}
+    assert tax.head_sizes() == {"phylum": 2, "class": 2, "order": 3, "family": 4, "genus": 4, "leaf": 6}
 
 
 def test_counts_per_rank(tax):
@@ -108,6 +107,7 @@ def test_float_category_ids_and_save_load_roundtrip(tmp_path, tax):
                                  "ancestors": dict(zip(RANKS, [1, 1, 2, 3, 3, 4])), "poisonous": False}
 
 
+@pytest.mark.slow
 def test_script_writes_mappings_and_rejects_missing_column(tmp_path):
     train, val = tmp_path / "train.csv", tmp_path / "val.csv"
     rows(TRAIN_IDS).to_csv(train, index=False)

@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from amanita.predictions import synthetic_predictions, synthetic_taxonomy, write_predictions
+from amanita.demo.predictions import synthetic_predictions, synthetic_taxonomy
+from amanita.predictions import write_predictions
 from tests.test_report import run_validate
 
 SIZES = {"phylum": 2, "class": 3, "order": 4, "family": 6, "genus": 8, "species": 12, "leaf": 14}

@@ -22,12 +22,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from amanita.metrics import Metrics, class_names  # noqa: E402
-from amanita.predictions import KEYS  # noqa: E402
-from amanita.taxonomy import LEAF, RANKS, Taxonomy  # noqa: E402
+from amanita.taxonomy import DISPLAY_ORDER, KEY_LABEL, KEYS, LEAF, RANKS, Taxonomy  # noqa: E402
 
 GOOD, BAD, POISON, MUTED = "#1b7f5f", "#c0392b", "#8e1b1b", "#7f8c8d"
 MODEL_COLOR, BASELINE_COLOR = "#2c5f8a", "#b0bec5"
-KEY_LABEL = {LEAF: "leaf (category_id)"} | {r: r for r in RANKS}
 STYLE = {"figure.dpi": 110, "savefig.dpi": 110, "font.size": 9, "axes.titlesize": 10,
          "axes.titleweight": "bold", "axes.spines.top": False, "axes.spines.right": False,
          "axes.grid": True, "grid.color": "#e5e5e5", "grid.linewidth": 0.6, "axes.axisbelow": True,
@@ -201,7 +199,7 @@ def reliability_figure(metrics: Metrics, out_dir: Path) -> str:
 # ---------------------------------------------------------------------- overview
 def rank_summary_figure(metrics: Metrics, out_dir: Path, baseline: Metrics | None = None) -> str:
     """Top-1 and macro-F1 (all classes) per rank, against the baseline; and how bad the mistakes are."""
-    ranks = list(RANKS) + [LEAF]
+    ranks = list(DISPLAY_ORDER)
     x = np.arange(len(ranks))
     with plt.rc_context(STYLE):
         fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 7.6), gridspec_kw={"height_ratios": [1.25, 1]})
@@ -212,7 +210,7 @@ def rank_summary_figure(metrics: Metrics, out_dir: Path, baseline: Metrics | Non
                 b = [_get(baseline, k, field) for k in ranks]
                 ax.scatter(x + (j - 0.5) * 0.38, b, marker="_", s=260, color="black", zorder=3,
                            label=f"baseline {name}")
-        ax.set_xticks(x, ["phylum", "class", "order", "family", "genus", "species", "leaf"])
+        ax.set_xticks(x, ranks)
         ax.set_ylim(0, 1.05)
         ax.set_title("Accuracy and macro-F1 at each rank")
         ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.09))
@@ -233,7 +231,7 @@ def _relations_panel(ax, metrics: Metrics) -> None:
     shares = np.array([rel[k] / total for k in names])
     colors = plt.get_cmap("RdYlGn_r")(np.linspace(0.1, 0.95, len(names)))
     ax.barh(range(len(names)), shares, color=colors)
-    ax.set_yticks(range(len(names)), [n.replace("same ", "same ") for n in names])
+    ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
     for i, s in enumerate(shares):
         ax.text(s + 0.01, i, f"{s * 100:.1f}%", va="center", fontsize=8)

@@ -14,14 +14,12 @@ from typing import Iterable
 from amanita.metrics import RELATIONS, Metrics
 from amanita.report.assets import CSS, JS
 from amanita.report.figures import FigureInfo
-from amanita.taxonomy import LEAF, RANKS
+from amanita.taxonomy import DISPLAY_ORDER, KEY_LABEL, LEAF, RANKS
 
 SECTIONS = (("summary", "Per rank"), ("baseline", "Baseline"), ("hierarchy", "Hierarchy"),
             ("focus", "Death Cap & focus"), ("safety", "Poisonous species"), ("calibration", "Confidence"),
             ("figures", "Figures"), ("confused", "Confusions"), ("worst", "Worst classes"),
             ("provenance", "Provenance"))
-ROW_KEYS = RANKS + (LEAF,)
-KEY_LABEL = {LEAF: "leaf (category_id)"} | {r: r for r in RANKS}
 PUBLISHED = ("The stock FungiTastic BEiT-B/224 reports 70.2% top-1 and 39.8% macro-F1 at the leaf level "
              "on val.")
 DASH = '<td class="num">–</td>'
@@ -174,7 +172,7 @@ def summary_row(k: str, r: dict) -> str:
 
 def summary_section(m: dict, figs: list[FigureInfo]) -> str:
     """How good is it at each rank: the table and the overview figures."""
-    rows = [summary_row(k, m["keys"][k]) for k in ROW_KEYS]
+    rows = [summary_row(k, m["keys"][k]) for k in DISPLAY_ORDER]
     heads = ["rank", "classes present / head", "images evaluated", "top-1", "top-5", "macro-F1 (classes present)",
              "macro-F1 (all head classes)", "mean confidence", "ECE (15 bins)", "NLL"]
     lead = ("Each rank is scored on the images whose label at that rank is known. The leaf row is the "
@@ -205,7 +203,7 @@ def baseline_section(m: dict, b: dict | None, name: str | None) -> str:
     groups = "".join(f'<th colspan="3" class="group">{e(label)}</th>' for label, _, _ in BASELINE_METRICS)
     sub = '<th class="num">model</th><th class="num">baseline</th><th class="num">Δ</th>' * len(BASELINE_METRICS)
     rows = []
-    for k in ROW_KEYS:
+    for k in DISPLAY_ORDER:
         mk, bk = m["keys"][k], b["keys"][k]
         cells = "".join(num_cell(pct(mk[f])) + num_cell(pct(bk[f]), "num muted") + delta(mk[f], bk[f], True, lower)
                         for _, f, lower in BASELINE_METRICS)
@@ -277,7 +275,7 @@ def focus_block(f: dict, figs: list[FigureInfo]) -> str:
              f'{pct(f["mean_confidence"])} · precision {pct(f["precision"])} ({f["n_predicted"]:,} predictions) · '
              f'<b class="{"bad" if f["predicted_edible"] else ""}">{f["predicted_edible"]:,} predicted as a '
              f'non-poisonous species</b></p>')
-    acc = [f'<tr><td>{e(KEY_LABEL[k])}</td>{bar_cell(f["accuracy"][k])}</tr>' for k in ROW_KEYS]
+    acc = [f'<tr><td>{e(KEY_LABEL[k])}</td>{bar_cell(f["accuracy"][k])}</tr>' for k in DISPLAY_ORDER]
     body = (f'<div class="three"><div><h4>Accuracy at each rank</h4>{table(["rank", "accuracy"], acc, "compact")}'
             f'</div><div><h4>Mistaken for</h4>{named_counts(f["mistaken_for"])}</div>'
             f'<div><h4>Other species predicted as it</h4>{named_counts(f["predicted_from"])}</div></div>')
@@ -328,7 +326,7 @@ def safety_row(r: dict) -> str:
 # ---------------------------------------------------------------------- figures
 def calibration_section(m: dict, figs: list[FigureInfo], prov: dict) -> str:
     """Can the confidence be trusted: temperatures, ECE before/after, lineage ECE, reliability diagrams."""
-    worst = max(ROW_KEYS, key=lambda k: m["keys"][k]["ece"] or 0)
+    worst = max(DISPLAY_ORDER, key=lambda k: m["keys"][k]["ece"] or 0)
     cal = prov.get("calibration") or (prov.get("original_run") or {}).get("calibration")
     lead = (f"Expected calibration error (15 bins) per rank is in the summary table; the largest is "
             f"{pct(m['keys'][worst]['ece'])} at {e(KEY_LABEL[worst])}. A calibrated model that says 80% is "

@@ -1,0 +1,341 @@
+"""Evaluation: a predictions table (from a model or a file) → metrics.json, figures and the HTML report.
+
+``validate.py`` parses its flags (:func:`amanita.cli.parse_validate_args`) and calls
+:func:`validate`; the scale benchmark and the tests call :func:`evaluate` on a table they made.
+Both return an :class:`Evaluation` holding the metrics they wrote, so nothing reads
+``metrics.json`` back.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from amanita.io import UserError, file_sha256, staged_output
+from amanita.metrics import compute_metrics
+from amanita.predictions import read_predictions, write_predictions
+from amanita.report import ReportInputs, base_provenance, extra_sections, make_figures, write_html, write_metrics
+from amanita.taxonomy import DISPLAY_ORDER, Taxonomy
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` wrote: ``metrics`` is metrics.json's document (model, baseline, provenance, ...)."""
+    metrics: dict
+    report: Path
+    seconds: dict[str, float]  # wall time of each stage
+    baseline_name: str | None = None
+
+
+def evaluate(preds: pd.DataFrame, tax: Taxonomy, out_dir: str | os.PathLike,
+             inputs: ReportInputs | None = None) -> Evaluation:
+    """Metrics (model and baseline; per observation and open set when asked), metrics.json and the
+    per-class CSVs, figures and the HTML page for ``preds`` into ``out_dir``."""
+    x = inputs or ReportInputs()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+
+    def timed(stage: str, fn, *args):
+        t0 = time.perf_counter()
+        result = fn(*args)
+        seconds[stage] = time.perf_counter() - t0
+        return result
+
+    metrics = timed("metrics", compute_metrics, preds, tax, x.focus)
+    baseline = (timed("metrics_baseline", compute_metrics, x.baseline_preds, tax, x.focus)
+                if x.baseline_preds is not None else None)
+    sections, extra = timed("observation_open_set", extra_sections, preds, tax, out, x, metrics, baseline)
+    doc = timed("metrics_json", write_metrics, out, metrics, baseline, x.provenance, sections)
+    figures, notes = timed("figures", make_figures, preds, tax, metrics, out, baseline, x.image_paths,
+                           x.training_log)
+    page = timed("html", write_html, out, metrics, figures, notes, baseline, x.baseline_name, x.provenance, extra)
+    return Evaluation(doc, page, seconds, x.baseline_name)
+
+
+# ---------------------------------------------------------------------- validate.py
+def check_args(args: argparse.Namespace) -> None:
+    """Combinations of validate.py's flags that argparse cannot express, as one-line errors."""
+    if args.from_predictions is None and args.checkpoint is None:
+        raise UserError("give --checkpoint (with --val-path) or --from-predictions")
+    if args.from_predictions is not None and args.mappings is None:
+        raise UserError("--from-predictions needs --mappings "
+                        "(the taxonomic_mappings.json the predictions were made with)")
+    if args.checkpoint is not None and args.val_path is None:
+        raise UserError("--checkpoint needs --val-path (the validation CSV)")
+    if args.from_predictions is not None and (args.baseline_checkpoint or args.baseline_model):
+        raise UserError("with --from-predictions, give the baseline as --baseline-predictions")
+    if args.calibrate and (args.checkpoint is None or args.no_temperatures):
+        raise UserError("--calibrate needs --checkpoint (the model to calibrate) and not --no-temperatures")
+    if not 0 < args.target_tpr <= 1:
+        raise UserError(f"--target-tpr {args.target_tpr} is not a share in (0, 1]")
+    if args.store_threshold and (args.checkpoint is None or not args.open_set):
+        raise UserError("--store-threshold needs --open-set and --checkpoint (where the threshold is written)")
+
+
+def validate(args: argparse.Namespace) -> Evaluation:
+    """validate.py: predictions (run once, or read) per image and per observation, a baseline, then
+    :func:`evaluate`, written through a staging folder; with ``--store-threshold`` the open-set
+    threshold goes into the checkpoint."""
+    check_args(args)
+    out = Path(args.output_dir)
+    preds, obs, tax, prov = load_predictions(args)
+    if len(preds) == 0:
+        raise UserError("no prediction to evaluate: every image was unreadable or the predictions file is empty")
+    if obs is None and "image" not in args.aggregate:
+        raise UserError(f"--aggregate observation: {args.val_path or args.from_predictions} gives no "
+                        "observation-level predictions (no observationID column?)")
+    baseline, baseline_obs, baseline_name, baseline_prov = load_baseline(args, tax)
+    provenance = prov | {"n_predictions": len(preds)} | base_provenance(tax, vars(args))
+    if baseline_prov:
+        provenance["baseline"] = baseline_prov
+    both = len(set(args.aggregate)) == 2
+    main_preds = preds if "image" in args.aggregate else obs
+    inputs = ReportInputs(
+        baseline_preds=baseline if "image" in args.aggregate else baseline_obs, baseline_name=baseline_name,
+        focus=args.focus_species, provenance=provenance, image_paths=specimen_paths(args, main_preds),
+        training_log=training_log(args), observation_preds=obs if both else None,
+        baseline_observation_preds=baseline_obs if both else None, combine=args.combine,
+        open_set={"score": args.unknown_score, "target_tpr": args.target_tpr} if args.open_set else None)
+    with staged_output(out) as stage:  # the previous results stay whole until the new ones are complete
+        save_predictions(stage, tax, preds, obs, prefix="")
+        if args.baseline_checkpoint or args.baseline_model:
+            save_predictions(stage, tax, baseline, baseline_obs, prefix="baseline_")
+        result = evaluate(main_preds, tax, stage, inputs)
+    result.report = out / result.report.name
+    if args.store_threshold:
+        store_threshold(args, result.metrics)
+    return result
+
+
+OBSERVATION_FILE = "observation_predictions.csv"  # beside predictions.csv; baseline_ prefix for the baseline
+
+
+def save_predictions(folder: Path, tax: Taxonomy, preds, obs, prefix: str) -> None:
+    """``{prefix}predictions.csv`` and, when there are any, ``{prefix}observation_predictions.csv``."""
+    write_predictions(preds, folder / f"{prefix}predictions.csv", tax)
+    if obs is not None:
+        write_predictions(obs, folder / f"{prefix}{OBSERVATION_FILE}", tax)
+
+
+def store_threshold(args: argparse.Namespace, doc: dict) -> None:
+    """Write the unknown-species threshold into --checkpoint for test.py (key ``open_set``)."""
+    from amanita.checkpoint import update_checkpoint
+    d = doc["open_set"]["detection"][args.unknown_score]
+    if d["threshold"] is None:
+        raise UserError(f"{args.val_path} has no known-species image: no threshold to store")
+    update_checkpoint(args.checkpoint, open_set={
+        "score": args.unknown_score, "threshold": d["threshold"], "target_tpr": args.target_tpr,
+        "tpr": d["tpr"], "tnr": d["tnr_at_tpr"], "auroc": d["auroc"], "val_path": str(args.val_path)})
+    print(f"stored in {args.checkpoint}: unknown-species threshold {d['threshold']:.4g} "
+          f"({args.unknown_score}, {100 * d['tpr']:.1f}% of known images accepted)")
+
+
+def load_model(args: argparse.Namespace, device, spec: str | None = None, taxonomy: Taxonomy | None = None):
+    """``(model, taxonomy, data_config, info)`` of ``--checkpoint``, or of a baseline ``spec``.
+
+    A baseline checkpoint is loaded like the main one; a ``--baseline-model`` is a stock timm
+    classifier (one output per ``category_id``) evaluated over ``taxonomy``.
+    """
+    from amanita.checkpoint import load_for_eval
+    if spec is None or spec == args.baseline_checkpoint:
+        return load_for_eval(spec or args.checkpoint, device)
+    from amanita.backbone import create_timm_model, resolve_data_config
+    model = create_timm_model(spec).to(device).eval()
+    return model, taxonomy, resolve_data_config(model, spec), {"model": spec, "kind": "single-head (stock)"}
+
+
+def run_inference(args: argparse.Namespace, spec: str | None = None, taxonomy: Taxonomy | None = None):
+    """Predict the validation set with ``--checkpoint``, or with the baseline ``spec`` over ``taxonomy``.
+
+    Returns ``(preds, obs_preds, tax, info)``: the predictions table (see amanita.predictions),
+    the per-observation one (None unless ``--aggregate observation``), the taxonomy of the
+    model's heads and what the checkpoint says about itself.
+    """
+    from amanita.data import (DeviceLoader, FungiTasticDataset, check_labels, check_unreadable, create_transforms,
+                              make_loader, read_split)
+    from amanita.distributed import resolve_device
+    from amanita.engine import Readout, iter_log_probs, predict_batches, predict_observations, with_metadata
+    from amanita.observations import ObservationPooler
+    device = resolve_device(args.device)
+    model, tax, data_config, info = load_model(args, device, spec, taxonomy)
+    expected = taxonomy if taxonomy is not None else Taxonomy.load(args.mappings) if args.mappings else None
+    check_same_taxonomy(tax, expected, spec or args.checkpoint)
+    metadata = read_split(args.val_path, open_set=args.open_set)  # for the filename/observationID columns
+    dataset = FungiTasticDataset(args.val_path, tax, transform=create_transforms(data_config, train=False),
+                                 image_root=args.image_root, input_size=data_config["input_size"], metadata=metadata)
+    check_labels(dataset, args.max_bad_image_fraction, "validation")
+    loader = DeviceLoader(make_loader(dataset, args.batch_size, args.workers, device, persistent=False),
+                          device, data_config)  # normalised on the device
+    if args.calibrate and spec is None:
+        info["calibration"] = calibrate(args, model, loader, tax, device)
+        info["temperatures"] = info["calibration"]["temperatures"]
+    temperatures = None if args.no_temperatures else info.get("temperatures")
+    pooler = None
+    if "observation" in args.aggregate and "observationID" in metadata:
+        pooler = ObservationPooler(metadata["observationID"].to_numpy(), args.combine)
+    batches = iter_log_probs(model, loader, tax, device, args.amp, readout=Readout(args.tta, temperatures))
+    preds = predict_batches(batches, tax, args.decode, pooler)
+    check_unreadable(len(dataset), len(preds), args.max_bad_image_fraction, "validation")
+    obs = None if pooler is None else with_metadata(predict_observations(pooler, dataset.labels, tax, args.decode),
+                                                    metadata)
+    return with_metadata(preds, metadata), obs, tax, info
+
+
+def calibrate(args: argparse.Namespace, model, loader, tax: Taxonomy, device) -> dict:
+    """Fit the temperatures on the validation images and store them in the checkpoint; returns the summary."""
+    from amanita.calibration import calibration_summary
+    from amanita.checkpoint import update_checkpoint
+    from amanita.engine import Readout, collect_log_probs
+    log_probs, labels = collect_log_probs(model, loader, tax, device, args.amp, readout=Readout(args.tta))
+    if len(labels) == 0:
+        raise UserError(f"--calibrate: no readable image in {args.val_path}")
+    summary = calibration_summary(log_probs, labels, f"{args.val_path} (tta {args.tta})")
+    update_checkpoint(args.checkpoint, temperatures=summary["temperatures"], calibration=summary)
+    print("temperatures " + " ".join(f"{k} {t:.3f}" for k, t in summary["temperatures"].items())
+          + f" stored in {args.checkpoint}")
+    return summary
+
+
+def check_same_taxonomy(tax: Taxonomy, expected: Taxonomy | None, what: str) -> None:
+    """A model compared or scored against another taxonomy is a user error, not a wrong report."""
+    if expected is not None and tax.sha256() != expected.sha256():
+        raise UserError(f"{what} was trained on another taxonomy ({tax.summary()}) than expected "
+                        f"({expected.summary()})")
+
+
+def model_provenance(path: str, info: dict) -> dict:
+    """Checkpoint path, file digest and what the checkpoint says about itself."""
+    out = {"checkpoint": str(path)}
+    if os.path.isfile(path):
+        out["checkpoint_sha256"] = file_sha256(path)
+    return out | {k: v for k, v in (info or {}).items() if k not in out}
+
+
+def load_predictions(args: argparse.Namespace):
+    """Predictions (per image and per observation), taxonomy and provenance, from files or by running
+    the model. With --from-predictions, the observation file beside it is used if there."""
+    if args.from_predictions:
+        tax = Taxonomy.load(args.mappings)
+        preds = read_predictions(args.from_predictions, tax)
+        obs = read_beside(args.from_predictions, OBSERVATION_FILE, tax)
+        prov = {"predictions": args.from_predictions, "predictions_sha256": file_sha256(args.from_predictions),
+                "mappings": args.mappings}
+        return preds, obs, tax, prov | earlier_provenance(Path(args.from_predictions).parent / "metrics.json")
+    preds, obs, tax, info = run_inference(args)
+    return preds, obs, tax, model_provenance(args.checkpoint, info) | {"decode": args.decode, "tta": args.tta}
+
+
+def read_beside(path, name: str, tax: Taxonomy):
+    """The predictions file ``name`` in the folder of ``path``, or None when there is none."""
+    other = Path(path).parent / name
+    return read_predictions(other, tax) if other.is_file() else None
+
+
+def earlier_provenance(metrics_json: Path) -> dict:
+    """The provenance of the run that wrote the predictions, from its metrics.json if it is there."""
+    try:
+        prov = json.loads(metrics_json.read_text(encoding="utf-8")).get("provenance")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not isinstance(prov, dict) or not prov:
+        return {}
+    return {"original_run": prov.get("original_run", prov)}
+
+
+def load_baseline(args: argparse.Namespace, tax: Taxonomy):
+    """``(predictions, observation predictions, name, provenance)`` of the baseline, or Nones and ``{}``."""
+    if args.baseline_predictions:
+        path = args.baseline_predictions
+        return (read_predictions(path, tax), read_beside(path, f"baseline_{OBSERVATION_FILE}", tax), path,
+                {"predictions": path, "predictions_sha256": file_sha256(path)})
+    spec = args.baseline_checkpoint or args.baseline_model
+    if spec is None:
+        return None, None, None, {}
+    preds, obs, _, info = run_inference(args, spec, taxonomy=tax)
+    return preds, obs, spec, model_provenance(spec, info) if args.baseline_checkpoint else info
+
+
+def specimen_paths(args: argparse.Namespace, preds: pd.DataFrame) -> list[str | None] | None:
+    """Image path of each prediction row, from the validation CSV (or --image-root + filename)."""
+    from amanita.data import image_paths, read_split
+    if args.val_path:
+        paths = image_paths(read_split(args.val_path, open_set=args.open_set), args.val_path, args.image_root)
+        return [paths[i] if 0 <= i < len(paths) else None for i in preds["index"].astype(int)]
+    if args.image_root:
+        return [str(Path(args.image_root) / f) for f in preds["filename"].astype(str)]
+    return None
+
+
+def training_log(args: argparse.Namespace) -> str | None:
+    """``--training-log``, or the metrics.jsonl beside ``--checkpoint``."""
+    if args.training_log:
+        return args.training_log
+    return str(Path(args.checkpoint).parent / "metrics.jsonl") if args.checkpoint else None
+
+
+def summary_lines(result: Evaluation) -> list[str]:
+    """What validate.py prints: the headline numbers per rank, the safety lines and the report's path."""
+    model, base = result.metrics["model"], result.metrics.get("baseline")
+    lines = [f"{'rank':<8} {'top-1':>7} {'top-5':>7} {'F1':>7} {'ECE':>6}" + (f" {'baseline':>9} {'Δ top-1':>8}" if base else "")]
+    for key in DISPLAY_ORDER:
+        k = model["keys"].get(key) or {}
+        if k.get("top1") is None:
+            continue
+        line = (f"{key:<8} {100 * k['top1']:6.2f}% {100 * k['top5']:6.2f}% {100 * k['macro_f1_present']:6.2f}% "
+                f"{k['ece']:6.3f}")
+        b = (base or {}).get("keys", {}).get(key) or {}
+        if b.get("top1") is not None:
+            line += f" {100 * b['top1']:8.2f}% {100 * (k['top1'] - b['top1']):+7.2f}"
+        lines.append(line)
+    h, p = model["hierarchy"], model["poison"]
+    lines.append(f"all six ranks right {_pct(h['hierarchical_accuracy'], 2)} · real lineages "
+                 f"{_pct(h['consistency_rate'], 2)} · mean mistake severity {_num(h['mistake_severity'])}")
+    lines.append(f"poisonous predicted as edible (PSC) {p['psc']} · edible predicted as poisonous (ESC) {p['esc']} · "
+                 f"cost (100·PSC + ESC)/N = {_num(p['cost'], 3)}")
+    lines += [_focus_line(f) for f in model.get("focus", [])]
+    if base:
+        lines.append(f"(baseline: {result.baseline_name})")
+    return lines + level_and_open_set_lines(result.metrics) + [f"report: {result.report.resolve()}"]
+
+
+def level_and_open_set_lines(m: dict) -> list[str]:
+    """Per-observation headline next to the per-image one, and the open-set numbers, when present."""
+    lines = []
+    if m.get("observation"):
+        o, i = m["observation"], m["model"]
+        line = " · ".join(f"{k} {_pct(i['keys'][k]['top1'], 2)} → {_pct(o['keys'][k]['top1'], 2)}"
+                          for k in ("genus", "species", "leaf"))
+        lines.append(f"per observation ({o['n_samples']} observations, {o['combine']}): top-1 {line}; poison cost "
+                     f"{_num(i['poison']['cost'], 3)} → {_num(o['poison']['cost'], 3)}")
+    s = m.get("open_set")
+    if s and s.get("available"):
+        d = s["detection"][s["score"]]
+        named = ", ".join(f"{r} {_pct(v['top1'])}" for r, v in s["named_at_rank"].items() if v["n_seen"])
+        lines.append(f"open set ({s['n_unknown']} unknown of {s['n_images']} images, {s['score']}): AUROC "
+                     f"{_pct(d['auroc'])} · TNR@{100 * d['target_tpr']:.0f}%TPR {_pct(d['tnr_at_tpr'])} · "
+                     f"unknown species named: {named or 'n/a'}")
+    return lines
+
+
+def _focus_line(f: dict) -> str:
+    if not f.get("found"):
+        return f"{f['name']}: not in the taxonomy"
+    if not f.get("support"):
+        return f"{f['name']}: no validation images"
+    acc = f["accuracy"]
+    return f"{f['name']}: {f['support']} images, species {_pct(acc['species'])}, genus {_pct(acc['genus'])}"
+
+
+def _pct(x, digits: int = 1) -> str:
+    """A share as a percentage; "n/a" where there was nothing to measure (None)."""
+    return "n/a" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def _num(x, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"

@@ -1,0 +1,202 @@
+"""Name the fungus in photos: the package side of ``test.py`` (its flags: :func:`amanita.cli.build_identify_parser`).
+
+For each image: the predicted class and confidence at each of the six ranks, the top-k species
+(accepted names; a synonym's own scientificName beside it), the finest rank whose confidence
+reaches ``--backoff``, and whether any top-k species is poisonous. Predictions come from
+:class:`amanita.engine.BatchPredictor`, the same step as validation.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from amanita.calibration import lineage_confidence
+from amanita.checkpoint import load_for_eval
+from amanita.data import IMAGE_ERRORS, DeviceLoader, create_transforms, make_loader, read_image
+from amanita.distributed import resolve_device
+from amanita.engine import BatchPredictor, Readout
+from amanita.io import UserError
+from amanita.taxonomy import LEAF, RANKS, Taxonomy
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+# ---------------------------------------------------------------------- inputs
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Image paths (folders expanded, sorted, recursive) and error lines for missing inputs."""
+    paths, errors = [], []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            paths += found
+            if not found:
+                errors.append(f"{path}: no image files ({' '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+        elif path.is_file():
+            paths.append(path)  # named explicitly: tried whatever its extension
+        else:
+            errors.append(f"{path}: no such file or folder")
+    return paths, errors
+
+
+class ImageFiles(Dataset):
+    """A map-style dataset: ``(uint8 tensor, error)``; an unreadable file gives zeros and its reason."""
+
+    def __init__(self, paths: list[Path], transform, shape: tuple[int, int, int]):
+        self.paths, self.transform, self.shape = paths, transform, shape
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.transform(read_image(self.paths[i])), ""
+        except Image.UnidentifiedImageError:
+            return torch.zeros(self.shape, dtype=torch.uint8), "not an image (unrecognised file format)"
+        except IMAGE_ERRORS as e:
+            return torch.zeros(self.shape, dtype=torch.uint8), f"not an image ({type(e).__name__}: {str(e).splitlines()[0]})"
+
+
+# ---------------------------------------------------------------------- model
+def load_model(args):
+    """``(model, taxonomy, data_config, info, device)``; --mappings must hold the checkpoint's tree."""
+    device = resolve_device(args.device)
+    model, tax, data_config, info = load_for_eval(args.checkpoint, device, use_ema=not args.no_ema)
+    if args.mappings is not None:
+        given = Taxonomy.load(args.mappings)
+        if given.sha256() != tax.sha256():
+            raise UserError(f"--mappings {args.mappings} is not the taxonomy {args.checkpoint} was trained with "
+                            f"(sha256 {given.sha256()[:12]}… vs {tax.sha256()[:12]}…); "
+                            "leave --mappings out to use the one stored in the checkpoint")
+        tax = given
+    return model, tax, data_config, info, device
+
+
+# ---------------------------------------------------------------------- inference
+def identify_batch(predictor: BatchPredictor, images: torch.Tensor, top_k: int) -> dict:
+    """Per-rank predicted index, lineage and own confidence, and the top-k leaves with their probabilities.
+
+    Returns numpy arrays: ``pred[rank]``, ``conf[rank]`` (lineage) and ``head_conf[rank]`` (B,),
+    ``top_leaf`` and ``top_p`` (B, k).
+    """
+    logp, preds = predictor(images)
+    lineage = lineage_confidence(logp[LEAF], preds, predictor.decoder.ancestors)
+    top = logp[LEAF].topk(min(top_k, logp[LEAF].shape[1]), dim=1)
+    return {"pred": {r: preds[r].cpu().numpy() for r in RANKS},
+            "conf": {r: lineage[r].cpu().numpy() for r in RANKS},
+            "head_conf": {r: logp[r].gather(1, preds[r][:, None]).squeeze(1).exp().cpu().numpy() for r in RANKS},
+            "top_leaf": top.indices.cpu().numpy(), "top_p": top.values.exp().cpu().numpy()}
+
+
+def poisonous_leaves(tax: Taxonomy) -> np.ndarray:
+    """Per leaf: poisonous itself, or any synonym of its accepted species is (n_leaves,) bool."""
+    species = tax.ancestors[:, RANKS.index("species")]
+    by_species = tax.class_poisonous("species")[species.clip(min=0)] & (species >= 0)
+    return tax.class_poisonous("leaf") | by_species
+
+
+def describe(path: Path, batch: dict, i: int, tax: Taxonomy, poisonous: np.ndarray, backoff: float) -> dict:
+    """The JSON record of image ``i`` of a batch (see --json)."""
+    lineage = [{"rank": r, "name": tax.classes[r][int(batch["pred"][r][i])],
+                "confidence": float(batch["conf"][r][i]), "rank_confidence": float(batch["head_conf"][r][i])}
+               for r in RANKS]
+    species_col = tax.ancestors[:, RANKS.index("species")]
+    topk = []
+    for leaf, p in zip(batch["top_leaf"][i], batch["top_p"][i]):
+        s = int(species_col[leaf])
+        topk.append({"species": tax.classes["species"][s] if s >= 0 else tax.scientific_names[leaf],
+                     "scientificName": tax.scientific_names[leaf], "category_id": int(tax.category_ids[leaf]),
+                     "probability": float(p), "poisonous": bool(poisonous[leaf])})
+    confident = [step for step in reversed(lineage) if step["confidence"] >= backoff]
+    return {"path": printable(path), "lineage": lineage, "topk": topk,
+            "backoff": confident[0] if confident else None,
+            "poisonous_in_topk": any(t["poisonous"] for t in topk)}
+
+
+def printable(path: Path) -> str:
+    """The path as valid UTF-8: bytes that are not UTF-8 in a file name are shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def identify_files(args, loaded, paths: list[Path], on_result, on_error) -> None:
+    """Predict ``paths`` in batches; ``on_result(record)`` per image, ``on_error(path, reason, bar)`` per bad file."""
+    model, tax, data_config, info, device = loaded
+    temperatures = None if args.no_temperatures else info.get("temperatures")
+    predictor = BatchPredictor(model, tax, device, args.decode, args.amp, Readout(args.tta, temperatures))
+    poisonous = poisonous_leaves(tax)
+    dataset = ImageFiles(paths, create_transforms(data_config, train=False), tuple(data_config["input_size"]))
+    loader = DeviceLoader(make_loader(dataset, args.batch_size, args.workers, device, persistent=False),
+                          device, data_config)  # normalised on the device
+    folders = any(Path(p).is_dir() for p in args.inputs)
+    # disable=None: a bar only on a terminal, so logs and pipes stay clean; always on stderr
+    bar = tqdm(total=len(paths), disable=None if folders else True, desc="images", unit="img", file=sys.stderr)
+    start = 0
+    for images, errors in loader:
+        batch = identify_batch(predictor, images, args.top_k)
+        for i, error in enumerate(errors):
+            if error:
+                on_error(paths[start + i], error, bar)
+            else:
+                on_result(describe(paths[start + i], batch, i, tax, poisonous, args.backoff))
+        start += len(errors)
+        bar.update(len(errors))
+    bar.close()
+
+
+# ---------------------------------------------------------------------- output
+def format_human(record: dict, top_k: int, backoff: float) -> str:
+    """The record as a few aligned lines for a person."""
+    width = max(len(step["name"]) for step in record["lineage"])
+    lines = [record["path"]]
+    lines += [f"  {s['rank']:<8} {s['name']:<{width}}  {s['confidence']:.3f}" for s in record["lineage"]]
+    b = record["backoff"]
+    lines.append(f"  confident down to {b['rank']}: {b['name']} ({b['confidence']:.2f})" if b else
+                 f"  not confident at any rank (no confidence reaches {backoff:.2f})")
+    lines.append(f"  top-{top_k} species:")
+    names = [t["species"] if t["scientificName"] == t["species"] else f"{t['species']} (as {t['scientificName']})"
+             for t in record["topk"]]
+    name_width = max(len(n) for n in names)
+    for n, (name, t) in enumerate(zip(names, record["topk"]), 1):
+        mark = "  ☠ poisonous" if t["poisonous"] else ""
+        lines.append(f"  {n:>3}. {name:<{name_width}}  {t['probability']:.3f}{mark}")
+    poisonous = sorted({t["species"] for t in record["topk"] if t["poisonous"]})
+    if poisonous:
+        lines.append(f"  ⚠ POISONOUS: {', '.join(poisonous)} {'is' if len(poisonous) == 1 else 'are'} "
+                     f"among the top-{top_k} — do not eat")
+    return "\n".join(lines)
+
+
+def identify(args) -> int:
+    """test.py: print a record per image (or a JSON line); returns the exit code (1: some image failed)."""
+    loaded = load_model(args)  # first, so a bad checkpoint is exit code 2 whatever the images
+    info = loaded[3]
+    kind = {"multitask": "multi-task", "single": "single-head"}.get(info["kind"], info["kind"])
+    print(f"{info['path']}: {kind} model, epoch {info['epoch']}, update {info['step']}"
+          f"{', EMA weights' if info['ema'] else ''}; decode {args.decode}, tta {args.tta}, "
+          f"{'calibrated' if info.get('temperatures') and not args.no_temperatures else 'uncalibrated'} confidences",
+          file=sys.stderr)
+    paths, errors = expand_inputs(args.inputs)
+    for line in errors:
+        print(f"error: {line}", file=sys.stderr)
+    failed = len(errors)
+
+    def on_result(record: dict) -> None:
+        print(json.dumps(record, ensure_ascii=False) if args.json else
+              format_human(record, args.top_k, args.backoff) + "\n", flush=True)
+
+    def on_error(path: Path, reason: str, bar) -> None:
+        nonlocal failed
+        failed += 1
+        bar.write(f"error: {printable(path)}: {reason}", file=sys.stderr)
+
+    if paths:
+        identify_files(args, loaded, paths, on_result, on_error)
+    return 1 if failed else 0

@@ -1,0 +1,77 @@
+"""The run object: everything one training run holds, built once and read by the loop and the checkpointer.
+
+:func:`amanita.training.build_run` builds a :class:`Run` from the command line;
+:func:`amanita.engine.train_one_epoch` trains with it; :mod:`amanita.checkpoint` saves it and
+restores it. Unit tests build a small one by hand (a model, an optimizer and a criterion are
+enough for the loop).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from amanita.checkpoint import Checkpointer
+from amanita.data import BadImageCounter
+from amanita.distributed import DistInfo, ResumableDistributedSampler
+from amanita.backbone import ModelSpec
+from amanita.taxonomy import Taxonomy
+
+
+@dataclass
+class TrainState:
+    """What the loop advances and the checkpoint records."""
+    epoch: int = 0
+    step: int = 0                      # optimizer updates since the start
+    batch_in_epoch: int = 0            # batches done in the current epoch (a multiple of accum)
+    history: list = field(default_factory=list)  # one record per finished epoch (metrics.jsonl)
+    best_metric: float | None = None   # best --early-stopping-metric so far
+    bad_epochs: int = 0                # epochs since it last improved
+
+
+@dataclass
+class StepConfig:
+    """How one optimizer update is made."""
+    accum_steps: int = 1
+    clip_grad: float | None = None
+    amp: torch.dtype | None = None     # autocast dtype (None: full precision)
+    log_interval: int = 20             # batches between loss read-backs (progress bar, bad images)
+
+
+@dataclass
+class Run:
+    """One training run. ``model`` is the plain module (saved, evaluated, averaged by the EMA);
+    ``train_model`` the same module under ``torch.compile``/DDP when used (None: ``model``)."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    criterion: Callable[[dict, torch.Tensor], dict]
+    dist: DistInfo = field(default_factory=DistInfo)
+    config: StepConfig = field(default_factory=StepConfig)
+    state: TrainState = field(default_factory=TrainState)
+    train_model: nn.Module | None = None
+    scheduler: object | None = None    # a timm scheduler (``step_update`` per optimizer update)
+    scaler: torch.amp.GradScaler | None = None
+    ema: nn.Module | None = None       # timm ModelEmaV3
+    bad_images: BadImageCounter | None = None
+    checkpointer: Checkpointer | None = None
+    # what the run is about; set by build_run, not needed by unit tests of the loop
+    args: argparse.Namespace | None = None
+    taxonomy: Taxonomy | None = None
+    spec: ModelSpec | None = None
+    train_loader: Iterable | None = None  # built once (amanita.data.DeviceLoader); .dataset is the split
+    sampler: ResumableDistributedSampler | None = None
+    evals: dict[str, DataLoader] = field(default_factory=dict)
+
+    @property
+    def trained(self) -> nn.Module:
+        """The module the loop calls: ``train_model`` when wrapped, else ``model``."""
+        return self.model if self.train_model is None else self.train_model
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights validation reads: the EMA's when kept."""
+        return self.model if self.ema is None else self.ema.module
