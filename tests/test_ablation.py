@@ -37,6 +37,7 @@ def test_ablation_gives_every_variant_the_same_updates_and_writes_its_tables(tmp
     assert (out / "d_seed1" / "last.pth").is_file()
 
 
+@pytest.mark.slow
 def test_ablation_names_a_missing_split(tmp_path):
     proc = run_script("benchmarks/ablation.py", "--data-root", tmp_path, check=False)
     assert proc.returncode == 2 and "--train-path" in proc.stderr and "make demo-data" in proc.stderr

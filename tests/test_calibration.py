@@ -146,6 +146,7 @@ def write_checkpoint(path, tax):
                      "data_config": resolve_data_config(model.backbone)}, path)
 
 
+@pytest.mark.slow
 def test_validate_calibrate_stores_temperatures_and_reports_ece_before_and_after(tmp_path):
     import json
 

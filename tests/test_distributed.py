@@ -107,6 +107,7 @@ def test_accumulation_remainder_keeps_ranks_identical(tmp_path):
     assert result == {"equal": True, "steps": 3, "batches": 8}
 
 
+@pytest.mark.slow
 def test_training_wrapper_is_ddp_without_buffer_broadcast_then_compile():
     import torch.distributed as dist
     from torch._dynamo.eval_frame import OptimizedModule

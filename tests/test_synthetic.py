@@ -169,6 +169,7 @@ def test_draw_image_is_deterministic_and_4_by_3():
 
 
 # ---------------------------------------------------------------------- generation
+@pytest.mark.slow
 def test_same_seed_same_bytes_whatever_the_workers(small_set, tmp_path):
     root, _, _ = small_set
     again = tmp_path / "again"
