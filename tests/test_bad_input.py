@@ -329,7 +329,7 @@ def test_predictions_from_another_taxonomy_are_refused(preds_dir, tmp_path):
 @pytest.fixture
 def no_figures(monkeypatch):
     """Skip drawing the report's figures (tests/test_report.py checks them): these probes are about inputs."""
-    monkeypatch.setattr("amanita.report.make_figures", lambda *a, **k: ([], []))
+    monkeypatch.setattr("amanita.evaluate.make_figures", lambda *a, **k: ([], []))
 
 
 def test_failing_validate_leaves_the_previous_results_whole(preds_dir, tmp_path, monkeypatch, no_figures):
@@ -343,7 +343,7 @@ def test_failing_validate_leaves_the_previous_results_whole(preds_dir, tmp_path,
 
     def broken(*a, **k):
         raise UserError("figure failed")
-    monkeypatch.setattr("amanita.report.make_figures", broken)
+    monkeypatch.setattr("amanita.evaluate.make_figures", broken)
     code, _, err = run_main(VALIDATE, ["--from-predictions", tmp_path / "new.csv", *args[2:]])
     assert code == 2 and "figure failed" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing replaced, no staging left
