@@ -186,18 +186,14 @@ def test_validate_calibrate_stores_temperatures_and_reports_ece_before_and_after
 
 
 def test_readme_explains_calibration_and_tta_with_flags_that_exist():
-    import importlib.util
-
-    import validate
-    from tests.conftest import ROOT
+    from amanita.cli import build_validate_parser, parse_identify_args
+    from tests.helpers import ROOT
     readme = (ROOT / "README.md").read_text()
     for words in ("validate.py --checkpoint", "--calibrate", "--tta flip", "--no-temperatures", "Lineage confidence",
                   "probability mass of the predicted node", "ECE before and after"):
         assert words in readme, words
-    spec = importlib.util.spec_from_file_location("amanita_test_script", ROOT / "test.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    args = script.parse_args(["--checkpoint", "x.pth", "--tta", "flip", "--no-temperatures", "a.jpg"])
+    args = parse_identify_args("test.py", ["--checkpoint", "x.pth", "--tta", "flip", "--no-temperatures", "a.jpg"])
     assert args.tta == "flip" and args.no_temperatures
-    args = validate.parse_args(["--checkpoint", "x.pth", "--val-path", "v.csv", "--calibrate", "--tta", "flip"])
+    args = build_validate_parser("validate.py").parse_args(["--checkpoint", "x.pth", "--val-path", "v.csv",
+                                                            "--calibrate", "--tta", "flip"])
     assert args.calibrate and args.tta == "flip"
