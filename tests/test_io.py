@@ -27,7 +27,7 @@ def test_a_failure_mid_write_leaves_the_old_file_whole(tmp_path):
         f.write(b"new but only ha")
         raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UserError, match="cannot write .*a.txt: disk full; the previous a.txt is intact"):
         _atomic_write(path, half_then_fail, "wb")
     assert path.read_text() == "old contents"
     assert os.listdir(tmp_path) == ["a.txt"]  # the temp file is gone

@@ -1,7 +1,8 @@
 """Report section "Per image and per observation": every headline number at both levels, side by side."""
 from __future__ import annotations
 
-from amanita.report.html import KEY_LABEL, ROW_KEYS, delta, e, num, num_cell, pct, section, table
+from amanita.report.html import delta, e, num, num_cell, pct, section, table
+from amanita.taxonomy import DISPLAY_ORDER, KEY_LABEL
 
 LEVEL_METRICS = (("top-1", "top1"), ("top-5", "top5"), ("macro-F1 (present)", "macro_f1_present"),
                  ("ECE", "ece"))
@@ -21,7 +22,7 @@ def _pair(label: str, a, b, as_pct: bool, lower: bool) -> str:
 
 def rank_rows(img: dict, obs: dict) -> list[str]:
     rows = []
-    for k in ROW_KEYS:
+    for k in DISPLAY_ORDER:
         i, o = img["keys"][k], obs["keys"][k]
         cells = "".join(num_cell(pct(i[f])) + num_cell(pct(o[f])) + delta(o[f], i[f], True, f == "ece")
                         for _, f in LEVEL_METRICS)
