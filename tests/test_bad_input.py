@@ -55,6 +55,7 @@ class Script:
 VALIDATE = Script(lambda argv: print("\n".join(summary_lines(validate(parse_validate(argv))))))
 TEST_PY = Script(lambda argv: identify(cli.parse_identify_args("test.py", argv)))
 TRAIN_MULTITASK = Script(lambda argv: train(cli.build_train_parser("t", multitask=True).parse_args(argv), True))
+TRAIN_MINIMAL = Script(lambda argv: train(cli.build_train_parser("t", multitask=False).parse_args(argv), False))
 
 
 def run_main(module, argv: list) -> tuple[int, str, str]:
@@ -205,18 +206,18 @@ def test_unknown_model_and_offline_hub_model_say_what_to_do(monkeypatch):
     assert "--model hf-hub:BVRA/not_cached_model" in msg and "Working offline" in msg
 
 
+@pytest.mark.slow
 def test_paths_of_the_wrong_kind_are_one_line(tmp_path):
     """A folder given as a file, a file where a folder goes: the OS's reason with the path, exit 2."""
-    import compute_class_weights
-    import create_minimal_subset
     rows([0, 1, 2]).to_csv(tmp_path / "t.csv", index=False)
     (tmp_path / "adir").mkdir()
     (tmp_path / "afile").write_text("x")
-    code, _, err = run_main(compute_class_weights, ["--train-path", tmp_path / "t.csv", "--mappings", tmp_path / "adir"])
-    assert code == 2 and one_line(err) == f"error: {tmp_path / 'adir'}: Is a directory"
-    code, _, err = run_main(create_minimal_subset, ["--train-path", tmp_path / "t.csv", "--val-path", tmp_path / "t.csv",
-                                                    "--output-dir", tmp_path / "afile"])
-    assert code == 2 and one_line(err) == f"error: {tmp_path / 'afile'}: File exists"
+    proc = run_script("compute_class_weights.py", "--train-path", tmp_path / "t.csv", "--mappings", tmp_path / "adir",
+                      check=False)
+    assert proc.returncode == 2 and one_line(proc.stderr) == f"error: {tmp_path / 'adir'}: Is a directory"
+    proc = run_script("create_minimal_subset.py", "--train-path", tmp_path / "t.csv", "--val-path", tmp_path / "t.csv",
+                      "--output-dir", tmp_path / "afile", check=False)
+    assert proc.returncode == 2 and one_line(proc.stderr) == f"error: {tmp_path / 'afile'}: File exists"
 
 
 def test_sparse_category_ids_do_not_make_a_giant_head():
@@ -394,14 +395,13 @@ def test_resume_into_another_architecture_or_layer_decay_is_one_line(trained, tm
 
 
 def test_init_from_refuses_another_taxonomy_or_kind(trained, tmp_path):
-    import train_minimal
     other = rows([0, 1, 2, 5])
     other.to_csv(tmp_path / "o.csv", index=False)
     code, err = train_in_process(trained, "--save-dir", tmp_path / "a", "--init-from", trained["ckpt"],
                                  "--mappings", tmp_path / "other.json", "--train-path", tmp_path / "o.csv",
                                  "--val-path", tmp_path / "o.csv")
     assert code == 2 and "best_model.pth was trained with another taxonomy" in one_line(err)
-    code, _, err = run_main(train_minimal, trained["base"] + ["--save-dir", tmp_path / "b", "--init-from", trained["ckpt"]])
+    code, _, err = run_main(TRAIN_MINIMAL, trained["base"] + ["--save-dir", tmp_path / "b", "--init-from", trained["ckpt"]])
     assert code == 2 and "holds a multi-task model; train_minimal.py starts from a single-head one" in one_line(err)
 
 
