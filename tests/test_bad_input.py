@@ -486,9 +486,9 @@ def test_open_set_validation_csv_reads_minus_one_only_with_open_set(trained, tmp
     val = _val_copy(trained, tmp_path, edit)
     images = Path(trained["data"]["val"]).parents[2] / "FungiTastic" / "val" / "300p"
     common = ["--checkpoint", trained["ckpt"], "--val-path", val, "--image-root", images, "--workers", 0]
-    code, _, err = run_main(validate, common + ["--output-dir", tmp_path / "o"])
+    code, _, err = run_main(VALIDATE, common + ["--output-dir", tmp_path / "o"])
     assert code == 2 and "line 2: category_id is '-1'" in one_line(err) and "--open-set" in err
-    code, out, err = run_main(validate, common + ["--output-dir", tmp_path / "o", "--open-set"])
+    code, out, err = run_main(VALIDATE, common + ["--output-dir", tmp_path / "o", "--open-set"])
     assert code == 0, err
     assert "open set (3 unknown of 12 images" in out
 
