@@ -44,6 +44,10 @@ demo: demo-data
 		--save-dir checkpoints/demo_multitask
 	$(PYTHON) validate.py --checkpoint checkpoints/demo_multitask/best_model.pth --val-path $(VAL_CSV) \
 		--baseline-checkpoint checkpoints/demo_minimal/best_model.pth --workers 2 --output-dir validation_results
+	# species held out of training (category_id -1): detect them, name their genus, store a threshold for test.py
+	$(PYTHON) validate.py --checkpoint checkpoints/demo_multitask/best_model.pth \
+		--val-path $(META)/FungiTastic-OpenSet-Val.csv --open-set --store-threshold --workers 2 \
+		--output-dir validation_results/open_set
 
 test: install
 	$(PYTHON) -m pytest

@@ -44,7 +44,9 @@ def test_layout_file_names_and_jpegs(small_set):
     seen_idx = set()
     for split, df in frames.items():
         folder = root / "FungiTastic" / split / "48p"
-        assert sorted(p.name for p in folder.iterdir()) == sorted(df["filename"])
+        # the open-set unknowns' images sit beside their split's, as in FungiTastic
+        extra = set(pd.read_csv(dataset.open_set_csv_path(root, split))["filename"]) if split != "train" else set()
+        assert sorted(p.name for p in folder.iterdir()) == sorted(set(df["filename"]) | extra)
         for name, obs in zip(df["filename"], df["observationID"]):
             m = re.fullmatch(r"(\d+)-(\d+)\.JPG", name)
             assert m and int(m.group(2)) == obs
@@ -181,7 +183,7 @@ def test_same_seed_same_bytes_whatever_the_workers(small_set, tmp_path):
     first = file_hashes(root)
     assert file_hashes(again) == first and not stale.exists()
     csvs = [k for k in first if k.endswith(".csv")]
-    assert len(csvs) == 3 and all(first[k] != other[k] for k in csvs)
+    assert len(csvs) == 5 and all(first[k] != other[k] for k in csvs)  # 3 closed-set, 2 open-set
     jpegs = (set(first) & set(other)) - set(csvs)
     assert jpegs and not any(first[k] == other[k] for k in jpegs)
 
@@ -212,3 +214,22 @@ def test_bad_arguments_are_user_errors(tmp_path):
         with pytest.raises(UserError):
             dataset.generate_dataset(tmp_path / "x", **(SMALL | bad))
     assert not (tmp_path / "x").exists()
+
+
+def test_open_set_csvs_hold_the_closed_split_and_new_species_of_known_genera(small_set):
+    root, frames, summary = small_set
+    train = frames["train"]
+    for split in ("val", "test"):
+        df = pd.read_csv(dataset.open_set_csv_path(root, split))
+        known, unknown = df[df["category_id"] >= 0], df[df["category_id"] == -1]
+        assert known.reset_index(drop=True).equals(frames[split])  # the closed split, unchanged
+        assert len(unknown) == summary["open_set"][split] > 0
+        assert set(unknown["species"]) == {t.species for t in taxonomy.OPEN_SET_SPECIES}
+        assert not set(unknown["species"]) & set(train["species"])  # never seen in training
+        assert set(unknown["genus"]) <= set(train["genus"])  # but their genera were
+        assert unknown["observationID"].nunique() == 3 * len(taxonomy.OPEN_SET_SPECIES)
+        assert not set(unknown["observationID"]) & set(pd.concat(frames.values())["observationID"])
+        assert df["filename"].is_unique
+        folder = dataset.image_dir(root, split, SMALL["image_size"])
+        assert all((folder / f).is_file() for f in unknown["filename"])
+    assert drawing.species_traits("Cortinarius orellanus").pattern == drawing.species_traits("Cortinarius rubellus").pattern

@@ -14,13 +14,21 @@ import pandas as pd
 from tqdm import tqdm
 
 from amanita.demo.drawing import DEFAULT_IMAGE_SIZE, draw_image, encode_jpeg
-from amanita.demo.metadata import DEFAULT_N_OBSERVATIONS, TEST_MISSING, plan_dataset
+from amanita.demo.metadata import DEFAULT_N_OBSERVATIONS, TEST_MISSING, plan_dataset, plan_open_set
 from amanita.io import UserError, atomic_to_csv, atomic_write_text
 from amanita.taxonomy import RANKS
 
 CSV_NAMES = {"train": "FungiTastic-Train.csv", "val": "FungiTastic-ClosedSet-Val.csv",
              "test": "FungiTastic-ClosedSet-Test.csv"}
 MARKER = "amanita_synthetic.json"  # marks a folder as ours, so regenerating may clear it
+
+
+OPEN_SET_CSV_NAMES = {"val": "FungiTastic-OpenSet-Val.csv", "test": "FungiTastic-OpenSet-Test.csv"}
+
+
+def open_set_csv_path(root: str | Path, split: str) -> Path:
+    """OpenSet metadata CSV of ``split`` (val or test) under a dataset ``root``."""
+    return Path(root) / "metadata" / "FungiTastic" / OPEN_SET_CSV_NAMES[split]
 
 
 def csv_path(root: str | Path, split: str) -> Path:
@@ -90,10 +98,17 @@ def generate_dataset(output_dir: str | Path, seed: int = 0,
     _prepare_output(root, params)
     plan = plan_dataset(seed, n_observations)
     _write_images(root, plan, seed, image_size, workers)
+    unknown = plan_open_set(plan, seed)
+    _write_images(root, unknown, seed, image_size, workers)
     for split, df in plan.items():  # last: a complete CSV set means a complete dataset
         atomic_to_csv(df.drop(columns=list(TEST_MISSING)) if split == "test" else df,
                       csv_path(root, split))
-    return summarize(plan) | {"output_dir": str(root), "image_size": image_size, "seed": seed}
+    for split, df in unknown.items():  # known species of the closed split, then the unknown ones
+        both = pd.concat([plan[split], df], ignore_index=True)
+        atomic_to_csv(both.drop(columns=list(TEST_MISSING)) if split == "test" else both,
+                      open_set_csv_path(root, split))
+    return summarize(plan) | {"output_dir": str(root), "image_size": image_size, "seed": seed,
+                              "open_set": {s: len(df) for s, df in unknown.items()}}
 
 
 def summarize(plan: dict[str, pd.DataFrame]) -> dict:

@@ -11,7 +11,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image, ImageChops, ImageDraw
 
-from amanita.demo.taxonomy import SPECIES, Taxon
+from amanita.demo.taxonomy import OPEN_SET_SPECIES, SPECIES, Taxon
 from amanita.taxonomy import RANKS
 
 DEFAULT_IMAGE_SIZE = 300  # shorter side in pixels, the "300p" of the folder name
@@ -95,10 +95,13 @@ def _rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
 @functools.lru_cache(maxsize=None)
 def species_traits(species: str) -> Traits:
     """The visual traits of an accepted ``species`` name, derived from its lineage only."""
-    taxon = next((t for t in SPECIES if t.species == species), None)
+    taxon = next((t for t in SPECIES + OPEN_SET_SPECIES if t.species == species), None)
     if taxon is None:
         raise KeyError(f"unknown demo species {species!r}")
-    sib = _siblings()
+    sib = dict(_siblings())
+    if ("species", species) not in sib:  # a held-out species: the next sibling in its genus
+        n = sum(t.genus == taxon.genus for t in SPECIES if t.species == t.scientific_name)
+        sib[("species", species)] = (n, n + 1)
     lin = taxon.lineage
     n_class = sorted({t.class_name for t in SPECIES}).index(taxon.class_name)
     plan, secondary, base_hue = _PLANS[taxon.order]

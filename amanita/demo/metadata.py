@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 
 from amanita.demo.drawing import caption
-from amanita.demo.taxonomy import SPECIES, species_table
+from amanita.demo.taxonomy import OPEN_SET_SPECIES, SPECIES, species_table
 from amanita.taxonomy import RANKS
 
 SPLITS = ("train", "val", "test")
+OPEN_SET_OBSERVATIONS = 6  # per held-out species, alternately val and test
 COLUMNS = ("eventDate", "year", "month", "day", "habitat", "countryCode", "scientificName",
            "kingdom", "phylum", "class", "order", "family", "genus", "specificEpithet",
            "hasCoordinate", "species", "iucnRedListCategory", "substrate", "latitude",
@@ -109,3 +110,32 @@ def plan_dataset(seed: int = 0, n_observations: int = DEFAULT_N_OBSERVATIONS) ->
     img["specificEpithet"] = img["species"].str.split().str[1]
     img = img.assign(**_FIXED)
     return {s: img.loc[img["split"] == s, list(COLUMNS)].reset_index(drop=True) for s in SPLITS}
+
+
+def plan_open_set(plan: dict[str, pd.DataFrame], seed: int = 0) -> dict[str, pd.DataFrame]:
+    """The unknown-species rows of the OpenSet val and test CSVs: split → frame (all columns).
+
+    Each held-out species gets :data:`OPEN_SET_OBSERVATIONS` observations, alternately val and
+    test, modelled on training observations of its genus (date moved to the split's year, a
+    new observationID and image index); ``category_id`` is -1, the other ranks are filled.
+    """
+    rng = np.random.default_rng([seed, 2])
+    train = plan["train"]
+    next_img = 1 + max(int(f.split("-")[0]) for df in plan.values() for f in df["filename"])
+    next_obs = 1 + max(int(df["observationID"].max()) for df in plan.values())
+    out = {"val": [], "test": []}
+    for t in OPEN_SET_SPECIES:
+        templates = train.loc[train["genus"] == t.genus, "observationID"].unique()
+        for j, obs_id in enumerate(rng.choice(templates, OPEN_SET_OBSERVATIONS, replace=True)):
+            split = ("val", "test")[j % 2]
+            rows = train[train["observationID"] == obs_id].copy()
+            idx = np.arange(next_img, next_img + len(rows))
+            next_img, next_obs = next_img + len(rows), next_obs + int(rng.integers(1, 4000))
+            rows = rows.assign(observationID=next_obs, year=_SPLIT_YEARS[split][0], category_id=-1,
+                               scientificName=t.scientific_name, species=t.species,
+                               specificEpithet=t.species.split()[1], poisonous=int(t.poisonous),
+                               filename=[f"{i}-{next_obs}.JPG" for i in idx])
+            rows["eventDate"] = pd.to_datetime(rows[["year", "month", "day"]]).dt.strftime("%Y-%m-%d")
+            rows["captions"] = [caption(t, sub) for sub in rows["substrate"]]
+            out[split].append(rows)
+    return {s: pd.concat(v, ignore_index=True)[list(COLUMNS)] for s, v in out.items()}

@@ -176,6 +176,19 @@ def _build_species() -> tuple[Taxon, ...]:
 
 SPECIES: tuple[Taxon, ...] = _build_species()
 
+# Species held out of training, as FungiTastic's OpenSet CSVs have them (category_id -1): each a
+# new species of a genus that is in training, so the hierarchy can still name its genus.
+_OPEN_SET_TABLE = (
+    ("Amanita porphyria", "Amanitaceae", 0, "forest"),
+    ("Agaricus bitorquis", "Agaricaceae", 0, "grass"),
+    ("Boletus aereus", "Boletaceae", 0, "forest"),
+    ("Cortinarius orellanus", "Cortinariaceae", 1, "forest"),  # deadly, like its genus's C. rubellus
+    ("Russula nobilis", "Russulaceae", 1, "forest"),
+)
+OPEN_SET_SPECIES: tuple[Taxon, ...] = tuple(
+    Taxon(-1, name, name, name.split()[0], family, *_FAMILIES[family][::-1], bool(poisonous), 1, ecology)
+    for name, family, poisonous, ecology in _OPEN_SET_TABLE)
+
 
 def species_table() -> pd.DataFrame:
     """One row per leaf: ``category_id``, ``scientificName``, the six ranks, flags, abundance."""
