@@ -24,7 +24,7 @@ import json
 import torch
 
 from amanita.checkpoint import load_for_eval
-from amanita.cli import HelpFormatter, cli_main
+from amanita.cli import HelpFormatter, cli_main, nonneg_int, positive_float, positive_int
 from amanita.io import UserError
 
 
@@ -33,13 +33,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", required=True, help="an amanita checkpoint (multi-task, distilled or single-head)")
     p.add_argument("--output-dir", default="exported", help="folder for model.onnx, model.json and taxonomic_mappings.json")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights even when the checkpoint has EMA weights")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
+    p.add_argument("--opset", type=positive_int, default=18, help="ONNX opset version")
     g = p.add_argument_group("Check parameters")
     g.add_argument("--check-csv", default=None,
                    help="FungiTastic CSV whose first images check the export (default: random tensors)")
     g.add_argument("--image-root", default=None, help="image folder of --check-csv (default: the FungiTastic layout)")
-    g.add_argument("--check-images", type=int, default=8, help="images compared between PyTorch and onnxruntime (0: skip)")
-    g.add_argument("--atol", type=float, default=1e-3, help="largest allowed absolute difference of any logit")
+    g.add_argument("--check-images", type=nonneg_int, default=8, help="images compared between PyTorch and onnxruntime (0: skip)")
+    g.add_argument("--atol", type=positive_float, default=1e-3, help="largest allowed absolute difference of any logit")
     return p.parse_args(argv)
 
 

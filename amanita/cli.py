@@ -317,7 +317,8 @@ def add_level_args(p: argparse.ArgumentParser) -> None:
     u.add_argument("--unknown-score", choices=SCORES, default="msp",
                    help="unknown-species score of the leaf head used for the threshold: msp (1 - max "
                         "probability), entropy, or energy (-logsumexp of the logits)")
-    u.add_argument("--target-tpr", type=float, default=0.95,
+    u.add_argument("--target-tpr", default=0.95,
+                   type=number(float, 0, 1, low_open=True, high_open=True, what="a share between 0 and 1"),
                    help="share of known-species images the stored threshold must accept")
     u.add_argument("--store-threshold", action="store_true",
                    help="write the threshold for --target-tpr into --checkpoint (key 'open_set') for test.py")

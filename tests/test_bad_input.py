@@ -176,10 +176,13 @@ def foreign_files(tmp_path):
     torch.save({"model": Evil()}, tmp_path / "pickled.pth")
     (tmp_path / "text.pth").write_text("this is not a checkpoint\n")
     (tmp_path / "raw.pkl").write_bytes(pickle.dumps([1, 2, 3]))
+    torch.save({"model": {"w": torch.zeros(1000)}}, tmp_path / "whole.pth")
+    data = (tmp_path / "whole.pth").read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])  # a copy cut short
     return tmp_path
 
 
-@pytest.mark.parametrize("name", ["pickled.pth", "text.pth", "raw.pkl"])
+@pytest.mark.parametrize("name", ["pickled.pth", "text.pth", "raw.pkl", "truncated.pth"])
 def test_foreign_files_are_refused_in_one_line(foreign_files, name):
     from amanita.checkpoint import load_checkpoint
     from amanita.backbone import create_timm_model
@@ -265,6 +268,19 @@ def test_full_disk_keeps_the_old_file_and_says_so(tmp_path):
     assert f"writing checkpoint {path} failed: cannot write {path}" in msg and "disk full" in msg
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]
+
+
+def test_staging_folders_of_dead_runs_are_removed_and_live_ones_kept(tmp_path):
+    import os
+    from amanita.io import staged_output
+    dead, live = tmp_path / ".staging-999999999-ab12", tmp_path / f".staging-{os.getppid()}-cd34"
+    for d in (dead, live):
+        d.mkdir()
+        (d / "metrics.json").write_text("{}")
+    with staged_output(tmp_path) as stage:
+        (stage / "predictions.csv").write_text("new")
+    assert not dead.exists() and live.is_dir()
+    assert (tmp_path / "predictions.csv").read_text() == "new" and not stage.exists()
 
 
 def test_stale_temporaries_of_this_run_only_are_removed(tmp_path):
