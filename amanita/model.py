@@ -36,7 +36,7 @@ class MultiTaskBEiT(nn.Module):
                  rollups: dict[str, torch.Tensor] | None = None):
         super().__init__()
         self.backbone = backbone
-        dim = backbone.num_features
+        dim = feature_size(backbone)
         self.head_drop = nn.Dropout(drop_rate)
         self.heads = nn.ModuleDict({r: nn.Linear(dim, n) for r, n in head_sizes.items()})
         self.residual_ranks = tuple(r for r in (rollups or {}) if r in head_sizes and r != LEAF)
@@ -45,7 +45,7 @@ class MultiTaskBEiT(nn.Module):
 
     @property
     def num_features(self) -> int:
-        return self.backbone.num_features
+        return feature_size(self.backbone)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.head_drop(self.backbone(x))  # (batch, dim), pooled and normed by timm
@@ -71,6 +71,12 @@ class MultiTaskBEiT(nn.Module):
     def no_weight_decay(self) -> set[str]:
         inner = getattr(self.backbone, "no_weight_decay", lambda: set())()
         return {f"backbone.{n}" for n in inner}
+
+
+def feature_size(backbone: nn.Module) -> int:
+    """Width of what a timm model with ``num_classes=0`` returns: ``head_hidden_size`` where the model
+    has a pre-logits layer (MobileNetV3: 1280, while its ``num_features`` is 960), else ``num_features``."""
+    return int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
 
 
 def _prefix_matcher(spec):
