@@ -231,6 +231,7 @@ def checkpoint_state(run) -> dict:
         "best_metric": s.best_metric, "bad_epochs": s.bad_epochs,
         "val_f1": _last(s.history, "val/species/f1"), "val_acc": _last(s.history, "val/species/acc1"),
         "git_sha": git_sha(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "tracking": run.tracker.state() if run.tracker else dict(run.tracking),  # W&B id, TensorBoard dir
     }
 
 
@@ -253,6 +254,7 @@ def restore_state(run, ckpt: dict, path: str | os.PathLike) -> None:
     s, state, dist = ckpt["sampler"], run.state, run.dist
     state.epoch, state.step, state.history = ckpt["epoch"], ckpt["step"], list(ckpt.get("history", []))
     state.best_metric, state.bad_epochs = ckpt.get("best_metric"), ckpt.get("bad_epochs", 0)
+    run.tracking = dict(ckpt.get("tracking") or {})
     same_layout = (s["batch_size"], s["world_size"]) == (run.args.batch_size, dist.world_size)
     state.batch_in_epoch = s["batch_in_epoch"] if same_layout else 0
     if not same_layout and s["batch_in_epoch"] and dist.is_main:

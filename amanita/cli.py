@@ -14,7 +14,9 @@ from amanita.backbone import STOCK_MODEL
 from amanita.decode import DECODE_HELP, DECODE_MODES, DEFAULT_DECODE
 from amanita.io import UserError
 from amanita.losses import WEIGHT_METHODS
+from amanita.submission import add_submission_args
 from amanita.taxonomy import DISPLAY_ORDER, HEADS
+from amanita.tracking import add_tracking_args
 
 METRIC_NAMES = [f"{k}/{m}" for k in DISPLAY_ORDER for m in ("acc1", "f1")]
 
@@ -249,6 +251,7 @@ def build_train_parser(description: str, multitask: bool) -> argparse.ArgumentPa
     add_optimizer_args(p, multitask)
     add_loss_args(p, multitask)
     add_run_args(p, multitask)
+    add_tracking_args(p)
     return p
 
 
@@ -296,6 +299,7 @@ def build_validate_parser(description: str) -> argparse.ArgumentParser:
                    help="stop when more than this share of the validation images cannot be read, or have "
                         "a category_id outside the mappings")
     add_inference_args(x)
+    add_tracking_args(p)  # attach the headline numbers and figures to the checkpoint's W&B/TensorBoard run
     return p
 
 
@@ -327,7 +331,7 @@ def add_level_args(p: argparse.ArgumentParser) -> None:
 def parse_identify_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
     """test.py's flags, parsed and checked (a bad value exits with argparse's usage line)."""
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
+    p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
     g = p.add_argument_group("Model parameters")
     g.add_argument("--checkpoint", required=True, help="an amanita checkpoint (multi-task or single-head)")
     g.add_argument("--mappings", default=None,
@@ -344,7 +348,13 @@ def parse_identify_args(description: str, argv: list[str] | None = None) -> argp
     r.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
     r.add_argument("--workers", type=nonneg_int, default=2, help="image-decoding worker processes (0: in this process)")
     add_inference_args(r)
-    return p.parse_args(argv)
+    add_submission_args(p)
+    args = p.parse_args(argv)
+    if not args.inputs and not args.submission:
+        p.error("give images or folders, or --submission OUT.csv --test-path TEST.csv")
+    if args.submission and not args.test_path:
+        p.error("--submission needs --test-path (the FungiTastic/FungiCLEF test metadata CSV)")
+    return args
 
 
 def cli_main(fn: Callable[[], int | None]) -> Callable[[], None]:

@@ -48,6 +48,7 @@ def train_one_epoch(run: Run, loader) -> dict[str, float]:
     model, cfg, state, device = run.trained, run.config, run.state, run.dist.device
     model.train()
     sums: dict[str, torch.Tensor] = {}
+    window: dict[str, torch.Tensor] = {}  # losses since the last log_interval, for the tracker
     n_batches, n_images, t0 = 0, 0, time.perf_counter()
     bad_count = torch.zeros((), dtype=torch.long, device=device)
     total = len(loader) + state.batch_in_epoch
@@ -66,6 +67,7 @@ def train_one_epoch(run: Run, loader) -> dict[str, float]:
             (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
         for k, v in losses.items():
             sums[k] = sums.get(k, 0) + v.detach()
+            window[k] = window.get(k, 0) + v.detach()
         bad_count += (label_column(labels, LEAF) == BAD_IMAGE).sum()
         n_batches += 1
         n_images += images.shape[0]
@@ -74,6 +76,10 @@ def train_one_epoch(run: Run, loader) -> dict[str, float]:
             _update(run)
         if n_batches % cfg.log_interval == 0:
             _count_bad(run, bad_count)
+            if run.tracker:
+                run.tracker.log(update_record(run, window, cfg.log_interval, n_images / (time.perf_counter() - t0)),
+                                state.step)
+            window = {}
             if run.dist.is_main:
                 bar.set_postfix(loss=f"{(sums['loss'] / n_batches).item():.3f}",
                                 lr=f"{run.optimizer.param_groups[-1]['lr']:.2e}",
@@ -84,6 +90,15 @@ def train_one_epoch(run: Run, loader) -> dict[str, float]:
     out = {k: (v / max(n_batches, 1)).item() for k, v in sums.items()}
     out["images_per_s"] = n_images / max(elapsed, 1e-9)
     return out
+
+
+def update_record(run: Run, window: dict[str, torch.Tensor], n_batches: int, images_per_s: float) -> dict:
+    """What the tracker gets every ``log_interval`` batches: each head's mean loss over them, the base lr
+    and images/s (this process), named as in ``metrics.jsonl``."""
+    group = run.optimizer.param_groups[-1]
+    out = {("train/loss" if k == "loss" else f"train/{k.removeprefix('loss/')}/loss"): (v / n_batches).item()
+           for k, v in window.items()}
+    return out | {"lr": group["lr"] / group.get("lr_scale", 1.0), "images_per_s": images_per_s}
 
 
 def _count_bad(run: Run, bad_count: torch.Tensor) -> None:

@@ -110,6 +110,9 @@ def validate(args: argparse.Namespace) -> Evaluation:
     result.report = out / result.report.name
     if args.store_threshold:
         store_threshold(args, result.metrics)
+    if getattr(args, "log_wandb", False) or getattr(args, "log_tensorboard", None):
+        from amanita.tracking import log_validation
+        log_validation(args, out / "metrics.json", out)
     return result
 
 

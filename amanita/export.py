@@ -98,7 +98,7 @@ def export_onnx(model: nn.Module, data_config: dict, path: str | os.PathLike, op
     example = torch.randn(2, *input_size)
     tmp = Path(path).with_name(f".{Path(path).name}.export")
     try:
-        torch.onnx.export(HeadTuple(model, names), (example,), str(tmp), input_names=[INPUT_NAME],
+        torch.onnx.export(HeadTuple(model, names).eval(), (example,), str(tmp), input_names=[INPUT_NAME],
                           output_names=names, opset_version=opset, dynamo=True, external_data=False,
                           dynamic_shapes={"image": {0: torch.export.Dim.DYNAMIC}}, verbose=False)
         proto = onnx.load(str(tmp))
@@ -166,16 +166,3 @@ def check_export(model: nn.Module, onnx_path: str | os.PathLike, images: torch.T
     if bad:
         raise UserError(f"{onnx_path}: onnxruntime differs from PyTorch by more than {atol}: {bad}")
     return diffs
-
-
-def latency_ms(session, input_size, runs: int = 50, warmup: int = 5) -> float:
-    """Median wall time of one single-image run, in milliseconds."""
-    x = np.random.default_rng(0).standard_normal((1, *input_size)).astype(np.float32)
-    for _ in range(warmup):
-        session.run(None, {INPUT_NAME: x})
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, {INPUT_NAME: x})
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))

@@ -20,6 +20,7 @@ from amanita.data import BadImageCounter
 from amanita.distributed import DistInfo, ResumableDistributedSampler
 from amanita.backbone import ModelSpec
 from amanita.taxonomy import Taxonomy
+from amanita.tracking import Tracker
 
 
 @dataclass
@@ -65,6 +66,8 @@ class Run:
     train_loader: Iterable | None = None  # built once (amanita.data.DeviceLoader); .dataset is the split
     sampler: ResumableDistributedSampler | None = None
     evals: dict[str, DataLoader] = field(default_factory=dict)
+    tracker: Tracker | None = None      # W&B / TensorBoard on rank 0 (amanita.tracking)
+    tracking: dict = field(default_factory=dict)  # the tracker state a resumed checkpoint held
 
     @property
     def trained(self) -> nn.Module:

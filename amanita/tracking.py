@@ -26,6 +26,12 @@ def scalars(record: dict) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
+def epoch_scalars(record: dict) -> dict:
+    """An epoch's ``metrics.jsonl`` record for the tracker: ``val/*`` as they are, the epoch's train
+    means, lr and speed under ``epoch/`` (the per-update series own ``train/*``, ``lr``, ``images_per_s``)."""
+    return {k if k.startswith("val/") or k in ("epoch", "step") else f"epoch/{k}": v for k, v in record.items()}
+
+
 class WandbBackend:
     """One W&B run; ``run_id`` reopens an earlier run (``resume="allow"``)."""
 
@@ -77,7 +83,7 @@ class TensorBoardBackend:
         self.writer.flush()
 
     def summary(self, values: dict[str, float]) -> None:
-        self.log(values, 0)
+        """TensorBoard has no run summary: the values are logged as scalars by :meth:`log`."""
 
     def images(self, paths: dict[str, str], step: int) -> None:
         import numpy as np
@@ -146,7 +152,8 @@ def create_tracker(args, is_main: bool, config: dict, previous: dict | None = No
     tb = getattr(args, "log_tensorboard", None)
     if tb:
         tb = previous.get("tensorboard_dir") if tb == "auto" else tb
-        backends.append(TensorBoardBackend(tb or "runs", config, purge_step=step or None))
+        # events past the resumed checkpoint's update came from the killed run: drop them
+        backends.append(TensorBoardBackend(tb or "runs", config, purge_step=step + 1 if step else None))
     return Tracker(backends)
 
 
@@ -163,3 +170,38 @@ def add_tracking_args(parser) -> None:
     g.add_argument("--wandb-dir", default=None, help="folder for W&B's local files (default: W&B's, ./wandb)")
     g.add_argument("--log-tensorboard", default=None, metavar="DIR",
                    help=f"write TensorBoard events to DIR ('auto': the resumed checkpoint's folder; {TENSORBOARD_HINT})")
+
+
+def headline_numbers(metrics: dict, prefix: str = "validate/") -> dict[str, float]:
+    """The report's headline numbers (metrics.json's ``model``) as flat tracker scalars."""
+    model = metrics.get("model", metrics)
+    out = {}
+    for key, m in (model.get("keys") or {}).items():
+        for name in ("top1", "top5", "macro_f1_present", "macro_f1_all", "ece"):
+            if isinstance((m or {}).get(name), (int, float)):
+                out[f"{prefix}{key}/{name}"] = m[name]
+    for section in ("hierarchy", "poison"):
+        for name, v in (model.get(section) or {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[f"{prefix}{section}/{name}"] = v
+    return out
+
+
+def log_validation(args, metrics_json: str | os.PathLike, figures_dir: str | os.PathLike) -> Tracker:
+    """validate.py: attach the report's headline numbers and figures to the checkpoint's run.
+
+    The W&B run id and TensorBoard folder come from the checkpoint (``tracking``), so the
+    numbers land beside the training curves, at the checkpoint's update; the flags override.
+    """
+    from amanita.checkpoint import load_checkpoint
+    ckpt = load_checkpoint(args.checkpoint) if getattr(args, "checkpoint", None) else {}
+    step = int(ckpt.get("step") or 0)
+    config = {"validate_args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool))}}
+    tracker = create_tracker(args, True, config, previous=ckpt.get("tracking"), step=0)
+    metrics = json.loads(Path(metrics_json).read_text(encoding="utf-8"))
+    numbers = headline_numbers(metrics)
+    tracker.log(numbers, step)
+    tracker.summary(numbers)
+    tracker.images({f"validate/{p.stem}": p for p in sorted(Path(figures_dir).glob("*.png"))}, step)
+    tracker.close()
+    return tracker

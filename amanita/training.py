@@ -5,6 +5,7 @@ saves (``run.checkpointer.save``) and logs (:func:`log_record`, the one place an
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -20,6 +21,8 @@ from amanita.checkpoint import Checkpointer, plain_args, seed_everything
 from amanita.cli import build_train_parser, check_train_args, cli_main
 from amanita.data import (BadImageCounter, DeviceLoader, FungiTasticDataset, check_labels, check_unreadable,
                           create_transforms, make_loader, read_split)
+from amanita.distill import load_teacher
+from amanita.tracking import create_tracker, epoch_scalars
 from amanita.distributed import (DistInfo, ResumableDistributedSampler, ShardSampler, barrier, cleanup,
                                  init_distributed, wrap_for_training)
 from amanita.engine import amp_dtype, finite_or_raise, predict, reduce_mean, summarize, train_one_epoch, \
@@ -223,6 +226,8 @@ def log_record(run: Run, record: dict) -> None:
     run.state.history.append(record)
     if run.dist.is_main:
         write_metrics(run.state.history, run.args.log_dir)
+    if run.tracker:
+        run.tracker.log(epoch_scalars(record), record["step"])
 
 
 # ---------------------------------------------------------------------- the run
@@ -255,15 +260,26 @@ def _run(args, multitask: bool, dist: DistInfo) -> int:
     if dist.is_main:
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(args.save_dir) / "args.json", json.dumps(plain_args(args), indent=1))
-    while run.state.epoch < args.epochs:
-        if train_epoch(run):
-            break
-    if "test" in run.evals:
-        test_best(run)
+    run.tracker = create_tracker(args, dist.is_main, tracking_config(run), run.tracking, run.state.step)
+    try:
+        while run.state.epoch < args.epochs:
+            if train_epoch(run):
+                break
+        if "test" in run.evals:
+            test_best(run)
+    finally:
+        run.tracker.close()
     best = run.state.best_metric
     log(dist, f"done: best val {args.early_stopping_metric} = {best if best is None else f'{best:.4f}'}; "
               f"checkpoints in {args.save_dir}")
     return 0
+
+
+def tracking_config(run: Run) -> dict:
+    """The tracked run's config: the arguments, taxonomy hash, git SHA, model and data config."""
+    return {"args": plain_args(run.args), "taxonomy_sha256": run.taxonomy.sha256(), "git_sha": git_sha(),
+            "architecture": run.spec.architecture, "data_config": dict(run.spec.data_config),
+            "world_size": run.dist.world_size}
 
 
 def build_run(args, multitask: bool, dist: DistInfo) -> Run:
@@ -273,11 +289,17 @@ def build_run(args, multitask: bool, dist: DistInfo) -> Run:
     torch.backends.cudnn.allow_tf32 = True
     tax = load_taxonomy(args, dist)
     model, spec = build_model(args, tax, multitask)
+    teacher = load_teacher(args, tax, dist.device)  # distill.py only
+    if teacher is not None:  # one batch feeds the student and the teacher
+        spec = dataclasses.replace(spec, data_config=teacher.data_config)
     model.to(dist.device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     train_loader, sampler, evals = make_loaders(args, tax, spec.data_config, dist)
     criterion = make_criterion(args, tax, multitask, dist.device)
+    if teacher is not None:
+        criterion = teacher.criterion(criterion, tax, args).to(dist.device)
+        log(dist, teacher.description)
     optimizer = make_optimizer(model, args, dist.device, multitask)
     n_updates = updates_per_epoch(-(-len(sampler) // args.batch_size), max(args.accum_steps, 1))
     from timm.scheduler import create_scheduler_v2
@@ -285,7 +307,7 @@ def build_run(args, multitask: bool, dist: DistInfo) -> Run:
                                        warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs,
                                        step_on_epochs=False, updates_per_epoch=n_updates)
     dtype = amp_dtype(args.amp, dist.device)
-    train_model = wrap_for_training(model, dist, args.compile)
+    train_model = wrap_for_training(model if teacher is None else teacher.wrap(model), dist, args.compile)
     ema = None
     if args.model_ema:  # after DDP's broadcast, so every rank averages rank 0's starting weights
         from timm.utils import ModelEmaV3

@@ -115,7 +115,7 @@ def tiny_checkpoint(path, taxonomy, arch=TINY_BEIT[0], model_args=TINY_BEIT[1], 
     cfg = resolve_data_config(model.backbone, arch)
     save_checkpoint(dict(model=model.state_dict(), kind="multitask", architecture=arch, model_kwargs=dict(model_args),
                          head_mode="residual", head_sizes=taxonomy.head_sizes(), taxonomy=taxonomy.to_dict(),
-                         taxonomy_sha256=taxonomy.sha256(), data_config=cfg, epoch=1, step=1, **extra), path)
+                         taxonomy_sha256=taxonomy.sha256(), data_config=cfg, **({"epoch": 1, "step": 1} | extra)), path)
     return model.eval(), cfg
 
 

@@ -84,13 +84,13 @@ def test_tensorboard_scalars_and_resume_purges_the_killed_tail(tmp_path):
     first.close()  # killed after update 4, but the checkpoint was written at update 3
     resumed = create_tracker(args(log_tensorboard="auto"), True, {"git_sha": "abc"},
                              previous=first.state(), step=3)
-    for step in (3, 4, 5):
+    for step in (4, 5):
         resumed.log({"train/leaf/loss": 20.0 + step}, step)
     resumed.close()
     acc = EventAccumulator(str(tb))
     acc.Reload()
     events = acc.Scalars("train/leaf/loss")
-    assert [(e.step, e.value) for e in events] == [(0, 10.0), (1, 11.0), (2, 12.0), (3, 23.0), (4, 24.0), (5, 25.0)]
+    assert [(e.step, e.value) for e in events] == [(0, 10.0), (1, 11.0), (2, 12.0), (3, 13.0), (4, 24.0), (5, 25.0)]
     assert "config/text_summary" in acc.Tags()["tensors"]
 
 
@@ -146,3 +146,71 @@ def test_empty_tracker_is_a_no_op():
     t.summary({"x": 1.0})
     t.close()
     assert not t and t.state() == {}
+
+
+def test_validation_numbers_and_figures_join_the_checkpoints_run(tmp_path, fake_wandb):
+    pytest.importorskip("tensorboard")
+    import json
+
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from amanita.taxonomy import build_taxonomy
+    from amanita.tracking import log_validation
+    from tests.helpers import TRAIN_IDS, rows, tiny_checkpoint
+    tb = tmp_path / "tb"
+    tiny_checkpoint(tmp_path / "best.pth", build_taxonomy([rows(TRAIN_IDS)]), step=12,
+                    tracking={"wandb_run_id": "run42", "wandb_project": "fungi", "tensorboard_dir": str(tb)})
+    out = tmp_path / "validation_results"
+    out.mkdir()
+    metrics = {"model": {"keys": {"genus": {"top1": 0.75, "top5": 1.0, "macro_f1_present": 0.5, "ece": 0.1},
+                                  "leaf": {"top1": 0.5, "top5": None}},
+                         "hierarchy": {"hierarchical_accuracy": 0.25}, "poison": {"psc": 2, "cost": 0.5}}}
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    Image.new("RGB", (4, 4)).save(out / "confusion_genus.png")
+    log_validation(args(checkpoint=str(tmp_path / "best.pth"), log_wandb=True, log_tensorboard="auto"),
+                   out / "metrics.json", out)
+    run = fake_wandb[0]
+    assert (run.kw["id"], run.kw["project"]) == ("run42", "fungi")
+    assert run.summary["validate/genus/top1"] == 0.75 and run.summary["validate/poison/psc"] == 2
+    assert "validate/leaf/top5" not in run.summary  # None is not a number
+    assert run.logged[0]["update"] == 12 and run.logged[1]["validate/confusion_genus"] == ("image", str(out / "confusion_genus.png"))
+    acc = EventAccumulator(str(tb))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("validate/genus/macro_f1_present")] == [(12, 0.5)]
+    assert [i.step for i in acc.Images("validate/confusion_genus")] == [12]
+
+
+@pytest.mark.slow
+def test_training_logs_updates_and_epochs_and_resume_continues_the_run(tmp_path):
+    """train_multitask.py --log-tensorboard --log-wandb (offline): per-update losses of every head, lr and
+    images/s, per-epoch metrics, config; a resumed run keeps the W&B id and the update axis."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from amanita.checkpoint import load_checkpoint
+    from amanita.taxonomy import HEADS
+    from tests.helpers import SMALL_MODEL, make_image_dataset, run_script
+    data = make_image_dataset(tmp_path, n_train=24, n_val=6)
+    common = ["--train-path", data["train"], "--val-path", data["val"], "--mappings", tmp_path / "m.json",
+              *SMALL_MODEL, "--batch-size", 4, "--workers", 0, "--auto-augment", "none", "--lr", 1e-3,
+              "--save-dir", tmp_path / "run", "--log-interval", 2, "--log-tensorboard", tmp_path / "tb",
+              "--log-wandb", "--wandb-dir", tmp_path, "--wandb-project", "amanita-test"]
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    run_script("train_multitask.py", *common, "--epochs", 1, env=env)
+    first = load_checkpoint(tmp_path / "run" / "last.pth")["tracking"]
+    assert first["tensorboard_dir"] == str(tmp_path / "tb") and first["wandb_run_id"]
+    run_script("train_multitask.py", *common, "--epochs", 2, env=env)  # resumes last.pth
+    assert load_checkpoint(tmp_path / "run" / "last.pth")["tracking"]["wandb_run_id"] == first["wandb_run_id"]
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(first["wandb_run_id"]) for r in runs)
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    # 24 images / batch 4 = 6 updates an epoch, a record every 2 batches
+    for head in HEADS:
+        assert [e.step for e in acc.Scalars(f"train/{head}/loss")] == [2, 4, 6, 8, 10, 12]
+    assert all(e.value > 0 for e in acc.Scalars("lr")) and len(acc.Scalars("images_per_s")) == 6
+    assert [e.step for e in acc.Scalars("val/leaf/acc1")] == [6, 12]
+    assert [e.step for e in acc.Scalars("epoch/train/loss")] == [6, 12]
+    assert "config/text_summary" in acc.Tags()["tensors"]
