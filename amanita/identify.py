@@ -183,6 +183,9 @@ def identify(args) -> int:
           f"{', EMA weights' if info['ema'] else ''}; decode {args.decode}, tta {args.tta}, "
           f"{'calibrated' if info.get('temperatures') and not args.no_temperatures else 'uncalibrated'} confidences",
           file=sys.stderr)
+    if args.submission:
+        from amanita.submission import submit
+        return submit(args, loaded)
     paths, errors = expand_inputs(args.inputs)
     for line in errors:
         print(f"error: {line}", file=sys.stderr)

@@ -85,3 +85,80 @@ def write_submission(path: str | os.PathLike, sub: pd.DataFrame, metadata: pd.Da
     """Check ``sub`` and write it atomically (a failed check writes nothing)."""
     check_submission(sub, metadata, category_ids)
     atomic_to_csv(sub.loc[:, list(COLUMNS)], path)
+
+
+def observation_answers(model, taxonomy, data_config: dict, metadata: pd.DataFrame, args, device,
+                        readout=None) -> pd.DataFrame:
+    """Per-observation predictions of ``metadata``'s images (:func:`amanita.engine.predict_observations`).
+
+    ``args`` gives ``test_path``, ``image_root``/``image_size_folder``, ``decode``, ``combine``,
+    ``batch_size``, ``workers`` and ``amp``; ``readout`` the TTA and temperatures. One row per
+    observation with a readable image: ``observationID``, ``leaf_pred`` and the ``unknown_*``
+    scores of the pooled leaf distribution, among the predictions-table columns.
+    """
+    from amanita.data import DeviceLoader, FungiTasticDataset, create_transforms, default_image_root, make_loader
+    from amanita.engine import iter_log_probs, predict_batches, predict_observations, with_metadata
+    from amanita.observations import ObservationPooler
+    root = args.image_root or default_image_root(args.test_path, args.image_size_folder)
+    ds = FungiTasticDataset(metadata, taxonomy, create_transforms(data_config, False), image_root=root,
+                            input_size=data_config["input_size"])
+    loader = DeviceLoader(make_loader(ds, args.batch_size, args.workers, device, persistent=False), device, data_config)
+    pooler = ObservationPooler(metadata["observationID"].to_numpy(), args.combine)
+    batches = iter_log_probs(model, loader, taxonomy, device, args.amp, readout)
+    predict_batches(batches, taxonomy, args.decode, pooler)
+    return with_metadata(predict_observations(pooler, ds.labels, taxonomy, args.decode), metadata)
+
+
+def unknown_mask(obs_preds: pd.DataFrame, open_set: dict | None, threshold: float | None = None,
+                 score: str | None = None) -> np.ndarray | None:
+    """Observations answered -1: unknown score above the threshold (the flag's, else the checkpoint's
+    ``open_set`` entry stored by ``validate.py --store-threshold``); None without a threshold."""
+    open_set = open_set or {}
+    threshold = threshold if threshold is not None else open_set.get("threshold")
+    if threshold is None:
+        return None
+    column = f"unknown_{score or open_set.get('score', 'msp')}"
+    if column not in obs_preds.columns:
+        raise UserError(f"unknown-species score {column!r} is not computed (one of "
+                        f"{sorted(c for c in obs_preds.columns if c.startswith('unknown_'))})")
+    return obs_preds[column].to_numpy() > threshold
+
+
+def add_submission_args(p) -> None:
+    """test.py's ``Submission parameters`` group."""
+    s = p.add_argument_group("Submission parameters (FungiCLEF: one line per observation)")
+    s.add_argument("--submission", default=None, metavar="OUT.csv",
+                   help="write observationID,class_id for every observation of --test-path (class_id -1: unknown "
+                        "species, when an unknown threshold is given or stored in the checkpoint)")
+    s.add_argument("--test-path", default=None, help="the test metadata CSV (filename, observationID; labels not needed)")
+    s.add_argument("--image-root", default=None, help="folder of the test images (default: the FungiTastic layout beside the CSV)")
+    s.add_argument("--image-size-folder", default="300p", help="FungiTastic image-size folder (300p, 500p, 720p, fullsize)")
+    s.add_argument("--combine", choices=("mean-prob", "mean-logp"), default="mean-prob",
+                   help="how an observation's images are pooled: mean of probabilities or of log-probabilities")
+    s.add_argument("--submission-threshold", type=float, default=None,
+                   help="unknown-species threshold on the pooled score (default: the one validate.py "
+                        "--store-threshold wrote into the checkpoint; none there: no -1 answers)")
+    s.add_argument("--submission-score", choices=("msp", "entropy", "energy"), default=None,
+                   help="unknown-species score the threshold applies to (default: the checkpoint's, else msp)")
+
+
+def submit(args, loaded) -> int:
+    """--submission: pooled observation answers → a checked FungiCLEF CSV."""
+    from amanita.checkpoint import load_checkpoint
+    from amanita.engine import Readout
+    model, tax, data_config, info, device = loaded
+    metadata = read_test_metadata(args.test_path)
+    temperatures = None if args.no_temperatures else info.get("temperatures")
+    obs = observation_answers(model, tax, data_config, metadata, args, device, Readout(args.tta, temperatures))
+    if len(obs) == 0:
+        from amanita.data import default_image_root
+        root = args.image_root or default_image_root(args.test_path, args.image_size_folder)
+        raise UserError(f"no image of {args.test_path} could be read from {root}; pass --image-root")
+    open_set = load_checkpoint(args.checkpoint).get("open_set")
+    unknown = unknown_mask(obs, open_set, args.submission_threshold, args.submission_score)
+    sub = submission_frame(obs, tax.category_ids, metadata, unknown)
+    write_submission(args.submission, sub, metadata, tax.category_ids)
+    n_unknown = int((sub["class_id"] == -1).sum())
+    print(f"wrote {args.submission}: {len(sub)} observations from {len(metadata)} images, "
+          f"{n_unknown} answered -1 (unknown species)", file=sys.stderr)
+    return 0

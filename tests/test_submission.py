@@ -90,3 +90,48 @@ def test_test_csv_without_labels_is_read_and_one_without_observation_ids_refused
     test_meta.drop(columns="observationID").to_csv(tmp_path / "none.csv", index=False)
     with pytest.raises(UserError, match="missing column 'observationID'"):
         read_test_metadata(tmp_path / "none.csv")
+
+
+@pytest.mark.slow
+def test_script_writes_pooled_answers_that_evaluate_py_accepts(tmp_path):
+    """test.py --submission on a tiny model: the file passes evaluate.py's checks, each answer is
+    the argmax of the mean of the observation's image probabilities, and the stored unknown
+    threshold turns exactly the observations above it into -1."""
+    import torch
+
+    from amanita.checkpoint import update_checkpoint
+    from amanita.data import FungiTasticDataset, create_transforms, to_model_input
+    from amanita.taxonomy import LEAF, build_taxonomy
+    from tests.helpers import TRAIN_IDS, make_image_dataset, rows, run_script, tiny_checkpoint
+    data = make_image_dataset(tmp_path, n_train=6, n_val=9)
+    val = pd.read_csv(data["val"])
+    test_csv = tmp_path / "metadata" / "FungiTastic" / "FungiTastic-Test.csv"
+    val.assign(observationID=[1, 1, 1, 2, 3, 3, 4, 4, 5]).drop(columns=["category_id", "genus"]).to_csv(test_csv, index=False)
+    tax = build_taxonomy([rows(TRAIN_IDS)])
+    model, cfg = tiny_checkpoint(tmp_path / "m.pth", tax)
+    # the expected answers, by hand: mean leaf probability per observation
+    ds = FungiTasticDataset(data["val"], tax, create_transforms(cfg, False), input_size=cfg["input_size"])
+    x = to_model_input(torch.stack([ds[i][0] for i in range(len(ds))]), torch.device("cpu"), cfg["mean"], cfg["std"])
+    with torch.no_grad():
+        p = model(x)[LEAF].softmax(1).numpy()
+    groups = [[0, 1, 2], [3], [4, 5], [6, 7], [8]]
+    pooled = np.stack([p[g].mean(0) for g in groups])
+    want = np.asarray(tax.category_ids)[pooled.argmax(1)]
+    common = ["--checkpoint", tmp_path / "m.pth", "--test-path", test_csv, "--decode", "independent", "--workers", 0,
+              "--image-root", tmp_path / "FungiTastic" / "val" / "300p"]
+    run_script("test.py", *common, "--submission", tmp_path / "sub.csv")
+    sub = pd.read_csv(tmp_path / "sub.csv")
+    assert sub["observationID"].tolist() == [1, 2, 3, 4, 5] and sub["class_id"].tolist() == want.tolist()
+    val.assign(observationID=[1, 1, 1, 2, 3, 3, 4, 4, 5], class_id=val["category_id"]).to_csv(tmp_path / "gt.csv", index=False)
+    fungiclef_evaluate(tmp_path / "gt.csv", tmp_path / "sub.csv")  # raises on a format evaluate.py refuses
+    msp = 1 - pooled.max(1)
+    threshold = float(np.median(msp))
+    update_checkpoint(tmp_path / "m.pth", open_set={"score": "msp", "threshold": threshold})
+    run_script("test.py", *common, "--submission", tmp_path / "sub2.csv")
+    sub2 = pd.read_csv(tmp_path / "sub2.csv")
+    assert sub2["class_id"].tolist() == np.where(msp > threshold, -1, want).tolist()
+    assert (sub2["class_id"] == -1).sum() == 2
+    # no image found at all: one line naming the folder, exit 2, no file
+    proc = run_script("test.py", *common[:-2], "--submission", tmp_path / "sub3.csv", check=False)
+    assert proc.returncode == 2 and "no image of" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "sub3.csv").exists()
