@@ -190,7 +190,8 @@ def load_for_eval(path: str | os.PathLike, device="cpu", use_ema: bool = True
         ckpt = dict(ckpt, model=ckpt["model_ema"])
     model, tax, data_config = build_from_checkpoint(ckpt, device)
     info = {k: ckpt.get(k) for k in ("kind", "epoch", "step", "val_f1", "val_acc", "taxonomy_sha256",
-                                     "git_sha", "architecture", "created", "temperatures", "calibration")}
+                                     "git_sha", "architecture", "created", "temperatures", "calibration",
+                                     "open_set")}
     info["args"] = ckpt.get("args", {})
     info["path"] = str(path)
     info["ema"] = bool(use_ema and ckpt.get("model_ema") is not None)

@@ -344,6 +344,19 @@ def parse_identify_args(description: str, argv: list[str] | None = None) -> argp
     o.add_argument("--backoff", type=probability, default=0.9, metavar="THRESHOLD",
                    help="report the finest rank whose confidence reaches this value")
     o.add_argument("--json", action="store_true", help="one JSON object per image on stdout, one per line")
+    f = p.add_argument_group("Finds and unknown species")
+    f.add_argument("--observation", action="store_true",
+                   help="answer per find, not per image: each folder given is one find, and all files "
+                        "given by name are together one find (their images' outputs combined)")
+    f.add_argument("--combine", choices=("mean-prob", "mean-logp"), default="mean-prob",
+                   help="how a find's images are combined at every rank: mean of probabilities or of "
+                        "log-probabilities (renormalised)")
+    f.add_argument("--unknown-threshold", type=float, default=None,
+                   help="unknown-species score above which the answer is 'an unknown species of <finest "
+                        "confident rank>'; None: the threshold validate.py --store-threshold put in the "
+                        "checkpoint, if any")
+    f.add_argument("--unknown-score", choices=("msp", "entropy", "energy"), default=None,
+                   help="score compared with --unknown-threshold; None: the checkpoint's, else msp")
     r = p.add_argument_group("Runtime parameters")
     r.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
     r.add_argument("--workers", type=nonneg_int, default=2, help="image-decoding worker processes (0: in this process)")

@@ -24,6 +24,8 @@ from amanita.data import IMAGE_ERRORS, DeviceLoader, create_transforms, make_loa
 from amanita.distributed import resolve_device
 from amanita.engine import BatchPredictor, Readout
 from amanita.io import UserError
+from amanita.observations import pool_observations
+from amanita.openset import score_column, unknown_scores
 from amanita.taxonomy import LEAF, RANKS, Taxonomy
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -81,19 +83,52 @@ def load_model(args):
 
 
 # ---------------------------------------------------------------------- inference
-def identify_batch(predictor: BatchPredictor, images: torch.Tensor, top_k: int) -> dict:
-    """Per-rank predicted index, lineage and own confidence, and the top-k leaves with their probabilities.
+def identify_batch(predictor: BatchPredictor, images: torch.Tensor, top_k: int, score: str = "msp") -> dict:
+    """Per-rank predicted index, lineage and own confidence, the top-k leaves with their probabilities
+    and the unknown-species ``score``.
 
     Returns numpy arrays: ``pred[rank]``, ``conf[rank]`` (lineage) and ``head_conf[rank]`` (B,),
-    ``top_leaf`` and ``top_p`` (B, k).
+    ``top_leaf`` and ``top_p`` (B, k), ``unknown`` (B,); and the tensors ``logp`` and ``energy``.
     """
-    logp, preds = predictor(images)
+    logp, energy = predictor.log_probs(images)
+    return summarise(predictor, logp, energy, top_k, score)
+
+
+def summarise(predictor: BatchPredictor, logp: dict, energy: torch.Tensor, top_k: int, score: str) -> dict:
+    """:func:`identify_batch`'s dict from log-probabilities (of images, or of pooled finds)."""
+    preds = predictor.decoder.decode(logp)
     lineage = lineage_confidence(logp[LEAF], preds, predictor.decoder.ancestors)
     top = logp[LEAF].topk(min(top_k, logp[LEAF].shape[1]), dim=1)
     return {"pred": {r: preds[r].cpu().numpy() for r in RANKS},
             "conf": {r: lineage[r].cpu().numpy() for r in RANKS},
             "head_conf": {r: logp[r].gather(1, preds[r][:, None]).squeeze(1).exp().cpu().numpy() for r in RANKS},
-            "top_leaf": top.indices.cpu().numpy(), "top_p": top.values.exp().cpu().numpy()}
+            "top_leaf": top.indices.cpu().numpy(), "top_p": top.values.exp().cpu().numpy(),
+            "unknown": unknown_scores(logp[LEAF], energy)[score_column(score)].cpu().numpy(),
+            "logp": logp, "energy": energy}
+
+
+def unknown_rule(args, info: dict) -> tuple[str, float | None]:
+    """``(score, threshold)``: the flags, else what validate.py stored in the checkpoint (threshold None: off)."""
+    stored = info.get("open_set") or {}
+    score = args.unknown_score or stored.get("score", "msp")
+    if args.unknown_threshold is not None:
+        return score, args.unknown_threshold
+    if stored.get("threshold") is not None and score == stored.get("score"):
+        return score, float(stored["threshold"])
+    return score, None
+
+
+def unknown_answer(record: dict, score: float, threshold: float | None, backoff: float) -> None:
+    """Add the unknown-species verdict to ``record`` in place: above the threshold, the species is not
+    named; the answer is the finest rank above it whose lineage confidence reaches ``backoff``."""
+    record["unknown_score"] = score
+    if threshold is None:
+        return
+    record["unknown_species"] = bool(score > threshold)
+    if record["unknown_species"]:
+        known = [s for s in record["lineage"][:-1] if s["confidence"] >= backoff]
+        record["answer"] = (f"an unknown species of {known[-1]['rank']} {known[-1]['name']}" if known
+                            else "an unknown species (no rank is confident)")
 
 
 def poisonous_leaves(tax: Taxonomy) -> np.ndarray:
@@ -126,40 +161,77 @@ def printable(path: Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def find_of(path: Path, inputs: list[str]) -> str:
+    """The find a file belongs to with --observation: the folder given that holds it, else all named files."""
+    for text in inputs:
+        if Path(text).is_dir() and Path(text) in path.parents:
+            return str(Path(text))
+    return "files given by name"
+
+
 def identify_files(args, loaded, paths: list[Path], on_result, on_error) -> None:
-    """Predict ``paths`` in batches; ``on_result(record)`` per image, ``on_error(path, reason, bar)`` per bad file."""
+    """Predict ``paths`` in batches; ``on_result(record)`` per image (per find with --observation),
+    ``on_error(path, reason, bar)`` per bad file."""
     model, tax, data_config, info, device = loaded
     temperatures = None if args.no_temperatures else info.get("temperatures")
     predictor = BatchPredictor(model, tax, device, args.decode, args.amp, Readout(args.tta, temperatures))
     poisonous = poisonous_leaves(tax)
+    score, threshold = unknown_rule(args, info)
     dataset = ImageFiles(paths, create_transforms(data_config, train=False), tuple(data_config["input_size"]))
     loader = DeviceLoader(make_loader(dataset, args.batch_size, args.workers, device, persistent=False),
                           device, data_config)  # normalised on the device
     folders = any(Path(p).is_dir() for p in args.inputs)
     # disable=None: a bar only on a terminal, so logs and pipes stay clean; always on stderr
     bar = tqdm(total=len(paths), disable=None if folders else True, desc="images", unit="img", file=sys.stderr)
-    start = 0
+    start, kept = 0, []
     for images, errors in loader:
-        batch = identify_batch(predictor, images, args.top_k)
+        batch = identify_batch(predictor, images, args.top_k, score)
         for i, error in enumerate(errors):
             if error:
                 on_error(paths[start + i], error, bar)
+            elif args.observation:
+                kept.append((paths[start + i], {k: v[i:i + 1].cpu() for k, v in batch["logp"].items()},
+                             batch["energy"][i:i + 1].cpu()))
             else:
-                on_result(describe(paths[start + i], batch, i, tax, poisonous, args.backoff))
+                record = describe(paths[start + i], batch, i, tax, poisonous, args.backoff)
+                unknown_answer(record, float(batch["unknown"][i]), threshold, args.backoff)
+                on_result(record)
         start += len(errors)
         bar.update(len(errors))
     bar.close()
+    if kept:
+        identify_finds(args, predictor, kept, (score, threshold), on_result)
+
+
+def identify_finds(args, predictor: BatchPredictor, kept: list, unknown: tuple, on_result) -> None:
+    """One record per find from its readable images' ``(path, logp, energy)``, pooled (--combine)."""
+    finds = [find_of(path, args.inputs) for path, _, _ in kept]
+    logp = {k: torch.cat([lp[k] for _, lp, _ in kept]) for k in kept[0][1]}
+    pooled, first, count, extra = pool_observations(logp, finds, args.combine,
+                                                    {"energy": torch.cat([e for _, _, e in kept])})
+    pooled = {k: v.to(predictor.device) for k, v in pooled.items()}
+    batch = summarise(predictor, pooled, extra["energy"].to(predictor.device), args.top_k, unknown[0])
+    poisonous = poisonous_leaves(predictor.decoder.taxonomy)
+    for j, i in enumerate(first):
+        record = describe(Path(finds[i]), batch, j, predictor.decoder.taxonomy, poisonous, args.backoff)
+        record["n_images"] = int(count[j])
+        record["images"] = [printable(p) for (p, _, _), f in zip(kept, finds) if f == finds[i]]
+        unknown_answer(record, float(batch["unknown"][j]), unknown[1], args.backoff)
+        on_result(record)
 
 
 # ---------------------------------------------------------------------- output
 def format_human(record: dict, top_k: int, backoff: float) -> str:
     """The record as a few aligned lines for a person."""
     width = max(len(step["name"]) for step in record["lineage"])
-    lines = [record["path"]]
+    lines = [record["path"] + (f"  (one find, {record['n_images']} images)" if "n_images" in record else "")]
     lines += [f"  {s['rank']:<8} {s['name']:<{width}}  {s['confidence']:.3f}" for s in record["lineage"]]
     b = record["backoff"]
     lines.append(f"  confident down to {b['rank']}: {b['name']} ({b['confidence']:.2f})" if b else
                  f"  not confident at any rank (no confidence reaches {backoff:.2f})")
+    if record.get("unknown_species"):
+        lines.append(f"  ⚑ {record['answer']}: unknown-species score {record['unknown_score']:.3f} is above "
+                     "the threshold, so no species is named")
     lines.append(f"  top-{top_k} species:")
     names = [t["species"] if t["scientificName"] == t["species"] else f"{t['species']} (as {t['scientificName']})"
              for t in record["topk"]]

@@ -220,3 +220,47 @@ def test_flip_tta_is_the_mean_logit_of_image_and_mirror(trained, capsys):
     p = logits[0, tax.category_ids].softmax(0)
     by_id = {t["category_id"]: t["probability"] for t in records(out)[0]["topk"]}
     assert by_id == pytest.approx({c: p[i].item() for i, c in enumerate(tax.category_ids)}, abs=1e-5)
+
+
+# ---------------------------------------------------------------------- finds and unknown species
+def test_observation_pools_a_folder_into_one_find_and_one_image_find_equals_the_image(trained, capsys, tmp_path):
+    find = tmp_path / "find"
+    find.mkdir()
+    for p in trained["images"][:3]:
+        shutil.copy(p, find / p.name)
+    lone = trained["images"][3]
+    code, out, err = run(capsys, "--checkpoint", trained["multi"], "--workers", 0, "--json", "--observation",
+                         find, lone)
+    assert code == 0, err
+    finds = records(out)
+    assert [r["n_images"] for r in finds] == [3, 1] and finds[0]["path"] == str(find)
+    _, single, _ = run(capsys, "--checkpoint", trained["multi"], "--workers", 0, "--json", lone)
+    image = records(single)[0]
+    assert all(a["name"] == b["name"] and a["confidence"] == pytest.approx(b["confidence"], abs=1e-5)
+               for a, b in zip(finds[1]["lineage"], image["lineage"]))  # a one-image find is its image
+    # three images: the mean of their leaf probabilities
+    _, each, _ = run(capsys, "--checkpoint", trained["multi"], "--workers", 0, "--json", "--top-k", 6, find)
+    mean = {}
+    for r in records(each):
+        for t in r["topk"]:
+            mean[t["category_id"]] = mean.get(t["category_id"], 0) + t["probability"] / 3
+    best = max(mean, key=mean.get)
+    assert finds[0]["topk"][0]["category_id"] == best
+    assert finds[0]["topk"][0]["probability"] == pytest.approx(mean[best], abs=1e-4)
+
+
+def test_unknown_threshold_from_the_flag_and_from_the_checkpoint(trained, capsys, tmp_path):
+    image = trained["images"][0]
+    code, out, _ = run(capsys, "--checkpoint", trained["multi"], "--workers", 0, "--json", "--backoff", 0,
+                       "--unknown-threshold", -1, image)
+    r = records(out)[0]
+    assert code == 0 and r["unknown_species"] is True
+    assert r["answer"] == f"an unknown species of genus {r['lineage'][4]['name']}"  # backoff 0: finest above species
+    ckpt = tmp_path / "with_threshold.pth"
+    shutil.copy(trained["multi"], ckpt)
+    update_checkpoint(ckpt, open_set={"score": "msp", "threshold": 2.0})  # msp never exceeds 1
+    _, out, _ = run(capsys, "--checkpoint", ckpt, "--workers", 0, "--json", image)
+    r = records(out)[0]
+    assert r["unknown_species"] is False and 0 <= r["unknown_score"] <= 1 and "answer" not in r
+    _, out, _ = run(capsys, "--checkpoint", trained["multi"], "--workers", 0, "--json", image)
+    assert "unknown_species" not in records(out)[0]  # no threshold anywhere: no verdict
