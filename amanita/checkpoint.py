@@ -231,6 +231,7 @@ def checkpoint_state(run) -> dict:
         "data_config": dict(spec.data_config), "history": s.history,
         "best_metric": s.best_metric, "bad_epochs": s.bad_epochs,
         "val_f1": _last(s.history, "val/species/f1"), "val_acc": _last(s.history, "val/species/acc1"),
+        "lr_scaling": run.lr_scaling,  # the resolved peak lr and global batch (amanita.optim.resolve_lr)
         "git_sha": git_sha(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "tracking": run.tracker.state() if run.tracker else dict(run.tracking),  # W&B id, TensorBoard dir
     }
@@ -286,22 +287,49 @@ def check_same_run(ckpt: dict, run, path: str | os.PathLike) -> None:
 class Checkpointer:
     """Where and when a run is saved: ``last.pth`` / ``best_model.pth`` in ``save_dir``, on rank 0.
 
-    :meth:`save` is the one place a checkpoint is written; :meth:`after_update` is called by the
-    loop after every optimizer update and decides whether ``last.pth`` is due.
+    :meth:`save` is the one place a checkpoint is written: a CPU snapshot that a background
+    thread writes (:class:`CheckpointWriter`; ``background=False`` writes in the loop).
+    :meth:`after_update` is called by the loop after every optimizer update and saves
+    ``last.pth`` when the :class:`SaveSchedule` (every N updates and/or M minutes) says so.
+    :meth:`close` waits for the last write; call it before the process ends.
     """
 
-    def __init__(self, save_dir: str | os.PathLike, resume: str | None = "auto", every_steps: int = 0):
-        self.dir, self.resume, self.every_steps = Path(save_dir), resume, every_steps
+    def __init__(self, save_dir: str | os.PathLike, resume: str | None = "auto", every_steps: int = 0,
+                 every_minutes: float = 0.0, background: bool = True):
+        self.dir, self.resume = Path(save_dir), resume
+        self.schedule = SaveSchedule(every_steps, every_minutes)
+        self.writer = CheckpointWriter(background)
 
-    def save(self, run, name: str) -> None:
-        """Write ``run``'s checkpoint as ``save_dir/name`` (rank 0 only; atomic)."""
+    def start(self, run) -> None:
+        """Before the loop, on rank 0: remove what a killed write left, allocate the snapshot buffers."""
         if run.dist.is_main:
-            save_checkpoint(checkpoint_state(run), self.dir / name)
+            for p in remove_stale_temporaries(self.dir):
+                print(f"removed {p.name}, left in {self.dir} by an interrupted write", flush=True)
+            self.writer.reserve(checkpoint_state(run))
+        self.schedule.saved()
+
+    def save(self, run, name: str = "last.pth", also: tuple[str, ...] = ()) -> None:
+        """Snapshot ``run`` as ``save_dir/name`` (and link ``also`` to it); rank 0 only, written in the background."""
+        if run.dist.is_main:
+            self.writer.save(checkpoint_state(run), self.dir / name, [self.dir / a for a in also])
+        self.schedule.saved()
 
     def after_update(self, run) -> None:
-        """``last.pth`` every ``every_steps`` updates (0: only at the ends of epochs)."""
-        if self.every_steps and run.state.step % self.every_steps == 0:
+        """``last.pth`` when the schedule says it is due (neither set: only at the ends of epochs)."""
+        if self.schedule.due(run.state.step):
             self.save(run, "last.pth")
+
+    def wait(self) -> None:
+        """Block until the last write is on disk (before reading a checkpoint back); raise if it failed."""
+        self.writer.wait()
+
+    def close(self, raise_error: bool = True) -> None:
+        """Wait for the last write; with ``raise_error=False`` (the run is failing anyway) a write error was printed."""
+        try:
+            self.writer.close()
+        except CheckpointWriteError:
+            if raise_error:
+                raise
 
     def resume_path(self) -> Path | None:
         """The checkpoint to resume: ``--resume`` as given, ``auto`` = ``last.pth`` when it exists."""

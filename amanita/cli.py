@@ -170,14 +170,24 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--std", type=positive_float, nargs=3, default=None, metavar=("R", "G", "B"), help="override the normalisation std")
     g.add_argument("--drop-path", type=below_one, default=0.1, help="stochastic depth rate")
     g.add_argument("--drop", type=below_one, default=0.0, help="dropout before the heads")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the training model (over DDP, so gradient all-reduces still overlap; "
+                        "the batch dimension is dynamic, so the epoch's short last batch does not recompile)")
     g.add_argument("--channels-last", action="store_true", help="channels_last memory format")
 
 
 def add_optimizer_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     g = p.add_argument_group("Optimizer parameters")
     g.add_argument("--opt", default="adamw" if multitask else "sgd", help="timm optimizer name (adamw, sgd, lamb, ...)")
-    g.add_argument("--lr", type=positive_float, default=5e-5 if multitask else 0.01, help="peak learning rate")
+    g.add_argument("--lr", type=positive_float, default=None,
+                   help="peak learning rate; default: --lr-base scaled to the global batch "
+                        "(--batch-size x --accum-steps x processes)")
+    g.add_argument("--lr-base", type=positive_float, default=1e-4 if multitask else 0.01,
+                   help="peak learning rate at a global batch of --lr-base-size images (timm's convention)")
+    g.add_argument("--lr-base-size", type=positive_int, default=256, help="global batch at which the lr is --lr-base")
+    g.add_argument("--lr-base-scale", choices=("auto", "linear", "sqrt"), default="auto",
+                   help="how the lr follows the global batch; auto: sqrt for Adam-type optimizers and LAMB, "
+                        "linear otherwise (as timm)")
     g.add_argument("--momentum", type=below_one, default=0.9, help="SGD momentum")
     g.add_argument("--weight-decay", type=nonneg_float, default=0.05 if multitask else 1e-4, help="weight decay")
     g.add_argument("--layer-decay", type=optional_float, default=0.75 if multitask else None,
@@ -223,7 +233,13 @@ def add_run_args(p: argparse.ArgumentParser, multitask: bool) -> None:
                    help="checkpoints, metrics.jsonl and args.json ($CHECKPOINT_ARTIFACT_PATH wins on ISC)")
     g.add_argument("--resume", default="auto",
                    help="checkpoint to resume; auto: last.pth in --save-dir when present; none: start fresh")
-    g.add_argument("--save-every-steps", type=nonneg_int, default=500, help="also save last.pth every N updates (0: epoch ends only)")
+    g.add_argument("--save-every-steps", type=nonneg_int, default=500, help="also save last.pth every N updates (0: off)")
+    g.add_argument("--save-every-minutes", type=nonneg_float, default=0.0,
+                   help="also save last.pth every M minutes of training (0: off); saves are written in the "
+                        "background from a CPU copy, the loop waits only for the copy")
+    g.add_argument("--eval-batch-size", type=positive_int, default=None,
+                   help="batch per process for validation and test (default: 2 x --batch-size; "
+                        "inference keeps no activations)")
     g.add_argument("--seed", type=nonneg_int, default=42, help="random seed (each process uses seed + rank)")
     g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (timm ModelEmaV3) and validate it")
     g.add_argument("--model-ema-decay", type=probability, default=0.9998, help="EMA decay")

@@ -20,27 +20,41 @@ DECODE_HELP = ("consistent: the best real root-to-leaf lineage over all heads (e
 
 def rank_log_probs(outputs: dict[str, torch.Tensor], taxonomy: Taxonomy,
                    leaf_index: torch.Tensor | None = None,
-                   rollups: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                   ancestors: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Log-probabilities at the leaf and all six ranks from a model's outputs.
 
     ``outputs`` holds ``"leaf"`` logits over leaves (or over all stock outputs, then
     ``leaf_index`` picks the leaves' columns) and optionally coarse-rank logits; ranks without
     a head (a single-head model) and the species rank are the log of summed leaf probabilities.
-    Returns ``{"leaf": (B, n_leaves), rank: (B, n_classes)}`` in float32. Pass ``rollups``
-    (``taxonomy.rollup_matrices()`` on the device) when calling per batch, to build them once.
+    Returns ``{"leaf": (B, n_leaves), rank: (B, n_classes)}`` in float32. Pass ``ancestors``
+    (``taxonomy.ancestor_matrix()`` on the device) when calling per batch, to build it once.
     """
     leaf_logits = outputs[LEAF].float()
     if leaf_index is not None:
         leaf_logits = leaf_logits.index_select(1, leaf_index)
     out = {LEAF: F.log_softmax(leaf_logits, dim=1)}
     leaf_p = out[LEAF].exp()
-    for rank in RANKS:
+    if ancestors is None:
+        ancestors = taxonomy.ancestor_matrix().to(leaf_p.device)
+    for j, rank in enumerate(RANKS):
         if rank in outputs:
             out[rank] = F.log_softmax(outputs[rank].float(), dim=1)
         else:
-            m = rollups[rank] if rollups is not None else taxonomy.rollup_matrix(rank).to(leaf_p.device)
-            out[rank] = torch.log((leaf_p @ m).clamp_min(1e-30))
+            out[rank] = torch.log(roll_up(leaf_p, ancestors[:, j], taxonomy.num_classes(rank)).clamp_min(1e-30))
     return out
+
+
+def roll_up(leaf_p: torch.Tensor, parent: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """``(B, n_classes)`` sums of ``leaf_p`` ``(B, n_leaves)`` over the leaves under each class.
+
+    ``leaf_p @ taxonomy.rollup_matrix(rank)`` as a scatter-add over ``parent`` (each leaf's
+    class, -1 unknown: counted nowhere): O(B × leaves) instead of O(B × leaves × classes),
+    which at FungiTastic size (2,829 leaves, 2,786 species) is 80 ms against 1 ms a batch of
+    64 on one CPU thread.
+    """
+    slot = torch.where(parent >= 0, parent, n_classes)  # unknown → a spare column, dropped below
+    summed = leaf_p.new_zeros(leaf_p.shape[0], n_classes + 1).index_add_(1, slot, leaf_p)
+    return summed[:, :n_classes]
 
 
 def decode(log_probs: dict[str, torch.Tensor], ancestors: torch.Tensor, mode: str = DEFAULT_DECODE
@@ -74,7 +88,7 @@ def decode(log_probs: dict[str, torch.Tensor], ancestors: torch.Tensor, mode: st
 class Decoder:
     """Outputs of a batch → log-probabilities → predictions, for one taxonomy on one device.
 
-    The ancestor and roll-up matrices move to the device once, here, not per batch. A
+    The ancestor matrix moves to the device once, here, not per batch. A
     single-head model with one output per ``category_id`` (0..max id) has the leaves' columns
     picked by ``category_id``.
     """
@@ -84,7 +98,6 @@ class Decoder:
             raise ValueError(f"unknown decoding {mode!r}; choose from {DECODE_MODES}")
         self.taxonomy, self.mode = taxonomy, mode
         self.ancestors = taxonomy.ancestor_matrix().to(device)  # (n_leaves, 6)
-        self.rollups = {r: m.to(device) for r, m in taxonomy.rollup_matrices().items()}
         self.leaf_index = torch.tensor(taxonomy.category_ids, device=device)
 
     def leaf_logits(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -95,7 +108,7 @@ class Decoder:
     def log_probs(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """:func:`rank_log_probs` of a model's outputs (a stock head's leaves picked by ``category_id``)."""
         stock = outputs[LEAF].shape[1] != self.taxonomy.n_leaves
-        return rank_log_probs(outputs, self.taxonomy, self.leaf_index if stock else None, self.rollups)
+        return rank_log_probs(outputs, self.taxonomy, self.leaf_index if stock else None, self.ancestors)
 
     def decode(self, log_probs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """:func:`decode` with this decoder's mode and ancestors."""

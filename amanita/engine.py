@@ -57,6 +57,7 @@ def train_one_epoch(run: Run, loader) -> dict[str, float]:
     for images, labels, _ in bar:
         images = images.to(device, non_blocking=True)
         check_normalised(images)
+        torch._dynamo.maybe_mark_dynamic(images, 0)  # --compile: the epoch's short last batch reuses the graph
         labels = labels.to(device, non_blocking=True)
         group, boundary = accumulation_group(state.batch_in_epoch, total, cfg.accum_steps)
         sync = contextlib.nullcontext() if boundary or not hasattr(model, "no_sync") else model.no_sync()

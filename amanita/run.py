@@ -68,6 +68,7 @@ class Run:
     evals: dict[str, DataLoader] = field(default_factory=dict)
     tracker: Tracker | None = None      # W&B / TensorBoard on rank 0 (amanita.tracking)
     tracking: dict = field(default_factory=dict)  # the tracker state a resumed checkpoint held
+    lr_scaling: dict | None = None     # amanita.optim.resolve_lr: the peak lr and the global batch
 
     @property
     def trained(self) -> nn.Module:

@@ -31,6 +31,7 @@ from amanita.heads import init_from_stock
 from amanita.io import UserError, atomic_write_text, git_sha, load_tensor_file
 from amanita.losses import MultiTaskLoss, compute_class_weights
 from amanita.model import create_multitask_model, create_single_head_model, describe
+from amanita.optim import describe_lr, resolve_lr
 from amanita.run import Run, StepConfig
 from amanita.taxonomy import DISPLAY_ORDER, HEADS, LEAF, Taxonomy, build_taxonomy
 
@@ -140,14 +141,22 @@ def make_loaders(args, tax: Taxonomy, data_config: dict, dist: DistInfo):
             ds = FungiTasticDataset(path, tax, eval_tf, **common)
             check_labels(ds, args.max_bad_image_fraction, split)
             evals[split] = _loader(ds, ShardSampler(len(ds), dist.world_size, dist.rank), args, dist, data_config,
-                                   persistent=False)
+                                   persistent=False, batch_size=eval_batch_size(args))
     return train_loader, sampler, evals
 
 
-def _loader(ds, sampler, args, dist, data_config, persistent=True) -> DeviceLoader:
-    loader = make_loader(ds, args.batch_size, args.workers, dist.device, sampler, args.prefetch_factor, args.seed,
-                         persistent)
+def _loader(ds, sampler, args, dist, data_config, persistent=True, batch_size=None) -> DeviceLoader:
+    loader = make_loader(ds, batch_size or args.batch_size, args.workers, dist.device, sampler, args.prefetch_factor,
+                         args.seed, persistent)
     return DeviceLoader(loader, dist.device, data_config, args.channels_last)
+
+
+def eval_batch_size(args) -> int:
+    """``--eval-batch-size``, by default twice the training batch (inference stores no activations)."""
+    size = args.eval_batch_size or 2 * args.batch_size
+    if size < 1:
+        raise UserError(f"--eval-batch-size must be at least 1, got {size}")
+    return size
 
 
 def make_criterion(args, tax: Taxonomy, multitask: bool, device) -> MultiTaskLoss:
@@ -261,14 +270,15 @@ def _run(args, multitask: bool, dist: DistInfo) -> int:
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(args.save_dir) / "args.json", json.dumps(plain_args(args), indent=1))
     run.tracker = create_tracker(args, dist.is_main, tracking_config(run), run.tracking, run.state.step)
+    run.checkpointer.start(run)
     try:
-        while run.state.epoch < args.epochs:
-            if train_epoch(run):
-                break
-        if "test" in run.evals:
-            test_best(run)
+        train_and_test(run)
+    except BaseException:
+        run.checkpointer.close(raise_error=False)  # the last write still lands; its own failure was printed
+        raise
     finally:
         run.tracker.close()
+    run.checkpointer.close()  # the process ends only once the last checkpoint is on disk
     best = run.state.best_metric
     log(dist, f"done: best val {args.early_stopping_metric} = {best if best is None else f'{best:.4f}'}; "
               f"checkpoints in {args.save_dir}")
@@ -280,6 +290,16 @@ def tracking_config(run: Run) -> dict:
     return {"args": plain_args(run.args), "taxonomy_sha256": run.taxonomy.sha256(), "git_sha": git_sha(),
             "architecture": run.spec.architecture, "data_config": dict(run.spec.data_config),
             "world_size": run.dist.world_size}
+
+
+def train_and_test(run: Run) -> None:
+    """The epochs that remain, then the test split with the best checkpoint."""
+    while run.state.epoch < run.args.epochs:
+        if train_epoch(run):
+            break
+    if "test" in run.evals:
+        run.checkpointer.wait()  # best_model.pth may still be being written
+        test_best(run)
 
 
 def build_run(args, multitask: bool, dist: DistInfo) -> Run:
@@ -300,6 +320,9 @@ def build_run(args, multitask: bool, dist: DistInfo) -> Run:
     if teacher is not None:
         criterion = teacher.criterion(criterion, tax, args).to(dist.device)
         log(dist, teacher.description)
+    lr_scaling = resolve_lr(args.lr, args.lr_base, args.lr_base_size, args.lr_base_scale, args.opt,
+                            args.batch_size * max(args.accum_steps, 1) * dist.world_size)
+    args.lr = lr_scaling["lr"]  # resolved once: the optimizer, args.json and the checkpoint agree
     optimizer = make_optimizer(model, args, dist.device, multitask)
     n_updates = updates_per_epoch(-(-len(sampler) // args.batch_size), max(args.accum_steps, 1))
     from timm.scheduler import create_scheduler_v2
@@ -318,8 +341,9 @@ def build_run(args, multitask: bool, dist: DistInfo) -> Run:
                scaler=torch.amp.GradScaler(dist.device.type) if dtype == torch.float16 else None, ema=ema,
                bad_images=BadImageCounter(len(sampler), args.max_bad_image_fraction,
                                           f"train images on rank {dist.rank}"),
-               checkpointer=Checkpointer(args.save_dir, args.resume, args.save_every_steps),
-               args=args, taxonomy=tax, spec=spec, train_loader=train_loader, sampler=sampler, evals=evals)
+               checkpointer=Checkpointer(args.save_dir, args.resume, args.save_every_steps, args.save_every_minutes),
+               args=args, taxonomy=tax, spec=spec, train_loader=train_loader, sampler=sampler, evals=evals,
+               lr_scaling=lr_scaling)
 
 
 def train_epoch(run: Run) -> bool:
@@ -336,9 +360,7 @@ def train_epoch(run: Run) -> bool:
     state.epoch += 1
     state.batch_in_epoch = 0
     log_record(run, record)
-    if improved:
-        run.checkpointer.save(run, "best_model.pth")
-    run.checkpointer.save(run, "last.pth")
+    run.checkpointer.save(run, "last.pth", also=("best_model.pth",) if improved else ())
     barrier()
     stop = bool(args.early_stopping_patience) and state.bad_epochs >= args.early_stopping_patience
     if stop:
@@ -423,4 +445,5 @@ def announce(run: Run) -> None:
     print(f"train transform: {run.train_loader.dataset.transform}")
     print(f"{len(run.train_loader.dataset)} training images, {run.dist.world_size} process(es) on {run.dist.device}, "
           f"{updates_per_epoch(n_batches, run.config.accum_steps)} updates per epoch")
+    print(f"{describe_lr(run.lr_scaling)}; evaluation batch {eval_batch_size(run.args)} per process")
     print(group_table(run.model, run.optimizer))

@@ -119,6 +119,7 @@ def test_a_run_killed_after_its_last_save_resumes_to_the_same_weights(tax, tmp_p
     killed = _tiny_run(tax, tmp_path / "killed", every_steps=2)
     ck.seed_everything(1)
     train_one_epoch(killed, batches[:5])  # saved at updates 2 and 4; the 5th is lost with the kill
+    killed.checkpointer.wait()  # the background write of update 4 has landed
     resumed = _tiny_run(tax, tmp_path / "killed", every_steps=2, init_seed=123)
     path = resumed.checkpointer.resume_path()
     assert path == tmp_path / "killed" / "last.pth"
@@ -129,6 +130,26 @@ def test_a_run_killed_after_its_last_save_resumes_to_the_same_weights(tax, tmp_p
     for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
     assert resumed.optimizer.param_groups[0]["lr"] == straight.optimizer.param_groups[0]["lr"]
+
+
+def test_the_loop_saves_by_the_clock_in_the_background_and_links_best(tax, tmp_path):
+    run = _tiny_run(tax, tmp_path, every_steps=0)
+    run.checkpointer = Checkpointer(tmp_path, "auto", every_steps=0, every_minutes=1)
+    now = [0.0]
+
+    def clock():  # 30 s pass between two looks at the clock
+        now[0] += 30.0
+        return now[0]
+    run.checkpointer.schedule = ck.SaveSchedule(every_minutes=1, clock=clock)
+    saved = []
+    real_save = run.checkpointer.writer.save
+    run.checkpointer.writer.save = lambda state, path, also=(): saved.append(state["step"]) or real_save(state, path, also)
+    train_one_epoch(run, _batches(6))
+    assert saved == [2, 4, 6]  # a minute after the start, then a minute after each save
+    run.checkpointer.save(run, "last.pth", also=("best_model.pth",))
+    run.checkpointer.close()
+    last, best = tmp_path / "last.pth", tmp_path / "best_model.pth"
+    assert os.stat(last).st_ino == os.stat(best).st_ino and torch.load(best, weights_only=True)["step"] == 6
 
 
 # ---------------------------------------------------------------------- update_checkpoint

@@ -101,3 +101,20 @@ def test_predict_keeps_results_on_the_device_and_copies_once_per_split(monkeypat
     np.testing.assert_array_equal(got["leaf_top1"], got["leaf_pred"])
     assert got["leaf_top2"].dtype == np.int64 and got["phylum_top3"].eq(-1).all()  # 2 phyla: top-3 padded
     assert got["phylum_conf"].dtype == np.float32
+
+
+def test_a_compiled_model_is_not_recompiled_for_the_epochs_short_last_batch():
+    graphs = []
+
+    def counting_backend(gm, example_inputs):  # called once per graph Dynamo compiles
+        graphs.append(gm)
+        return gm.forward
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(n, 3, generator=g), torch.randn(n, 1, generator=g), None) for n in (4, 4, 3)]
+    model = nn.Linear(3, 1)
+    run = Run(model, torch.optim.SGD(model.parameters(), lr=0.1), _mse,
+              train_model=torch.compile(model, backend=counting_backend))
+    train_one_epoch(run, batches)
+    assert run.state.step == 3 and len(graphs) == 1  # the batch of 3 reused the graph of the batches of 4
+    torch._dynamo.reset()

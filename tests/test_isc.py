@@ -46,7 +46,7 @@ def test_launch_file_has_the_isc_fields(isc):
     assert f'DATA="/data/{ids[0]}"' in command
     for csv in ("FungiTastic-Train.csv", "FungiTastic-ClosedSet-Val.csv", "FungiTastic-ClosedSet-Test.csv"):
         assert f'"$DATA/metadata/FungiTastic/{csv}"' in torchrun
-    assert "--save-every-steps" in torchrun
+    assert "--save-every-minutes" in torchrun and "--batch-size 128" in torchrun
 
 
 def local_command(isc, data_root, *extra):

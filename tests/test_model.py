@@ -167,3 +167,19 @@ def test_layer_decay_flag_takes_none():
     assert p.parse_args(base).layer_decay == 0.75
     assert p.parse_args(base + ["--layer-decay", "none"]).layer_decay is None
     assert p.parse_args(base + ["--layer-decay", "0.65"]).layer_decay == 0.65
+
+
+def test_roll_up_is_the_rollup_matrix_product_unknown_ancestors_included():
+    from amanita.decode import roll_up
+    from amanita.demo.predictions import synthetic_taxonomy
+    tax = synthetic_taxonomy({"phylum": 3, "class": 5, "order": 8, "family": 12, "genus": 20, "species": 40}, seed=1)
+    p = torch.rand(4, tax.n_leaves).softmax(1)
+    anc = tax.ancestor_matrix()
+    anc[::7, 2] = -1  # some leaves with an unknown order
+    for j, rank in enumerate(("phylum", "class", "order", "family", "genus", "species")):
+        m = (anc[:, j] >= 0).float()[:, None] * torch.nn.functional.one_hot(
+            anc[:, j].clamp_min(0), tax.num_classes(rank)).float()  # the roll-up matrix by hand
+        dense = p @ m
+        torch.testing.assert_close(roll_up(p, anc[:, j], tax.num_classes(rank)), dense)
+        if rank != "order":
+            torch.testing.assert_close(roll_up(p, anc[:, j], tax.num_classes(rank)), p @ tax.rollup_matrix(rank))

@@ -56,32 +56,39 @@ def _train_cmd(data, save_dir):
                              "--drop-path", 0.1, "--drop", 0.1, "--auto-augment", "rand-m9-n2", "--workers", 1))]
 
 
-def test_sigkill_mid_epoch_then_resume_gives_identical_weights(data, tmp_path):
+def test_sigkill_during_a_background_write_then_resume_gives_identical_weights(data, tmp_path):
     env = script_env(OMP_NUM_THREADS="1")
     subprocess.run(_train_cmd(data, tmp_path / "straight"), env=env, check=True, capture_output=True, timeout=600)
-    proc = subprocess.Popen(_train_cmd(data, tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL,
+    # the writer thread holds each write for 1 s before its rename: a kill lands inside one
+    slow = dict(env, AMANITA_TEST_CHECKPOINT_WRITE_DELAY_S="1.0")
+    proc = subprocess.Popen(_train_cmd(data, tmp_path / "killed"), env=slow, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    last, deadline, step = tmp_path / "killed" / "last.pth", time.time() + 300, 0
+    folder = tmp_path / "killed"
+    last, deadline, in_flight = folder / "last.pth", time.time() + 300, []
     while time.time() < deadline and proc.poll() is None:  # kill inside epoch 1 (6 updates per epoch)
-        if last.exists():
-            c = torch.load(last, weights_only=True)
-            step = c["step"]
-            if step >= 8:
+        if last.exists() and torch.load(last, weights_only=True)["step"] >= 8:
+            in_flight = list(folder.glob(".last.pth.*.tmp"))
+            if in_flight:
                 break
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    c = torch.load(last, weights_only=True)
+    assert in_flight and all(p.exists() for p in in_flight), "was not killed during a write"
+    c = torch.load(last, weights_only=True)  # the previous checkpoint, whole
     assert c["epoch"] == 1 and 0 < c["sampler"]["batch_in_epoch"] < 6, "was not killed mid-epoch"
-    out = subprocess.run(_train_cmd(data, tmp_path / "killed"), env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(_train_cmd(data, folder), env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
-    assert "resumed from" in out.stdout
+    assert "resumed from" in out.stdout and f"removed {in_flight[0].name}" in out.stdout
+    assert not list(folder.glob(".*.tmp"))
     a = torch.load(tmp_path / "straight" / "last.pth", weights_only=True)
     b = torch.load(last, weights_only=True)
     assert a["step"] == b["step"] == 18
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     assert [h["val/species/acc1"] for h in a["history"]] == [h["val/species/acc1"] for h in b["history"]]
+    assert b["lr_scaling"]["lr"] == 1e-3 and b["lr_scaling"]["global_batch"] == 8
+    best = torch.load(folder / "best_model.pth", weights_only=True)
+    assert best["epoch"] == a["history"].index(max(a["history"], key=lambda h: h["val/species/f1"])) + 1
 
 
 def test_resume_refuses_another_taxonomy_or_head_layout(data, tmp_path):
