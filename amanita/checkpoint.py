@@ -301,10 +301,8 @@ class Checkpointer:
         self.writer = CheckpointWriter(background)
 
     def start(self, run) -> None:
-        """Before the loop, on rank 0: remove what a killed write left, allocate the snapshot buffers."""
+        """Before the loop: allocate rank 0's snapshot buffers (a one-off cost, not the first save's); start the clock."""
         if run.dist.is_main:
-            for p in remove_stale_temporaries(self.dir):
-                print(f"removed {p.name}, left in {self.dir} by an interrupted write", flush=True)
             self.writer.reserve(checkpoint_state(run))
         self.schedule.saved()
 
