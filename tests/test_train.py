@@ -78,8 +78,8 @@ def test_sigkill_during_a_background_write_then_resume_gives_identical_weights(d
     assert c["epoch"] == 1 and 0 < c["sampler"]["batch_in_epoch"] < 6, "was not killed mid-epoch"
     out = subprocess.run(_train_cmd(data, folder), env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
-    assert "resumed from" in out.stdout and f"removed {in_flight[0].name}" in out.stdout
-    assert not list(folder.glob(".*.tmp"))
+    assert "resumed from" in out.stdout
+    assert not list(folder.glob(".*.tmp"))  # the killed write's temporary was removed at start-up
     a = torch.load(tmp_path / "straight" / "last.pth", weights_only=True)
     b = torch.load(last, weights_only=True)
     assert a["step"] == b["step"] == 18
