@@ -298,7 +298,8 @@ def train_and_test(run: Run) -> None:
         if train_epoch(run):
             break
     if "test" in run.evals:
-        run.checkpointer.wait()  # best_model.pth may still be being written
+        run.checkpointer.wait()  # rank 0's background write of best_model.pth has landed ...
+        barrier()  # ... before any rank looks for it
         test_best(run)
 
 
