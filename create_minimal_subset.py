@@ -48,7 +48,7 @@ def main():
                 df = df[~df["observationID"].isin(train_obs)]
             jobs.append((name, path, df, stratified_subset(df, n, rng, prefer_species=train_species)))
     for name, path, full, small in jobs:
-        small = small.copy()
+        small = read_split(path, columns=None, rows=small.index)  # every column, of the chosen rows only
         small["image_path"] = [str(Path(p).resolve()) for p in image_paths(small, path, args.image_root)]
         dest = out / f"FungiTastic-{name}-Minimal.csv"
         atomic_to_csv(small, dest)

@@ -139,13 +139,25 @@ def load_tensor_file(path: str | os.PathLike, what: str):
                         f"{type(e).__name__}: {first[:120]})") from None
 
 
-def read_metadata_csv(path: str | os.PathLike, required: Iterable[str] = ()) -> pd.DataFrame:
-    """Read a FungiTastic metadata CSV; a missing file or column is a :class:`UserError`."""
+def read_metadata_csv(path: str | os.PathLike, required: Iterable[str] = (), columns: Iterable[str] | None = None,
+                      rows: Iterable[int] | None = None) -> pd.DataFrame:
+    """Read a FungiTastic metadata CSV; a missing file or column is a :class:`UserError`.
+
+    ``columns``: only these (those present; the required ones are added), so unused text such
+    as ``captions`` is never turned into Python objects. ``rows``: only these data rows
+    (0-based), indexed by their position in the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
+    wanted = None if columns is None else set(columns) | set(required)
+    rows = None if rows is None else sorted({int(r) for r in rows})
+    lines = None if rows is None else {r + 1 for r in rows} | {0}  # line 0 is the header
     try:
-        df = pd.read_csv(path, low_memory=False)
+        df = pd.read_csv(path, low_memory=False, usecols=None if wanted is None else wanted.__contains__,
+                         skiprows=None if lines is None else (lambda line: line not in lines))
+        if rows is not None:
+            df.index = pd.Index(rows[: len(df)])
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot be read as CSV ({str(e).splitlines()[0]})") from None
     missing = [c for c in required if c not in df.columns]

@@ -142,7 +142,7 @@ def write_splits(args) -> dict[str, str]:
 
 def with_image_paths(csv: str) -> pd.DataFrame:
     """The split with an absolute ``image_path`` column, so a copy elsewhere still finds its images."""
-    df = read_split(csv)
+    df = read_split(csv, columns=None)  # every column: the copy stands in for the split
     return df.assign(image_path=[str(Path(p).resolve()) for p in image_paths(df, csv)])
 
 

@@ -6,7 +6,7 @@ from PIL import Image
 
 from amanita.data import (BAD_IMAGE, BadImageCounter, DeviceLoader, FungiTasticDataset, check_normalised,
                           create_transforms, default_image_root, load_rgb, make_loader, read_image, scan_images,
-                          stratified_subset, to_model_input)
+                          read_split, stratified_subset, to_model_input)
 from amanita.io import UserError
 from amanita.losses import class_weights_from_counts
 from amanita.taxonomy import build_taxonomy
@@ -195,10 +195,30 @@ def test_read_image_decodes_jpeg_like_pil_and_falls_back_for_the_rest(tmp_path):
         read_image(tmp_path / "cut.jpg")
 
 
+def test_uint8_resizes_match_timms_own_steps(tmp_path):
+    """The v2 uint8 kernels stand in for timm's v1 steps: same crop (same draws), same pixels ±1."""
+    import random
+
+    from timm.data import create_transform
+    _photo(tmp_path / "a.jpg", (120, 90), quality=95)
+    img = read_image(tmp_path / "a.jpg")
+    cfg = dict(EVAL_CFG, interpolation="bicubic")
+    ours, theirs = create_transforms(cfg, False), create_transform(**cfg, use_prefetcher=True)
+    assert (ours(img).int() - theirs(img).int()).abs().max() <= 1
+    crop = create_transforms(cfg, True, hflip=0, vflip=0, auto_augment=None).tensor_steps[0]
+    timm_crop = create_transform(**cfg, is_training=True, scale=(0.8, 1.0), hflip=0, color_jitter=None,
+                                 use_prefetcher=True).transforms[0]
+    random.seed(3)
+    a = crop(img)
+    random.seed(3)
+    b = timm_crop(img)
+    assert a.shape == b.shape == (3, 32, 32) and (a.int() - b.int()).abs().max() <= 1
+
+
 def test_color_jitter_only_when_asked():
     names = lambda tf: [type(t).__name__ for t in tf.tensor_steps + tf.pil_steps]  # noqa: E731
     assert names(create_transforms(EVAL_CFG, True, auto_augment=None)) == [
-        "RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "RandomVerticalFlip"]  # timm would add ColorJitter
+        "RandomResizedCropUint8", "RandomHorizontalFlip", "RandomVerticalFlip"]  # timm would add ColorJitter
     assert names(create_transforms(EVAL_CFG, True, auto_augment=None, color_jitter=0.3))[-1] == "ColorJitter"
     with_aa = create_transforms(EVAL_CFG, True, auto_augment="rand-m9-n2", color_jitter=0.3)
     assert names(with_aa)[-2:] == ["RandAugment", "ColorJitter"]  # timm would drop it beside RandAugment
@@ -253,3 +273,14 @@ def test_dataset_keeps_only_compact_arrays(train_set):
     kinds = {k: type(v) for k, v in vars(train_set).items()}
     assert not [k for k, t in kinds.items() if issubclass(t, (pd.DataFrame, pd.Series, list, dict))], kinds
     assert train_set.labels.shape == (len(TRAIN_IDS), 7)
+
+
+def test_read_split_reads_only_what_amanita_uses(tmp_path):
+    df = rows(TRAIN_IDS)
+    df["captions"] = "a long caption " * 20
+    df.to_csv(tmp_path / "t.csv", index=False)
+    assert "captions" not in read_split(tmp_path / "t.csv").columns  # never parsed into objects
+    assert set(read_split(tmp_path / "t.csv").columns) == set(df.columns) - {"captions", "kingdom"}
+    full = read_split(tmp_path / "t.csv", columns=None, rows=[7, 2])
+    assert list(full.columns) == list(df.columns) and full.index.tolist() == [2, 7]
+    pd.testing.assert_frame_equal(full, df.iloc[[2, 7]], check_dtype=False)
