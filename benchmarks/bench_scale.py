@@ -3,7 +3,7 @@
 
 Generates a FungiTastic-format train CSV of 433,701 rows with all 32 columns (``captions``
 of 200–500 characters) over 2,829 leaves with long-tailed counts (the taxonomy of
-``amanita.predictions.synthetic_taxonomy``) and a validation CSV of 89,659 rows, then measures,
+``amanita.demo.predictions.synthetic_taxonomy``) and a validation CSV of 89,659 rows, then measures,
 each in its own process (wall time, and peak RSS as the VmHWM of its own memory map):
 
 - ``create_taxonomic_mappings.py`` (train + val), ``compute_class_weights.py``,
@@ -34,7 +34,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from amanita.predictions import synthetic_taxonomy  # noqa: E402
+from amanita.demo.predictions import synthetic_taxonomy  # noqa: E402
 from amanita.taxonomy import RANKS  # noqa: E402
 
 N_TRAIN, N_VAL = 433_701, 89_659
