@@ -129,17 +129,11 @@ def add_submission_args(p) -> None:
     s = p.add_argument_group("Submission parameters (FungiCLEF: one line per observation)")
     s.add_argument("--submission", default=None, metavar="OUT.csv",
                    help="write observationID,class_id for every observation of --test-path (class_id -1: unknown "
-                        "species, when an unknown threshold is given or stored in the checkpoint)")
+                        "species, when --unknown-threshold is given or a threshold is stored in the checkpoint; "
+                        "--combine and --unknown-score apply)")
     s.add_argument("--test-path", default=None, help="the test metadata CSV (filename, observationID; labels not needed)")
     s.add_argument("--image-root", default=None, help="folder of the test images (default: the FungiTastic layout beside the CSV)")
     s.add_argument("--image-size-folder", default="300p", help="FungiTastic image-size folder (300p, 500p, 720p, fullsize)")
-    s.add_argument("--combine", choices=("mean-prob", "mean-logp"), default="mean-prob",
-                   help="how an observation's images are pooled: mean of probabilities or of log-probabilities")
-    s.add_argument("--submission-threshold", type=float, default=None,
-                   help="unknown-species threshold on the pooled score (default: the one validate.py "
-                        "--store-threshold wrote into the checkpoint; none there: no -1 answers)")
-    s.add_argument("--submission-score", choices=("msp", "entropy", "energy"), default=None,
-                   help="unknown-species score the threshold applies to (default: the checkpoint's, else msp)")
 
 
 def submit(args, loaded) -> int:
@@ -155,7 +149,7 @@ def submit(args, loaded) -> int:
         root = args.image_root or default_image_root(args.test_path, args.image_size_folder)
         raise UserError(f"no image of {args.test_path} could be read from {root}; pass --image-root")
     open_set = load_checkpoint(args.checkpoint).get("open_set")
-    unknown = unknown_mask(obs, open_set, args.submission_threshold, args.submission_score)
+    unknown = unknown_mask(obs, open_set, args.unknown_threshold, args.unknown_score)
     sub = submission_frame(obs, tax.category_ids, metadata, unknown)
     write_submission(args.submission, sub, metadata, tax.category_ids)
     n_unknown = int((sub["class_id"] == -1).sum())
