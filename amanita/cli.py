@@ -363,10 +363,7 @@ def parse_identify_args(description: str, argv: list[str] | None = None) -> argp
     f = p.add_argument_group("Finds and unknown species")
     f.add_argument("--observation", action="store_true",
                    help="answer per find, not per image: each folder given is one find, and all files "
-                        "given by name are together one find (their images' outputs combined)")
-    f.add_argument("--combine", choices=("mean-prob", "mean-logp"), default="mean-prob",
-                   help="how a find's images are combined at every rank: mean of probabilities or of "
-                        "log-probabilities (renormalised)")
+                        "given by name are together one find (their images' outputs combined as --combine)")
     f.add_argument("--unknown-threshold", type=float, default=None,
                    help="unknown-species score above which the answer is 'an unknown species of <finest "
                         "confident rank>'; None: the threshold validate.py --store-threshold put in the "
