@@ -66,8 +66,7 @@ class DistillationLoss(nn.Module):
         self.hard, self.taxonomy, self.alpha, self.temperature = hard, taxonomy, alpha, temperature
         self.weights = {k: float(getattr(hard, "head_weights", {}).get(k, 1.0)) for k in HEADS}
         self.register_buffer("teacher_leaf_index", teacher_leaf_index, persistent=False)
-        for rank, m in taxonomy.rollup_matrices().items():
-            self.register_buffer(f"rollup_{rank}", m, persistent=False)
+        self.register_buffer("ancestors", taxonomy.ancestor_matrix(), persistent=False)  # (n_leaves, 6)
 
     def forward(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
         student = {k: v for k, v in outputs.items() if not k.startswith(TEACHER)}
@@ -75,8 +74,7 @@ class DistillationLoss(nn.Module):
         out = self.hard(student, labels)
         if not teacher:  # evaluation or a plain model: the hard loss alone
             return out
-        rollups = {r: getattr(self, f"rollup_{r}") for r in self.taxonomy.rollup_matrices()}
-        targets = rank_log_probs(teacher, self.taxonomy, self.teacher_leaf_index, rollups)
+        targets = rank_log_probs(teacher, self.taxonomy, self.teacher_leaf_index, self.ancestors)
         t, total, norm = self.temperature, 0.0, 0.0
         for key in HEADS:
             if self.weights[key] == 0.0:
