@@ -364,6 +364,9 @@ def parse_identify_args(description: str, argv: list[str] | None = None) -> argp
     f.add_argument("--observation", action="store_true",
                    help="answer per find, not per image: each folder given is one find, and all files "
                         "given by name are together one find (their images' outputs combined as --combine)")
+    f.add_argument("--combine", choices=("mean-prob", "mean-logp"), default="mean-prob",
+                   help="how a find's (or, with --submission, an observation's) images are combined at every "
+                        "rank: mean of probabilities or of log-probabilities (renormalised)")
     f.add_argument("--unknown-threshold", type=float, default=None,
                    help="unknown-species score above which the answer is 'an unknown species of <finest "
                         "confident rank>'; None: the threshold validate.py --store-threshold put in the "
