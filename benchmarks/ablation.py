@@ -18,6 +18,7 @@ over seeds), then one JSON object; both are also written to ``--output-dir``.
 
   python benchmarks/ablation.py --data-root data/demo            # the demo (make demo-data)
   python benchmarks/ablation.py --train-path T.csv --val-path V.csv --test-path X.csv --start ckpt.pth
+  python benchmarks/ablation.py --smoke     # a tiny demo set and model in a temporary folder: seconds
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import contextlib
 import json
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,6 +42,7 @@ from amanita.checkpoint import load_for_eval
 from amanita.cli import HelpFormatter, build_train_parser, cli_main
 from amanita.data import DeviceLoader, FungiTasticDataset, create_transforms, image_paths, make_loader, read_split
 from amanita.decode import Decoder
+from amanita.demo.dataset import generate_dataset
 from amanita.engine import Readout, collect_log_probs, prediction_columns
 from amanita.io import UserError, atomic_write_text
 from amanita.metrics import hierarchy_metrics, key_metrics, lineage_calibration, poison_metrics
@@ -50,6 +53,9 @@ VARIANTS = {"a": "single-head continued", "b": "multi-task, residual heads",
 DEMO_MODEL_ARGS = '{"depth": 4, "embed_dim": 192, "num_heads": 3, "img_size": 96}'
 
 ORDER = ["start", *VARIANTS]
+SMOKE = {"data_root": "", "output_dir": "", "start_epochs": 1, "extra_epochs": 1, "extra_train_images": 16,
+         "eval_images": 16, "seeds": [0], "variants": ["a", "d"], "batch_size": 8, "workers": 0,
+         "model_args": '{"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 8}'}
 PCT = ("leaf_top1", "species_top1", "species_f1", "genus_top1", "family_top1", "all_six_right",
        "leaf_ece", "species_ece", "lineage_ece_species")
 
@@ -80,14 +86,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--batch-size", type=int, default=64, help="batch size of all training")
     r.add_argument("--output-dir", default="checkpoints/ablation", help="runs, logs, ablation.md and ablation.json")
     r.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    args = p.parse_args(argv)
+    r.add_argument("--smoke", action="store_true",
+                   help="a size that runs in seconds: a tiny demo set and model in a temporary folder "
+                        "(tests/test_benchmarks.py runs every benchmark so)")
+    if p.parse_known_args(argv)[0].smoke:
+        p.set_defaults(**SMOKE)
+    return p.parse_args(argv)
+
+
+def smoke_data(args, folder: Path) -> None:
+    """--smoke: a few demo images per split, and the output, in ``folder`` (where not given)."""
+    if not args.data_root:
+        args.data_root = str(folder / "data")
+        generate_dataset(args.data_root, n_observations=1, max_images=16)
+    args.output_dir = args.output_dir or str(folder / "out")
+
+
+def check_splits(args) -> None:
+    """The three split CSVs, from the flags or under --data-root; a missing one is a one-line error."""
     meta = Path(args.data_root) / "metadata" / "FungiTastic"
     for flag, name in (("train_path", "Train"), ("val_path", "ClosedSet-Val"), ("test_path", "ClosedSet-Test")):
         path = getattr(args, flag) or str(meta / f"FungiTastic-{name}.csv")
         if not Path(path).is_file():
             raise UserError(f"--{flag.replace('_', '-')} {path}: no such file (make demo-data writes the demo)")
         setattr(args, flag, path)
-    return args
 
 
 # ---------------------------------------------------------------------- training
@@ -264,6 +286,15 @@ def markdown(rows: pd.DataFrame, agg: pd.DataFrame) -> str:
 @cli_main
 def main() -> int:
     args = parse_args()
+    with tempfile.TemporaryDirectory(prefix="ablation_smoke_") if args.smoke else contextlib.nullcontext() as tmp:
+        if args.smoke:
+            smoke_data(args, Path(tmp))
+        check_splits(args)
+        return ablation(args)
+
+
+def ablation(args) -> int:
+    """Train the start and every variant, score them, print and write the tables."""
     t0 = time.perf_counter()
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     build_taxonomy([read_split(p) for p in (args.train_path, args.val_path, args.test_path)],

@@ -12,8 +12,9 @@ allocated once before the loop (``CheckpointWriter.reserve``, as the training ru
 start-up) and that one-off cost is reported apart.
 Target (issue 8): blocked <= 15% of the synchronous time.
 
-Prints one JSON object. Example:
+Prints one JSON object. Examples:
   python benchmarks/bench_checkpoint.py --dir /tmp/bench_ckpt --rounds 3
+  python benchmarks/bench_checkpoint.py --smoke      # a tiny BEiT, one round: seconds
 """
 import argparse
 import json
@@ -28,21 +29,30 @@ from pathlib import Path
 import torch
 
 from amanita import checkpoint as ck
+from amanita.backbone import parse_model_args
 
 
-def parse_args():
+SMOKE = {"rounds": 1, "classes": 10,  # --smoke (tests/test_benchmarks.py runs every benchmark so)
+         "model_args": '{"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 8}'}
+
+
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", default=None, help="where the checkpoints are written (default: a temporary folder)")
     p.add_argument("--rounds", type=int, default=3, help="saves of each kind, interleaved; medians are reported")
     p.add_argument("--classes", type=int, default=2829, help="outputs of the head (FungiTastic leaves)")
     p.add_argument("--ema", action="store_true", help="add an EMA copy of the weights, as --model-ema does")
-    return p.parse_args()
+    p.add_argument("--model-args", default="{}", help="JSON kwargs of timm's beit_base_patch16_224 (default: BEiT-B)")
+    p.add_argument("--smoke", action="store_true", help=f"a size that runs in seconds: {SMOKE}")
+    if p.parse_known_args(argv)[0].smoke:
+        p.set_defaults(**SMOKE)
+    return p.parse_args(argv)
 
 
-def training_state(classes: int, ema: bool) -> dict:
+def training_state(classes: int, ema: bool, model_args: dict) -> dict:
     """What ``Checkpointer.state_dict`` holds for BEiT-B + AdamW, built without a forward pass."""
     import timm
-    model = timm.create_model("beit_base_patch16_224", pretrained=False, num_classes=classes)
+    model = timm.create_model("beit_base_patch16_224", pretrained=False, num_classes=classes, **model_args)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     for p in model.parameters():
         p.grad = torch.full_like(p, 1e-3)
@@ -59,7 +69,7 @@ def main():
     args = parse_args()
     folder = Path(args.dir or tempfile.mkdtemp(prefix="bench_ckpt_"))
     folder.mkdir(parents=True, exist_ok=True)
-    state = training_state(args.classes, args.ema)
+    state = training_state(args.classes, args.ema, parse_model_args(args.model_args))
     n_bytes = sum(t.numel() * t.element_size() for t in _tensors(state))
     writer = ck.CheckpointWriter()
     reserve = writer.reserve(state)  # what the run does once at start-up
@@ -82,7 +92,8 @@ def main():
     print(json.dumps({
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
                    f"({torch.get_num_threads()} threads)",
-        "state": f"BEiT-B + AdamW{' + EMA' if args.ema else ''}, {args.classes} outputs",
+        "state": f"BEiT-B{' ' + args.model_args if args.model_args != '{}' else ''} + AdamW"
+                 f"{' + EMA' if args.ema else ''}, {args.classes} outputs",
         "state_mb": round(n_bytes / 2**20), "file_mb": round(size / 2**20), "rounds": args.rounds,
         "sync_save_s": round(statistics.median(sync), 3),
         "background_reserve_at_start_s": round(reserve, 3), "background_blocked_s": round(steady, 3),

@@ -7,8 +7,9 @@ builds them once. Both are timed on the same random leaf logits, interleaved, ov
 taxonomy with FungiTastic's sizes (2,829 leaves, 2,786 species, ...). No model: this is the part
 after the forward pass.
 
-Prints one JSON object. Example:
+Prints one JSON object. Examples:
   python benchmarks/bench_decode.py --batch-size 32 --rounds 20
+  python benchmarks/bench_decode.py --smoke      # two small batches: seconds
 """
 import argparse
 import json
@@ -23,13 +24,18 @@ from amanita.decode import Decoder, decode, rank_log_probs
 from amanita.demo.predictions import synthetic_taxonomy
 from amanita.taxonomy import LEAF
 
+SMOKE = {"batch_size": 4, "rounds": 2}  # --smoke (tests/test_benchmarks.py runs every benchmark so)
 
-def parse_args():
+
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch-size", type=int, default=32, help="images per batch")
     p.add_argument("--rounds", type=int, default=20, help="batches timed per variant (interleaved); medians reported")
     p.add_argument("--decode", choices=("consistent", "independent"), default="consistent", help="decoding")
-    return p.parse_args()
+    p.add_argument("--smoke", action="store_true", help=f"a size that runs in seconds: {SMOKE}")
+    if p.parse_known_args(argv)[0].smoke:
+        p.set_defaults(**SMOKE)
+    return p.parse_args(argv)
 
 
 def per_batch(tax, outputs, mode):

@@ -9,8 +9,9 @@ species, ...; a synthetic taxonomy). The bare loop only runs the model under
 confidences, the on-device accumulation, the host copy and the DataFrame. Rounds are
 interleaved and medians reported. Target (issue 8): predict >= 0.95x the bare loop.
 
-Prints one JSON object. Example:
+Prints one JSON object. Examples:
   python benchmarks/bench_predict.py --images 512 --batch-size 64 --rounds 3
+  python benchmarks/bench_predict.py --smoke      # a tiny BEiT on 16 images: seconds
 """
 import argparse
 import json
@@ -29,9 +30,11 @@ from amanita.engine import predict
 from amanita.model import create_multitask_model
 
 DEMO_MODEL_ARGS = '{"depth": 4, "embed_dim": 192, "num_heads": 3, "img_size": 96}'
+SMOKE = {"images": 16, "batch_size": 8, "rounds": 1,  # --smoke (tests/test_benchmarks.py runs every benchmark so)
+         "model_args": '{"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 8}'}
 
 
-def parse_args():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="beit_base_patch16_224", help="timm model name")
     p.add_argument("--model-args", default=DEMO_MODEL_ARGS, help="JSON kwargs for timm.create_model")
@@ -40,7 +43,10 @@ def parse_args():
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     p.add_argument("--decode", default="consistent", choices=("consistent", "independent"), help="predict's decoding")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device")
-    return p.parse_args()
+    p.add_argument("--smoke", action="store_true", help=f"a size that runs in seconds: {SMOKE}")
+    if p.parse_known_args(argv)[0].smoke:
+        p.set_defaults(**SMOKE)
+    return p.parse_args(argv)
 
 
 class InMemory(Dataset):

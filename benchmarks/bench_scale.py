@@ -16,8 +16,9 @@ each in its own process (wall time, and peak RSS as the VmHWM of its own memory 
   paths as a list of str, as it did before issue 8.
 
 Targets (issue 8): every script < 30 s and < 2 GB; PSS growth < 50 MB per worker.
-Prints one JSON object. Example:
+Prints one JSON object. Examples:
   python benchmarks/bench_scale.py --workers 4 --batches 200
+  python benchmarks/bench_scale.py --smoke      # 2,000 rows, one worker, two batches: seconds
 """
 import argparse
 import json
@@ -32,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from amanita.demo.predictions import synthetic_taxonomy
+from amanita.taxonomy import RANKS
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from amanita.demo.predictions import synthetic_taxonomy  # noqa: E402
-from amanita.taxonomy import RANKS  # noqa: E402
 
 N_TRAIN, N_VAL = 433_701, 89_659
 POOLS = {
@@ -53,7 +54,11 @@ WORDS = ("cap convex brown white gills free crowded stipe ring volva smell earth
          "reddish pores spores flesh firm fragile surface smooth scaly margin striate young old base").split()
 
 
-def parse_args():
+SMOKE = {"rows": 2000, "val_rows": 500, "workers": 1, "batches": 2, "batch_size": 4,  # --smoke: seconds
+         "skip_before": True}  # (tests/test_benchmarks.py runs every benchmark so)
+
+
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=N_TRAIN, help="train CSV rows")
     p.add_argument("--val-rows", type=int, default=N_VAL, help="validation CSV rows")
@@ -63,7 +68,10 @@ def parse_args():
     p.add_argument("--skip-before", action="store_true", help="measure only amanita's dataset, not the old layout")
     p.add_argument("--work-dir", default=None, help="where the CSVs go (default: a temporary folder, removed after)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run one measured stage
-    return p.parse_args()
+    p.add_argument("--smoke", action="store_true", help=f"a size that runs in seconds: {SMOKE}")
+    if p.parse_known_args(argv)[0].smoke:
+        p.set_defaults(**SMOKE)
+    return p.parse_args(argv)
 
 
 # ---------------------------------------------------------------------- the data

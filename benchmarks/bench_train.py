@@ -22,6 +22,7 @@
 Prints one JSON object. Examples:
   python benchmarks/bench_train.py --parts data --rounds 5
   python benchmarks/bench_train.py --parts loop --data-root data/demo --batches 20
+  python benchmarks/bench_train.py --smoke      # both parts, a tiny BEiT, a few images: seconds
 """
 import argparse
 import contextlib
@@ -54,12 +55,16 @@ from amanita.taxonomy import HEADS, KEYS, build_taxonomy, label_column
 DEMO_MODEL_ARGS = '{"depth": 4, "embed_dim": 192, "num_heads": 3, "img_size": 96}'
 STOCK_CONFIG = FUNGITASTIC_DATA_CONFIG  # the stock model's: squash-resize to 224, bilinear, mean = std = 0.5
 PHOTO_SIZES = ((400, 300), (300, 400), (500, 375))  # (width, height): FungiTastic 300p shapes
+SMOKE = {"parts": "all", "data_root": "", "batch_size": 4, "batches": 2, "warmup": 1, "samples": 8, "rounds": 1,
+         "workers": 1,  # --smoke: seconds (tests/test_benchmarks.py runs every benchmark so)
+         "model_args": '{"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 8}'}
 
 
-def parse_args():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", default="data", choices=("data", "loop", "all"), help="what to measure")
-    p.add_argument("--data-root", default="data/demo", help="a FungiTastic-layout dataset for --parts loop")
+    p.add_argument("--data-root", default="data/demo",
+                   help="a FungiTastic-layout dataset for --parts loop ('': the demo's taxonomy, planned in memory)")
     p.add_argument("--model", default="beit_base_patch16_224", help="timm model name for --parts loop")
     p.add_argument("--model-args", default=DEMO_MODEL_ARGS, help="JSON kwargs for timm.create_model")
     p.add_argument("--batch-size", type=int, default=32, help="batch size")
@@ -69,7 +74,10 @@ def parse_args():
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the loader comparison")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device")
-    return p.parse_args()
+    p.add_argument("--smoke", action="store_true", help=f"a size that runs in seconds: {SMOKE}")
+    if p.parse_known_args(argv)[0].smoke:
+        p.set_defaults(**SMOKE)
+    return p.parse_args(argv)
 
 
 # ---------------------------------------------------------------------- the training loop
@@ -106,11 +114,19 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def measure_loop(args, device) -> dict:
-    csv = Path(args.data_root) / "metadata" / "FungiTastic" / "FungiTastic-Train.csv"
+def loop_taxonomy(data_root: str):
+    """The taxonomy of ``data_root``'s train CSV, or ('') of the demo's train split planned in memory."""
+    if not data_root:
+        from amanita.demo.metadata import plan_dataset
+        return build_taxonomy([plan_dataset(seed=0, n_observations=1)["train"]])
+    csv = Path(data_root) / "metadata" / "FungiTastic" / "FungiTastic-Train.csv"
     if not csv.is_file():
         sys.exit(f"error: {csv} not found; run `make demo-data` first or pass --data-root")
-    tax = build_taxonomy([read_split(csv)])
+    return build_taxonomy([read_split(csv)])
+
+
+def measure_loop(args, device) -> dict:
+    tax = loop_taxonomy(args.data_root)
     model = create_multitask_model(args.model, tax, parse_model_args(args.model_args), pretrained=False).to(device)
     size = resolve_data_config(model.backbone, args.model)["input_size"][1:]
     batches = [(torch.randn(args.batch_size, 3, *size, device=device),

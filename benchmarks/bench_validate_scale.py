@@ -9,8 +9,9 @@ metrics.json + per-class CSVs, every figure (the specimen grids over a few share
 training curves from a 30-epoch log) and the HTML page.
 Target (issue 4): metrics + figures + report under 60 s wall and 6 GB peak on 2 cores.
 
-Prints one JSON object. Example:
+Prints one JSON object. Examples:
   python benchmarks/bench_validate_scale.py --output-dir /tmp/bench_validate
+  python benchmarks/bench_validate_scale.py --smoke      # a few hundred images: seconds
 """
 import argparse
 import json
@@ -24,18 +25,26 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from amanita.evaluate import EvalInputs, evaluate
+from amanita.evaluate import evaluate
 from amanita.demo.predictions import FUNGITASTIC_SIZES, FUNGITASTIC_VAL_SIZE, synthetic_predictions, synthetic_taxonomy
 from amanita.predictions import write_predictions
-from amanita.report import base_provenance
+from amanita.report import ReportInputs, base_provenance
 
 
-def parse_args():
+SMOKE = {"samples": 300, "taxonomy_scale": 0.03}  # --smoke (tests/test_benchmarks.py runs every benchmark so)
+
+
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", type=int, default=FUNGITASTIC_VAL_SIZE, help="validation images")
     p.add_argument("--output-dir", default=None, help="where the report goes (default: a temporary folder)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic taxonomy and predictions")
-    return p.parse_args()
+    p.add_argument("--taxonomy-scale", type=float, default=1.0,
+                   help="classes per rank as a share of FungiTastic's (1: its sizes; at least 2 per rank)")
+    p.add_argument("--smoke", action="store_true", help=f"a size that runs in seconds: {SMOKE}")
+    if p.parse_known_args(argv)[0].smoke:
+        p.set_defaults(**SMOKE)
+    return p.parse_args(argv)
 
 
 def peak_rss_gb() -> float:
@@ -43,9 +52,14 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def inputs(out: Path, n: int, seed: int):
+def scaled_sizes(scale: float) -> dict[str, int]:
+    """FungiTastic's classes per rank times ``scale``, at least 2 per rank (the tree stays a tree)."""
+    return {k: max(2, round(v * scale)) for k, v in FUNGITASTIC_SIZES.items()}
+
+
+def inputs(out: Path, n: int, seed: int, sizes: dict[str, int]):
     """Taxonomy, predictions, baseline, 32 shared thumbnails and a training log."""
-    tax = synthetic_taxonomy(seed=seed)
+    tax = synthetic_taxonomy(sizes, seed=seed)
     preds, baseline = synthetic_predictions(tax, n, seed=seed), synthetic_predictions(tax, n, seed=seed + 1)
     rng = np.random.default_rng(seed)
     thumbs = out / "thumbs"
@@ -66,21 +80,22 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     rss_import = peak_rss_gb()
     t = time.perf_counter()
-    tax, preds, baseline, paths, log = inputs(out, args.samples, args.seed)
+    tax, preds, baseline, paths, log = inputs(out, args.samples, args.seed, scaled_sizes(args.taxonomy_scale))
     stages = {"synthetic_inputs": time.perf_counter() - t}
     rss_inputs = peak_rss_gb()
 
     t = time.perf_counter()
     write_predictions(preds, out / "predictions.csv")
     stages["predictions_csv"] = time.perf_counter() - t
-    inputs_ = EvalInputs(preds, tax, base_provenance(tax, vars(args)), baseline, "baseline", paths, log)
-    result = evaluate(inputs_, out)
+    report = ReportInputs(baseline_preds=baseline, baseline_name="baseline", image_paths=paths, training_log=log,
+                          provenance=base_provenance(tax, vars(args)))
+    result = evaluate(preds, tax, out, report)
     stages |= result.seconds
     page = result.report
     figs = list(out.glob("*.png"))
     measured = [k for k in stages if k != "synthetic_inputs"]
     print(json.dumps({
-        "samples": len(preds), "classes": FUNGITASTIC_SIZES, "figures": len(figs),
+        "samples": len(preds), "classes": scaled_sizes(args.taxonomy_scale), "figures": len(figs),
         "stages_s": {k: round(v, 2) for k, v in stages.items()},
         "total_s": round(sum(stages[k] for k in measured), 2),
         "peak_rss_gb": round(peak_rss_gb(), 3), "rss_after_imports_gb": round(rss_import, 3),

@@ -188,6 +188,18 @@ def test_same_seed_same_bytes_whatever_the_workers(small_set, tmp_path):
     assert jpegs and not any(first[k] == other[k] for k in jpegs)
 
 
+def test_max_images_keeps_a_sample_of_the_same_plan(small_set, tmp_path):
+    root, frames, _ = small_set
+    dataset.generate_dataset(tmp_path / "few", seed=0, workers=1, max_images=5, **SMALL)
+    full, few = file_hashes(root), file_hashes(tmp_path / "few")
+    for split, name in CSV_FILES.items():
+        df = pd.read_csv(tmp_path / "few" / "metadata" / "FungiTastic" / name)
+        assert len(df) == 5 and set(df["filename"]) < set(frames[split]["filename"])
+        assert all(few[f"FungiTastic/{split}/48p/{f}"] == full[f"FungiTastic/{split}/48p/{f}"] for f in df["filename"])
+    open_val = pd.read_csv(dataset.open_set_csv_path(tmp_path / "few", "val"))
+    assert len(open_val) == 10 and (open_val["category_id"] == -1).sum() == 5  # 5 closed-set rows + 5 unknown
+
+
 def test_refuses_a_folder_that_is_not_a_demo_set(tmp_path):
     foreign = tmp_path / "real_data"
     (foreign / "FungiTastic").mkdir(parents=True)

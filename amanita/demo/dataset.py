@@ -80,25 +80,34 @@ def _write_images(root: Path, plan: dict[str, pd.DataFrame], seed: int, image_si
     bar.close()
 
 
+def _sample(plan: dict[str, pd.DataFrame], n: int, seed: int) -> dict[str, pd.DataFrame]:
+    """``n`` random rows of each split (all of a smaller one), in the plan's order."""
+    return {s: df.sample(min(n, len(df)), random_state=seed).sort_index().reset_index(drop=True)
+            for s, df in plan.items()}
+
+
 def generate_dataset(output_dir: str | Path, seed: int = 0,
                      n_observations: int = DEFAULT_N_OBSERVATIONS,
-                     image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1) -> dict:
+                     image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1, max_images: int = 0) -> dict:
     """Write the demo dataset under ``output_dir`` and return a summary dict.
 
     A previous demo set there (marked by :data:`MARKER`) is replaced; any other non-empty folder
     is refused. ``workers`` processes draw the images (0 or 1: this process); the same arguments
     give byte-identical files whatever ``workers``. The CSVs are written last, atomically.
+    ``max_images`` > 0 keeps a random sample of that many images per split (a benchmark's smoke size).
     """
     if seed < 0 or n_observations < 1 or image_size < 32 or workers < 0:
         raise UserError(f"need seed >= 0, n_observations >= 1, image_size >= 32 and workers >= 0 "
                         f"(got {seed}, {n_observations}, {image_size}, {workers})")
     root = Path(output_dir)
     params = {"generator": "amanita.demo", "seed": seed, "n_observations": n_observations,
-              "image_size": image_size}
+              "image_size": image_size} | ({"max_images": max_images} if max_images > 0 else {})
     _prepare_output(root, params)
     plan = plan_dataset(seed, n_observations)
-    _write_images(root, plan, seed, image_size, workers)
     unknown = plan_open_set(plan, seed)
+    if max_images > 0:
+        plan, unknown = _sample(plan, max_images, seed), _sample(unknown, max_images, seed)
+    _write_images(root, plan, seed, image_size, workers)
     _write_images(root, unknown, seed, image_size, workers)
     for split, df in plan.items():  # last: a complete CSV set means a complete dataset
         atomic_to_csv(df.drop(columns=list(TEST_MISSING)) if split == "test" else df,
