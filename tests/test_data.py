@@ -8,7 +8,6 @@ from amanita.data import (BAD_IMAGE, BadImageCounter, DeviceLoader, FungiTasticD
                           create_transforms, default_image_root, load_rgb, make_loader, read_image, scan_images,
                           read_split, stratified_subset, to_model_input)
 from amanita.io import UserError
-from amanita.losses import class_weights_from_counts
 from amanita.taxonomy import build_taxonomy
 from tests.helpers import TRAIN_IDS, rows, run_script
 
@@ -100,21 +99,6 @@ def test_bad_image_counter_stops_past_the_share():
     c.update(2)                      # 2 of 2000 = 0.001: still allowed
     with pytest.raises(UserError, match="3 of 2000 images could not be read"):
         c.update(1)
-
-
-def test_class_weights_hand_computed():
-    counts = [1, 4, 16, 0]
-    w = class_weights_from_counts(counts, "inverse")
-    raw = np.array([1, 1 / 4, 1 / 16])
-    np.testing.assert_allclose(w[:3], raw / raw.mean(), rtol=1e-6)
-    assert w[3] == w[:3].max()       # absent from train: finite, as rare as the rarest
-    w = class_weights_from_counts(counts, "sqrt_inverse")
-    raw = np.array([1, 1 / 2, 1 / 4])
-    np.testing.assert_allclose(w[:3], raw / raw.mean(), rtol=1e-6)
-    w = class_weights_from_counts(counts, "effective_number", beta=0.5)
-    raw = np.array([0.5 / 0.5, 0.5 / (1 - 0.5 ** 4), 0.5 / (1 - 0.5 ** 16)])
-    np.testing.assert_allclose(w[:3], raw / raw.mean(), rtol=1e-6)
-    assert w[:3].mean().item() == pytest.approx(1.0)
 
 
 @pytest.mark.slow

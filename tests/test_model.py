@@ -8,11 +8,9 @@ import pytest
 import timm
 import torch
 
-from amanita.decode import decode, rank_log_probs
-from amanita.losses import MultiTaskLoss
 from amanita.backbone import create_timm_model, resolve_data_config
 from amanita.model import MultiTaskBEiT
-from amanita.taxonomy import LEAF, RANKS, build_taxonomy
+from amanita.taxonomy import build_taxonomy
 from amanita.training import group_table, make_optimizer
 from tests.helpers import TRAIN_IDS, rows, script_env, write_hub_cache_model
 
@@ -109,57 +107,6 @@ def test_layer_decay_groups_for_beit_base():
     assert {g["lr_scale"] for g in opt.param_groups if g.get("is_head")} == {10.0}
 
 
-def test_consistent_decoding_picks_the_best_real_lineage(tax):
-    # leaves: 0 A. phalloides, 1 A. muscaria, 2 Agaricus campestris, 3/4 Phlebia, 5 Morchella
-    leaf = torch.tensor([[0.3, 0.2, 0.4, 0.04, 0.04, 0.02]]).log()
-    heads = {"phylum": [0.1, 0.9], "class": [0.1, 0.9], "order": [0.1, 0.8, 0.1],
-             "family": [0.02, 0.08, 0.88, 0.02], "genus": [0.02, 0.08, 0.88, 0.02]}
-    logp = {LEAF: leaf} | {r: torch.tensor([v]).log() for r, v in heads.items()}
-    logp["species"] = (leaf.exp() @ tax.rollup_matrix("species")).log()
-    ind = decode(logp, tax.ancestor_matrix(), "independent")
-    assert ind[LEAF].item() == 2 and ind["genus"].item() == 2  # Agaricus leaf under genus Amanita
-    con = decode(logp, tax.ancestor_matrix(), "consistent")
-    # Agaricus: log .4 + 2 log .08 = -5.97 < A. phalloides: log .3 + 2 log .88 = -1.46
-    assert con[LEAF].item() == 0
-    assert [con[r].item() for r in RANKS] == tax.ancestors[0].tolist()
-
-
-def test_rank_log_probs_sum_leaves_for_a_single_head_model(tax):
-    logits = torch.tensor([[2.0, 0.0, 1.0, -1.0, -1.0, 0.5, 9.0]])  # 7 stock outputs, 6 leaves
-    idx = torch.tensor([0, 1, 2, 3, 4, 5])
-    lp = rank_log_probs({"leaf": logits}, tax, idx)
-    p = torch.softmax(logits[:, :6], 1)
-    torch.testing.assert_close(lp[LEAF].exp(), p)
-    torch.testing.assert_close(lp["genus"].exp(), p @ tax.rollup_matrix("genus"))
-    torch.testing.assert_close(lp["species"].exp()[0, 4], p[0, 3] + p[0, 4])  # the two Phlebia synonyms
-
-
-def test_loss_hand_computed_with_unknown_labels(tax):
-    out = {"genus": torch.tensor([[0.0, 1.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0]]),
-           LEAF: torch.zeros(2, 6)}
-    labels = torch.tensor([[2, 1, 1, 1, 1, 1, 1], [-1, -1, -1, -1, -1, -1, -1]])
-    weights = {r: torch.ones(n) for r, n in zip(RANKS, [2, 2, 3, 4, 4, 5])} | {LEAF: torch.ones(6)}
-    weights["genus"] = torch.tensor([1.0, 3.0, 1.0, 1.0])
-    crit = MultiTaskLoss(tax, {"genus": 0.5, LEAF: 1.0}, weights)
-    got = crit(out, labels)
-    ce_genus = -torch.log_softmax(out["genus"][0], 0)[1]      # row 2 is unknown: ignored
-    assert got["loss/genus"].item() == pytest.approx(ce_genus.item(), rel=1e-6)
-    assert got["loss/leaf"].item() == pytest.approx(math.log(6), rel=1e-6)
-    assert got["loss"].item() == pytest.approx(0.5 * ce_genus.item() + math.log(6), rel=1e-6)
-    none_known = crit({"genus": out["genus"], LEAF: out[LEAF]}, torch.full((2, 7), -1))
-    assert none_known["loss"].item() == 0.0
-
-
-def test_consistency_term_is_zero_when_heads_agree_with_the_leaf_head(tax):
-    leaf_logits = torch.randn(4, 6)
-    p = torch.softmax(leaf_logits, 1)
-    out = {LEAF: leaf_logits} | {r: (p @ tax.rollup_matrix(r)).log() for r in RANKS[:-1]}
-    crit = MultiTaskLoss(tax, {LEAF: 1.0}, consistency_weight=1.0)
-    assert crit(out, torch.full((4, 7), -1))["loss/consistency"].item() == pytest.approx(0.0, abs=1e-5)
-    out["genus"] = torch.zeros(4, 4)
-    assert crit(out, torch.full((4, 7), -1))["loss/consistency"].item() > 0.01
-
-
 def test_layer_decay_flag_takes_none():
     from amanita.cli import build_train_parser
     base = ["--train-path", "t.csv", "--val-path", "v.csv"]
@@ -168,18 +115,3 @@ def test_layer_decay_flag_takes_none():
     assert p.parse_args(base + ["--layer-decay", "none"]).layer_decay is None
     assert p.parse_args(base + ["--layer-decay", "0.65"]).layer_decay == 0.65
 
-
-def test_roll_up_is_the_rollup_matrix_product_unknown_ancestors_included():
-    from amanita.decode import roll_up
-    from amanita.demo.predictions import synthetic_taxonomy
-    tax = synthetic_taxonomy({"phylum": 3, "class": 5, "order": 8, "family": 12, "genus": 20, "species": 40}, seed=1)
-    p = torch.rand(4, tax.n_leaves).softmax(1)
-    anc = tax.ancestor_matrix()
-    anc[::7, 2] = -1  # some leaves with an unknown order
-    for j, rank in enumerate(("phylum", "class", "order", "family", "genus", "species")):
-        m = (anc[:, j] >= 0).float()[:, None] * torch.nn.functional.one_hot(
-            anc[:, j].clamp_min(0), tax.num_classes(rank)).float()  # the roll-up matrix by hand
-        dense = p @ m
-        torch.testing.assert_close(roll_up(p, anc[:, j], tax.num_classes(rank)), dense)
-        if rank != "order":
-            torch.testing.assert_close(roll_up(p, anc[:, j], tax.num_classes(rank)), p @ tax.rollup_matrix(rank))
