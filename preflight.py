@@ -19,8 +19,8 @@ def parse_args():
     p = build_train_parser(__doc__, multitask=True)
     g = p.add_argument_group("Preflight parameters")
     g.add_argument("--sample-images", type=positive_int, default=64,
-                   help="images of each split read and decoded (shared among the ranks) to find missing ones "
-                        "and time the storage and the loader")
+                   help="images of each split that each process reads and decodes (different ones on each "
+                        "process) to find missing ones and time the storage and the loader")
     g.add_argument("--output", default=None,
                    help="the JSON report; None: preflight.json in $LOSSY_ARTIFACT_PATH (ISC) or here")
     g.add_argument("--max-seconds", type=nonneg_float, default=100.0,

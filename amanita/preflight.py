@@ -98,7 +98,7 @@ def preflight(args, dist: DistInfo) -> dict:
     local += [check_distributed(ctx), check_checkpoint(ctx)]  # collectives: every rank, whatever came before
     per_rank = all_gather_objects([asdict(c) for c in local])
     checks = merge_ranks(per_rank)
-    checks["forecast"] = asdict(forecast(ctx, per_rank))
+    checks["forecast"] = {k: v for k, v in asdict(forecast(ctx, per_rank)).items() if k != "name"}
     checks = {name: checks[name] for name in CHECKS}
     return {"status": worst(c["status"] for c in checks.values()), "seconds": round(time.perf_counter() - t0, 1),
             "world_size": dist.world_size, "device": str(dist.device), "checks": checks,
@@ -106,12 +106,13 @@ def preflight(args, dist: DistInfo) -> dict:
 
 
 def guarded(name: str, fn: Callable[[Context], Check], ctx: Context) -> Check:
-    """``fn(ctx)``, with a user error or an OS error turned into a one-line FAIL of that check."""
+    """``fn(ctx)``, with any error turned into a one-line FAIL of that check (the other checks still run)."""
     try:
         return fn(ctx)
-    except (UserError, OSError, RuntimeError, ValueError) as e:
-        reason = one_line(str(e) or type(e).__name__)
-        return Check(name, "FAIL", reason)
+    except (UserError, OSError) as e:  # a user error names the problem itself
+        return Check(name, "FAIL", one_line(str(e) or type(e).__name__))
+    except Exception as e:  # noqa: BLE001 - a preflight reports; a rank that stopped here would hang the others
+        return Check(name, "FAIL", one_line(f"{type(e).__name__}: {e}"))
 
 
 def one_line(text: str, limit: int = 400) -> str:
@@ -612,7 +613,7 @@ def time_save(c: Check, ctx: Context, folder: Path, token: str) -> None:
     state = ctx.state
     free = shutil.disk_usage(folder).free
     size = sum(t.numel() * t.element_size() for t in iter_tensors(state)) if state else 0
-    c.numbers.update(free_gb=round(free / 1e9, 1), checkpoint_mb=round(size / 1e6, 1))
+    c.numbers.update(free_gb=round(free / 1e9, 1), checkpoint_mb=round(size / 1e6, 3))
     if not state:
         c.worse("WARN", f"{folder} is writable ({c.numbers['free_gb']:g} GB free); no save timed: no model "
                         "(see the model check)")
