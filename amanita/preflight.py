@@ -41,6 +41,7 @@ STATUSES = ("PASS", "WARN", "FAIL")
 OOM_ENV = "AMANITA_TEST_PREFLIGHT_OOM_ABOVE"  # tests: a step with a larger batch raises torch.OutOfMemoryError
 SHARES = dict(data=0.15, model=0.35, loader=0.15, distributed=0.1, checkpoint=0.1)  # of --max-seconds
 CHECKPOINTS_OF_SPACE = 3  # last.pth, best_model.pth and a temporary being written
+COMPUTE = "compute"  # the forecast's name for the training step on the device (GPU or CPU)
 
 
 @dataclass
@@ -458,7 +459,8 @@ def check_loader(ctx: Context) -> Check:
              processes_on_node=procs)
     c = Check("loader", "PASS", f"{rates['train']:.0f} train images/s with --workers {args.workers} "
                                 f"({per_worker:.0f} a worker), eval {rates['eval']:.0f}; "
-                                f"{needed} worker(s) per GPU keep up with the model", n)
+                                f"{needed} worker(s) per {'GPU' if ctx.dist.device.type == 'cuda' else 'process'} keep up "
+                                "with the model", n)
     if needed and needed > workers:
         c.worse("WARN", f"the loader bounds the run: --workers {args.workers} give {rates['train']:.0f} images/s, "
                         f"the model takes {model_rate:.0f}; use --workers {needed}")
@@ -633,7 +635,7 @@ def time_save(c: Check, ctx: Context, folder: Path, token: str) -> None:
     sharing = "shared by all ranks" if c.numbers["ranks_reading"] > 1 else "one process"
     if c.status == "PASS":
         c.why = (f"{folder} writable ({sharing}), {c.numbers['free_gb']:g} GB free ≥ 3 checkpoints of "
-                 f"{c.numbers['checkpoint_mb']:g} MB; a background save held the loop {blocked:.2f} s and was "
+                 f"{size / 1e6:.1f} MB; a background save held the loop {blocked:.2f} s and was "
                  f"written in {written:.2f} s ({c.numbers['write_mb_per_s']:g} MB/s)")
 
 
@@ -664,7 +666,7 @@ def rank_values(per_rank: list[list[dict]], check: str, key: str) -> list[float]
 def forecast_parts(per_rank: list[list[dict]], batch: int, accum: int) -> dict[str, float]:
     """Seconds per training image that each part of the run costs on the slowest rank."""
     parts = {}
-    for part, check, key in (("GPU compute", "model", "images_per_s"), ("loader", "loader", "train_images_per_s"),
+    for part, check, key in ((COMPUTE, "model", "images_per_s"), ("loader", "loader", "train_images_per_s"),
                              ("storage", "data", "images.train.read_images_per_s")):
         values = rank_values(per_rank, check, key)
         if values:
@@ -680,9 +682,9 @@ def forecast(ctx: Context, per_rank: list[list[dict]]) -> Check:
     args = ctx.args
     fit = rank_values(per_rank, "model", "largest_batch")
     parts = forecast_parts(per_rank, int(min(fit)) if fit else args.batch_size, args.accum_steps)
-    if "train" not in ctx.frames or "GPU compute" not in parts or "loader" not in parts:
+    if "train" not in ctx.frames or COMPUTE not in parts or "loader" not in parts:
         return Check("forecast", "WARN", "no forecast: the data, model or loader check measured nothing")
-    per_image = max(parts["GPU compute"] + parts.get("all-reduce", 0.0), parts["loader"], parts.get("storage", 0.0))
+    per_image = max(parts[COMPUTE] + parts.get("all-reduce", 0.0), parts["loader"], parts.get("storage", 0.0))
     images = math.ceil(len(ctx.frames["train"]) / ctx.dist.world_size)
     epoch_s = images * per_image
     bound = max(parts, key=parts.get)

@@ -67,7 +67,7 @@ def test_forecast_takes_the_slowest_rank_and_names_the_bound(tmp_path):
                 dict(name="distributed", numbers=dict(all_reduce_s=reduce_s))]
     per_rank = [rank(100.0, 400.0, 1000.0, 0.1), rank(50.0, 500.0, 2000.0, 0.2)]
     parts = pf.forecast_parts(per_rank, batch=8, accum=2)
-    assert parts == pytest.approx({"GPU compute": 1 / 50, "loader": 1 / 400, "storage": 1 / 1000,
+    assert parts == pytest.approx({"compute": 1 / 50, "loader": 1 / 400, "storage": 1 / 1000,
                                    "all-reduce": 0.2 / 16})
     ctx = context(tmp_path, epochs=3, accum_steps=2)
     ctx.dist = DistInfo(0, 0, 2)
@@ -76,7 +76,7 @@ def test_forecast_takes_the_slowest_rank_and_names_the_bound(tmp_path):
     # 50 images a rank × (1/50 + 0.2/16) s, compute + all-reduce without overlap
     assert c.numbers["epoch_s"] == pytest.approx(50 * (1 / 50 + 0.2 / 16), abs=0.05)
     assert c.numbers["run_s"] == pytest.approx(3 * c.numbers["epoch_s"], abs=0.1)
-    assert c.numbers["bound"] == "GPU compute" and c.why.startswith("forecast:")
+    assert c.numbers["bound"] == "compute" and c.why.startswith("forecast:")
 
 
 def test_unwritable_checkpoint_folder_fails_in_one_line_and_leaves_nothing(tmp_path):
