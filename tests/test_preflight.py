@@ -1,10 +1,8 @@
 """preflight.py: each check's verdict and numbers in-process, the whole preflight and its injected faults (slow)."""
 import json
-import os
 import subprocess
 import sys
 from argparse import Namespace
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +10,7 @@ import torch
 from amanita import preflight as pf
 from amanita.distributed import DistInfo
 from amanita.taxonomy import build_taxonomy
-from tests.helpers import ROOT, SMALL_MODEL, TINY_BEIT, TRAIN_IDS, make_image_dataset, rows, script_env, \
+from tests.helpers import ROOT, TINY_BEIT, TRAIN_IDS, make_image_dataset, rows, script_env, \
     write_hub_cache_model
 
 CHECKS = {"environment", "data", "loader", "model", "distributed", "checkpoint", "forecast"}
@@ -116,6 +114,16 @@ def test_requirements_pins_are_compared(tmp_path):
     (tmp_path / "req.txt").write_text("torch==2.14.1\ntimm==1.0.31  # pinned\nnumpy\n")
     found = {"torch": "2.14.1+cu130", "timm": "1.0.30", "numpy": "2.0"}
     assert pf.version_problems(found, tmp_path / "req.txt") == ["timm 1.0.30 (requirements.txt: 1.0.31)"]
+
+
+def test_hub_offline_for_the_block_only(monkeypatch):
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pf.hub_offline():
+        assert constants.is_offline_mode()
+    assert not constants.is_offline_mode()
+    with pf.hub_offline(False):  # --allow-download
+        assert not constants.is_offline_mode()
 
 
 # ---------------------------------------------------------------------- the script, end to end
