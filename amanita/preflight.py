@@ -400,12 +400,12 @@ def check_model(ctx: Context) -> Check:
     """Forward + backward + optimizer step at the configured batch, amp and compile: images/s, peak memory."""
     args, dev = ctx.args, ctx.dist.device
     probe = build_probe(ctx)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
     fit = largest_batch(probe, args.batch_size, probe.free)  # its first step is the warm-up (and the compile)
     if not fit:
         return Check("model", "FAIL", f"even a batch of 1 does not fit on {dev} (out of memory): a smaller "
                                       "model or a larger device", {"largest_batch": 0})
+    if dev.type == "cuda":  # the peak of the batch that fits, not of the tries that did not
+        torch.cuda.reset_peak_memory_stats(dev)
     deadline, steps, t0 = ctx.budget.deadline(SHARES["model"]), 0, time.perf_counter()
     while steps < 1 or (steps < 5 and time.monotonic() < deadline):
         probe(fit)
