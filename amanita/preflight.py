@@ -165,7 +165,7 @@ def check_environment(ctx: Context) -> Check:
     n = dict(python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
              torchvision=torchvision.__version__, cuda=torch.version.cuda if cuda else None,
              cudnn=torch.backends.cudnn.version() if cuda else None,
-             nccl=".".join(map(str, torch.cuda.nccl.version())) if cuda else None,
+             nccl=nccl_version() if cuda else None,
              host=socket.gethostname(), cpu_count=os.cpu_count(), device=str(dev),
              tf32=bool(torch.backends.cuda.matmul.allow_tf32) if cuda else None)
     if cuda:
@@ -180,6 +180,15 @@ def check_environment(ctx: Context) -> Check:
     if cuda and amp_dtype(ctx.args.amp, dev) == torch.bfloat16 and not n["bf16"]:
         c.worse("FAIL", f"--amp {ctx.args.amp} asks for bf16, which {n['gpu']} lacks: use --amp fp16")
     return c
+
+
+def nccl_version() -> str | None:
+    """NCCL's version as ``2.21.5`` (torch gives a tuple or, in older builds, one integer); None without NCCL."""
+    try:
+        v = torch.cuda.nccl.version()
+    except (AttributeError, RuntimeError):
+        return None
+    return ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
 
 
 def version_problems(found: dict, requirements: str | os.PathLike | None = None) -> list[str]:
