@@ -11,7 +11,7 @@ Examples:
       --mappings taxonomic_mappings.json --batch-size 64
   torchrun --nproc-per-node 8 preflight.py --train-path ... --val-path ... --batch-size 128 --workers 8
 """
-from amanita.cli import build_train_parser, check_train_args, cli_main, nonneg_float, positive_int
+from amanita.cli import build_train_parser, check_train_args, cli_main, positive_float, positive_int
 from amanita.preflight import run
 
 
@@ -23,7 +23,7 @@ def parse_args():
                         "process) to find missing ones and time the storage and the loader")
     g.add_argument("--output", default=None,
                    help="the JSON report; None: preflight.json in $LOSSY_ARTIFACT_PATH (ISC) or here")
-    g.add_argument("--max-seconds", type=nonneg_float, default=100.0,
+    g.add_argument("--max-seconds", type=positive_float, default=100.0,
                    help="time budget: each measurement stops at its share of it")
     g.add_argument("--allow-download", action="store_true",
                    help="let the model come from the hub (default: offline, HF_HUB_OFFLINE=1, as a node without "
