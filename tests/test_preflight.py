@@ -96,6 +96,18 @@ def test_writable_checkpoint_folder_times_a_save_and_removes_it(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the folders it made are gone with the token and the test checkpoint
 
 
+def test_a_folder_other_nodes_cannot_read_fails_and_says_what_it_means_for_resume(tmp_path):
+    c = pf.Check("checkpoint")
+    pf.judge_sharing(c, [(0, "node-a", True), (1, "node-a", True), (2, "node-b", False), (3, "node-b", False)],
+                     tmp_path)
+    assert c.status == "FAIL" and c.numbers == {"shared": False, "ranks_reading": 2}
+    assert c.why.startswith(f"{tmp_path} is not shared: rank(s) 2, 3 on node-b cannot read rank 0's files")
+    assert "start afresh while rank 0 resumes" in c.why
+    shared = pf.Check("checkpoint")
+    pf.judge_sharing(shared, [(0, "node-a", True), (1, "node-b", True)], tmp_path)
+    assert shared.status == "PASS" and shared.numbers["shared"] is True
+
+
 def test_data_check_counts_missing_images_per_split(tmp_path):
     paths = make_image_dataset(tmp_path, n_train=12, n_val=6)
     for f in sorted((tmp_path / "FungiTastic" / "val" / "300p").iterdir())[:2]:
