@@ -128,9 +128,7 @@ def make_loaders(args, tax: Taxonomy, data_config: dict, dist: DistInfo):
     """
     common = dict(image_root=args.image_root, image_size_folder=args.image_size_folder,
                   input_size=data_config["input_size"])
-    aa = None if str(args.auto_augment).lower() in ("none", "") else args.auto_augment
-    train_tf = create_transforms(data_config, True, args.hflip, args.vflip, tuple(args.scale), aa, args.color_jitter)
-    eval_tf = create_transforms(data_config, False)
+    train_tf, eval_tf = run_transforms(args, data_config)
     train_ds = FungiTasticDataset(args.train_path, tax, train_tf, **common, seed=args.seed)
     check_labels(train_ds, args.max_bad_image_fraction, "train")
     sampler = ResumableDistributedSampler(len(train_ds), dist.world_size, dist.rank, True, args.seed)
@@ -143,6 +141,13 @@ def make_loaders(args, tax: Taxonomy, data_config: dict, dist: DistInfo):
             evals[split] = _loader(ds, ShardSampler(len(ds), dist.world_size, dist.rank), args, dist, data_config,
                                    persistent=False, batch_size=eval_batch_size(args))
     return train_loader, sampler, evals
+
+
+def run_transforms(args, data_config: dict):
+    """The run's train transform (its augmentation flags) and eval transform, for ``data_config``."""
+    aa = None if str(args.auto_augment).lower() in ("none", "") else args.auto_augment
+    return (create_transforms(data_config, True, args.hflip, args.vflip, tuple(args.scale), aa, args.color_jitter),
+            create_transforms(data_config, False))
 
 
 def _loader(ds, sampler, args, dist, data_config, persistent=True, batch_size=None) -> DeviceLoader:

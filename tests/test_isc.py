@@ -173,3 +173,55 @@ def test_readme_dry_run_block_trains_on_a_demo_set(tmp_path):
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.pth", weights_only=True)["epoch"] == 1
     assert len((tmp_path / "run" / "lossy" / "metrics.jsonl").read_text().splitlines()) == 1
     assert (demo / "taxonomic_mappings.json").is_file()  # built from the CSVs where the README points
+
+
+# ---------------------------------------------------------------------- fungitastic_preflight.isc
+PREFLIGHT_FILE = ROOT / "fungitastic_preflight.isc"
+
+
+@pytest.fixture(scope="module")
+def preflight_isc():
+    with open(PREFLIGHT_FILE, "rb") as f:
+        return tomllib.load(f)
+
+
+def test_preflight_launch_file_runs_the_training_command_with_preflight_py(isc, preflight_isc):
+    """A cycle-mode experiment whose command is the training run's, flag for flag, with preflight.py."""
+    assert preflight_isc["compute_mode"] == "cycle"
+    for key in ("isc_project_id", "gpus", "dataset_id_list"):
+        assert preflight_isc[key] == isc[key]
+    train_setup, train_flags = isc["command"].split(" train_multitask.py ")
+    setup, flags = preflight_isc["command"].split(" preflight.py ")
+    assert setup == train_setup  # the same environment, nodes and GPUs
+    assert flags.startswith(train_flags + " ")  # every training flag, then the preflight's own
+    own = shlex.split(flags.removeprefix(train_flags))
+    assert own[0::2] == ["--sample-images", "--max-seconds"] and float(own[3]) < 90  # fits one 90-second turn
+
+
+@pytest.mark.slow
+def test_preflight_command_passes_under_two_gloo_processes(preflight_isc, tmp_path):
+    """The launch command made local (2 processes, gloo): every check on both ranks, the all-reduce timed,
+    the checkpoint artifact found shared, preflight.json in the lossy artifact and nothing left behind."""
+    tiny_fungitastic(tmp_path / "data")
+    ckpt, lossy = tmp_path / "checkpoints", tmp_path / "lossy"
+    cmd = local_command(preflight_isc, tmp_path / "data", *SMALL_MODEL, "--mappings", tmp_path / "m.json",
+                        "--workers", 0, "--batch-size", 4, "--sample-images", 8, "--max-seconds", 20)
+    env = script_env(OMP_NUM_THREADS="1", NNODES="1", N_PROC="2", MASTER_ADDR="127.0.0.1",
+                     MASTER_PORT=str(free_port()), NODE_RANK="0", HF_HUB_OFFLINE="1",
+                     CHECKPOINT_ARTIFACT_PATH=str(ckpt), LOSSY_ARTIFACT_PATH=str(lossy))
+    proc = subprocess.run(["bash", "-c", cmd], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((lossy / "preflight.json").read_text())
+    checks = report["checks"]
+    assert report["world_size"] == 2 and len(checks["model"]["per_rank"]) == 2
+    assert checks["distributed"]["status"] == "PASS"
+    reduce = checks["distributed"]["numbers"]
+    assert reduce["backend"] == "gloo" and reduce["bus_gb_per_s"] > 0 and 0 < reduce["share_of_step"] < 1
+    # the gradients of the tiny model, in fp32
+    assert reduce["buffer_mb"] == pytest.approx(checks["model"]["numbers"]["grad_mb"])
+    assert checks["checkpoint"]["numbers"]["shared"] is True and checks["checkpoint"]["numbers"]["ranks_reading"] == 2
+    assert checks["data"]["status"] == "WARN" and "builds it from the CSVs" in checks["data"]["why"]  # no m.json yet
+    sampled = [n["images"]["train"]["sampled"] for n in checks["data"]["per_rank"]]
+    assert sampled == [8, 8]  # each rank its own 8 of the 32
+    assert proc.stdout.count("preflight of 2 process(es)") == 1  # the table on rank 0 only
+    assert not ckpt.exists() and not (tmp_path / "m.json").exists()
