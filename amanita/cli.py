@@ -417,6 +417,9 @@ def parse_identify_args(description: str, argv: list[str] | None = None) -> argp
     add_inference_args(r)
     add_submission_args(p)
     args = p.parse_args(argv)
+    if args.metadata:  # images given after --metadata's items (FIELD=VALUE) were swallowed by its nargs
+        args.inputs += [m for m in args.metadata if "=" not in m]
+        args.metadata = [m for m in args.metadata if "=" in m]
     if not args.inputs and not args.submission:
         p.error("give images or folders, or --submission OUT.csv --test-path TEST.csv")
     if args.submission and not args.test_path:
