@@ -111,14 +111,16 @@ class Variants:
 
 
 def variant_metrics(preds: pd.DataFrame, tax: Taxonomy) -> dict:
-    """The numbers a variant is compared by: leaf top-1 and macro-F1, species top-1, poison cost, severity, NLL."""
+    """The numbers a variant is compared by: leaf top-1 and macro-F1, species top-1, poison cost, mistake
+    severity (mean LCA height over mistakes), hierarchical distance@1 (over all samples: what
+    min-severity minimises in expectation) and the leaf NLL."""
     from amanita.metrics import hierarchy_metrics, key_metrics, poison_metrics
     leaf = key_metrics(preds, LEAF, tax.num_classes(LEAF))
     return {"n": leaf["n"], "leaf_top1": leaf["top1"], "leaf_macro_f1": leaf["macro_f1_present"],
             "leaf_macro_f1_all": leaf["macro_f1_all"], "leaf_nll": leaf["nll"],
             "species_top1": key_metrics(preds, "species", tax.num_classes("species"))["top1"],
-            "poison_cost": poison_metrics(preds, tax)["cost"],
-            "mistake_severity": hierarchy_metrics(preds, tax)["mistake_severity"]}
+            "poison_cost": poison_metrics(preds, tax)["cost"]} | {
+                k: h[k] for h in [hierarchy_metrics(preds, tax)] for k in ("mistake_severity", "hdist@1")}
 
 
 def evaluate_variants(v: Variants) -> tuple[dict, tuple]:

@@ -9,7 +9,8 @@ from amanita.report.html import delta, e, gallery, num, num_cell, pct, section, 
 
 COLUMNS = (("leaf top-1", "leaf_top1", True, False), ("leaf macro-F1", "leaf_macro_f1", True, False),
            ("species top-1", "species_top1", True, False), ("poison cost", "poison_cost", False, True),
-           ("mistake severity", "mistake_severity", False, True), ("leaf NLL", "leaf_nll", False, True))
+           ("mistake severity", "mistake_severity", False, True), ("distance@1", "hdist@1", False, True),
+           ("leaf NLL", "leaf_nll", False, True))
 LEVEL_LABEL = {"image": "per image", "observation": "per observation"}
 
 
