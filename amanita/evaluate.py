@@ -74,6 +74,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--calibrate needs --checkpoint (the model to calibrate) and not --no-temperatures")
     if not 0 < args.target_tpr <= 1:
         raise UserError(f"--target-tpr {args.target_tpr} is not a share in (0, 1]")
+    if args.from_predictions is not None and (args.priors or args.decision != "argmax"):
+        raise UserError("--priors and --decision need --checkpoint (a predictions file keeps no probabilities)")
+    if args.fit_prior_weight and (not args.priors or args.checkpoint is None):
+        raise UserError("--fit-prior-weight needs --priors and --checkpoint (where the weight is stored)")
     if args.store_threshold and (args.checkpoint is None or not args.open_set):
         raise UserError("--store-threshold needs --open-set and --checkpoint (where the threshold is written)")
 

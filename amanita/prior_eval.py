@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from amanita.decisions import Costs, make_decoder, sweep, sweep_stats
-from amanita.io import UserError, file_sha256, read_metadata_csv
+from amanita.io import file_sha256, read_metadata_csv
 from amanita.priors import Priors, fit_prior_weight, resolve_priors
 from amanita.taxonomy import LEAF, Taxonomy, label_column
 
@@ -35,8 +35,6 @@ class Variants:
     """The kept batches of one pass, the priors (or None) and the decision's decoder."""
 
     def __init__(self, args, tax: Taxonomy, info: dict, device):
-        if getattr(args, "fit_prior_weight", False) and (not args.priors or not args.checkpoint):
-            raise UserError("--fit-prior-weight needs --priors and --checkpoint (where the weight is stored)")
         self.args, self.tax, self.info = args, tax, info
         self.priors: Priors | None = resolve_priors(args, tax, info)
         self.codes = None

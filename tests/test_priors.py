@@ -133,6 +133,19 @@ def test_metadata_flag_items():
         parse_metadata(["colour=red"])
 
 
+def test_validate_refuses_priors_and_decisions_without_a_model():
+    from amanita.cli import build_validate_parser
+    from amanita.evaluate import check_args
+    parser = build_validate_parser("validate.py")
+    for extra in (["--priors", "p.pt"], ["--decision", "min-cost"]):
+        args = parser.parse_args(["--from-predictions", "p.csv", "--mappings", "m.json", *extra])
+        with pytest.raises(UserError, match="need --checkpoint"):
+            check_args(args)
+    args = parser.parse_args(["--checkpoint", "c.pth", "--val-path", "v.csv", "--fit-prior-weight"])
+    with pytest.raises(UserError, match="--fit-prior-weight needs --priors"):
+        check_args(args)
+
+
 # ---------------------------------------------------------------------- the scripts, end to end
 @pytest.mark.slow
 def test_priors_and_decisions_through_the_scripts(tmp_path):
