@@ -273,8 +273,8 @@ def format_human(record: dict, top_k: int, backoff: float) -> str:
     if "poisonous_probability" in record:
         lines.append(f"  probability that the find is poisonous: {record['poisonous_probability']:.3f}")
         if record["poison_warning"]:
-            lines.append(f"  ⚠ POISONOUS with probability {record['poisonous_probability']:.2f}, whatever the top "
-                         "species is — do not eat")
+            lines.append(f"  ⚠ poisonous with probability {record['poisonous_probability']:.2f} (above "
+                         f"--poison-warning), whatever the top species is — do not eat")
     return "\n".join(lines)
 
 

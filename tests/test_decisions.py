@@ -64,3 +64,17 @@ def test_cost_sweep_moves_from_the_edible_to_the_poisonous_answer():
     curve = sweep(stats, np.array([0]), tax, [0, 100], Costs())
     assert [c["species_top1"] for c in curve] == [1.0, 0.0]
     assert [c["poison_cost"] for c in curve] == [0.0, 1.0]
+
+
+def test_test_py_shows_the_poison_probability_and_warns_whatever_the_top_species():
+    from amanita.identify import format_human, poison_answer
+    record = {"path": "a.jpg", "backoff": None,
+              "lineage": [{"rank": "species", "name": "Amanita rubescens", "confidence": 0.9}],
+              "topk": [{"species": "Amanita rubescens", "scientificName": "Amanita rubescens", "probability": 0.9,
+                        "poisonous": False}]}
+    poison_answer(record, {"poison": np.array([0.08])}, 0, warn_above=0.05)
+    assert record["poisonous_probability"] == pytest.approx(0.08) and record["poison_warning"]
+    text = format_human(record, 1, 0.9)
+    assert "probability that the find is poisonous: 0.080" in text and "⚠ poisonous with probability 0.08" in text
+    poison_answer(record, {"poison": np.array([0.01])}, 0, warn_above=0.05)
+    assert not record["poison_warning"] and "⚠" not in format_human(record, 1, 0.9)
