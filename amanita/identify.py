@@ -226,7 +226,11 @@ def metadata_priors(args, tax: Taxonomy, info: dict):
     if unused:
         print(f"warning: --metadata {', '.join(unused)}: not among the prior fields ({', '.join(priors.fields)})",
               file=sys.stderr)
-    return priors, priors.codes(given).to(resolve_device(args.device))
+    codes = priors.codes(given)
+    unseen = [f"{f}={given[f]!r}" for j, f in enumerate(priors.fields) if f in given and codes[0, j] < 0]
+    if unseen:
+        print(f"warning: --metadata {', '.join(unseen)}: never seen in training, so it changes nothing", file=sys.stderr)
+    return priors, codes.to(resolve_device(args.device))
 
 
 def identify_finds(args, predictor: BatchPredictor, kept: list, unknown: tuple, on_result) -> None:
