@@ -111,6 +111,14 @@ def test_another_taxonomy_is_refused(tmp_path):
         load_priors(tmp_path / "x.pt", tax)
 
 
+def test_a_missing_column_or_label_is_one_clear_error():
+    tax, train = three_leaves()
+    with pytest.raises(UserError, match="no column.*substrate"):
+        build_priors(train, tax, ["habitat", "substrate"])
+    with pytest.raises(UserError, match="no row whose category_id is a leaf"):
+        build_priors(train.assign(category_id=99), tax, ["habitat"])
+
+
 def test_weight_fit_finds_the_generating_weight():
     torch.manual_seed(0)
     n, c = 4000, 5
