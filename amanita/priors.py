@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -40,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from amanita.io import UserError, file_sha256, load_tensor_file
-from amanita.taxonomy import KEYS, LEAF, Taxonomy
+from amanita.taxonomy import KEYS, LEAF, Taxonomy, map_distinct
 
 FORMAT = "amanita-metadata-priors"
 VERSION = 1
@@ -54,26 +55,25 @@ DEFAULT_MONTH_NEIGHBOUR = 0.25
 
 # ---------------------------------------------------------------------- values
 def field_values(values, field: str) -> np.ndarray:
-    """Each value as the table's key (object array; None = missing).
+    """Each value as the table's key (object array; None = missing), computed once per distinct value.
 
     Months are the strings "1".."12" (floats such as 10.0 read from a CSV with gaps included;
     anything else is missing); other fields are stripped strings, a whole float without its ".0".
     """
-    s = pd.Series(np.asarray(values, dtype=object))
-    if field == "month":
-        m = pd.to_numeric(s, errors="coerce")
-        ok = m.notna() & (m == m.round()) & m.between(1, 12)
-        return np.where(ok, m.fillna(0).astype(np.int64).astype(str), None).astype(object)
-    out = np.empty(len(s), dtype=object)
-    for i, v in enumerate(s):
-        if v is None or (isinstance(v, float) and not np.isfinite(v)):
-            out[i] = None
-        elif isinstance(v, (float, np.floating)) and float(v).is_integer():
-            out[i] = str(int(v))
-        else:
-            text = str(v).strip()
-            out[i] = text if text and text.lower() != "nan" else None
-    return out
+    return map_distinct(pd.Series(np.asarray(values, dtype=object)), partial(_key, month=field == "month")).to_numpy()
+
+
+def _key(v, month: bool = False) -> str | None:
+    """One value as a table key (see :func:`field_values`)."""
+    if v is None or (isinstance(v, (float, np.floating)) and not np.isfinite(v)):
+        return None
+    if month:
+        m = pd.to_numeric(v, errors="coerce")
+        return str(int(m)) if pd.notna(m) and float(m).is_integer() and 1 <= m <= 12 else None
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    text = str(v).strip()
+    return text if text and text.lower() != "nan" else None
 
 
 def circular_spread(counts: np.ndarray, neighbour: float) -> np.ndarray:
@@ -92,9 +92,8 @@ def build_priors(train: pd.DataFrame, tax: Taxonomy, fields=DEFAULT_FIELDS, smoo
     missing = [f for f in fields if f not in train.columns]
     if missing:
         raise UserError(f"training CSV has no column(s) {', '.join(missing)} (known fields: {', '.join(PRIOR_FIELDS)})")
-    index = tax.leaf_index()
     cid = pd.to_numeric(train["category_id"], errors="coerce")
-    leaf = np.array([index.get(int(c), -1) if pd.notna(c) else -1 for c in cid], dtype=np.int64)
+    leaf = cid.map(tax.leaf_index()).fillna(-1).to_numpy(np.int64)
     known = leaf >= 0
     if not known.any():
         raise UserError("training CSV has no row whose category_id is a leaf of the mappings")
@@ -115,7 +114,7 @@ def field_table(values: np.ndarray, leaf: np.ndarray, prior: np.ndarray, field: 
     """One field's ``values``, ``counts`` and smoothed ``table`` (see :func:`build_priors`)."""
     names = list(MONTHS) if field == "month" else sorted({v for v in values if v is not None})
     code = {v: i for i, v in enumerate(names)}
-    codes = np.array([code.get(v, -1) if v is not None else -1 for v in values], dtype=np.int64)
+    codes = pd.Series(values, dtype=object).map(code).fillna(-1).to_numpy(np.int64)
     ok = codes >= 0
     counts = np.zeros((len(names), len(prior)))
     np.add.at(counts, (codes[ok], leaf[ok]), 1.0)
@@ -171,7 +170,8 @@ class Priors:
         for j, f in enumerate(self.fields):
             if f in frame:
                 col = frame[f].to_numpy() if isinstance(frame, pd.DataFrame) else [frame[f]]
-                out[:, j] = [self.values[f].get(v, -1) if v is not None else -1 for v in field_values(col, f)]
+                keys = pd.Series(field_values(col, f), dtype=object)
+                out[:, j] = keys.map(self.values[f]).fillna(-1).to_numpy(np.int64)
         return torch.as_tensor(out)
 
     def bonus(self, key: str, codes: torch.Tensor, fields=None) -> torch.Tensor:
