@@ -133,6 +133,31 @@ def test_weight_fit_finds_the_generating_weight():
     assert noise["weight"] < 0.15
 
 
+def test_the_weight_stored_in_a_checkpoint_is_used_for_the_same_file_and_fields(tmp_path):
+    import argparse
+
+    from amanita.checkpoint import load_for_eval, update_checkpoint
+    from amanita.io import file_sha256
+    from amanita.priors import resolve_priors
+    from tests.helpers import tiny_checkpoint
+    tax, train = three_leaves()
+    path = tmp_path / "priors.pt"
+    torch.save(build_priors(train, tax, ["habitat", "month"]), path)
+    ckpt = tmp_path / "m.pth"
+    tiny_checkpoint(ckpt, tax)
+    update_checkpoint(ckpt, metadata_priors={"weight": 0.4, "fields": ["habitat", "month"],
+                                             "priors_sha256": file_sha256(path)})
+    info = load_for_eval(ckpt)[3]
+
+    def weight(fields, flag=None):
+        args = argparse.Namespace(priors=str(path), prior_fields=fields, prior_weight=flag)
+        return resolve_priors(args, tax, info).weight
+
+    assert weight(None) == 0.4 and weight(["habitat", "month"]) == 0.4
+    assert weight(["habitat"]) == 1.0  # fitted for other fields: not used
+    assert weight(None, flag=0.7) == 0.7  # the flag wins
+
+
 def test_metadata_flag_items():
     assert parse_metadata(["habitat=Deciduous woodland", "month=10"]) == {"habitat": "Deciduous woodland", "month": "10"}
     with pytest.raises(UserError, match="expected FIELD=VALUE"):
