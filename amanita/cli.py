@@ -116,6 +116,30 @@ def add_readout_args(g: argparse._ArgumentGroup) -> None:
                    help="ignore the temperatures stored by validate.py --calibrate (uncalibrated confidences)")
 
 
+def add_priors_args(g: argparse._ArgumentGroup) -> None:
+    """``--priors``, ``--prior-fields`` and ``--prior-weight``: metadata priors (see amanita/priors.py)."""
+    from amanita.priors import PRIOR_FIELDS
+    g.add_argument("--priors", default=None, metavar="FILE",
+                   help="metadata priors from compute_metadata_priors.py, applied to every key; None: no priors")
+    g.add_argument("--prior-fields", nargs="+", choices=PRIOR_FIELDS, default=None,
+                   help="fields of --priors to use; None: every field in the file")
+    g.add_argument("--prior-weight", type=nonneg_float, default=None,
+                   help="exponent w of the prior ratios; None: the weight validate.py --fit-prior-weight stored "
+                        "in the checkpoint for this file and these fields, else 1")
+
+
+def add_decision_args(g: argparse._ArgumentGroup) -> None:
+    """``--decision`` and the FungiCLEF cost flags (see amanita/decisions.py), the same in every script."""
+    from amanita.decisions import DECISION_HELP, DECISIONS, DEFAULT_DECISION
+    g.add_argument("--decision", choices=DECISIONS, default=DEFAULT_DECISION, help=DECISION_HELP)
+    g.add_argument("--poisonous-as-edible-cost", type=nonneg_float, default=100.0,
+                   help="min-cost: cost of naming a poisonous species as an edible one (FungiCLEF: 100)")
+    g.add_argument("--edible-as-poisonous-cost", type=nonneg_float, default=1.0,
+                   help="min-cost: cost of naming an edible species as a poisonous one (FungiCLEF: 1)")
+    g.add_argument("--mistake-cost", type=nonneg_float, default=1.0,
+                   help="min-cost: cost of naming a wrong species at all (the top-1 error)")
+
+
 def script_parser(description: str) -> argparse.ArgumentParser:
     """A script's parser: its docstring as written, every flag's default in its help."""
     return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
@@ -286,6 +310,12 @@ def build_validate_parser(description: str) -> argparse.ArgumentParser:
                    help="fit one temperature per rank on --val-path by NLL, store them in --checkpoint "
                         "('temperatures', 'calibration'; rewritten atomically) and use them; one more pass over the images")
     add_readout_args(c)
+    m = p.add_argument_group("Metadata priors and decisions")
+    add_priors_args(m)
+    m.add_argument("--fit-prior-weight", action="store_true",
+                   help="fit the prior weight w on --val-path by NLL, store it in --checkpoint ('metadata_priors') "
+                        "and use it")
+    add_decision_args(m)
     b = p.add_argument_group("Baseline parameters").add_mutually_exclusive_group()
     b.add_argument("--baseline-checkpoint", default=None, help="a second checkpoint to compare against")
     b.add_argument("--baseline-model", default=None,
@@ -355,6 +385,14 @@ def parse_identify_args(description: str, argv: list[str] | None = None) -> argp
                         "(must be the same tree; e.g. to update poisonous flags)")
     g.add_argument("--no-ema", action="store_true", help="use the raw weights even when the checkpoint has EMA weights")
     add_readout_args(g)
+    m = p.add_argument_group("Metadata priors and decisions")
+    add_priors_args(m)
+    m.add_argument("--metadata", nargs="+", default=None, metavar="FIELD=VALUE",
+                   help="where and when the find grew, for --priors, e.g. habitat='Deciduous woodland' "
+                        "substrate=soil month=10 (a submission reads them from --test-path)")
+    add_decision_args(m)
+    m.add_argument("--poison-warning", type=probability, default=0.05, metavar="P",
+                   help="warn when the total probability that the find is poisonous exceeds P, whatever the top species")
     o = p.add_argument_group("Output parameters")
     o.add_argument("--top-k", type=positive_int, default=5, help="species listed per image")
     o.add_argument("--backoff", type=probability, default=0.9, metavar="THRESHOLD",
@@ -379,6 +417,9 @@ def parse_identify_args(description: str, argv: list[str] | None = None) -> argp
     add_inference_args(r)
     add_submission_args(p)
     args = p.parse_args(argv)
+    if args.metadata:  # images given after --metadata's items (FIELD=VALUE) were swallowed by its nargs
+        args.inputs += [m for m in args.metadata if "=" not in m]
+        args.metadata = [m for m in args.metadata if "=" in m]
     if not args.inputs and not args.submission:
         p.error("give images or folders, or --submission OUT.csv --test-path TEST.csv")
     if args.submission and not args.test_path:

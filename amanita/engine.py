@@ -229,12 +229,13 @@ def predict(model: nn.Module, loader, taxonomy: Taxonomy, device, decode: str = 
 
 @torch.inference_mode()
 def predict_batches(batches, taxonomy: Taxonomy, decode: str = DEFAULT_DECODE, pooler=None) -> pd.DataFrame:
-    """:func:`predict`'s table from :func:`iter_log_probs` batches; a ``pooler``
+    """:func:`predict`'s table from :func:`iter_log_probs` batches (``decode``: a mode or a
+    :class:`~amanita.decode.Decoder`, e.g. a decision rule's); a ``pooler``
     (:class:`amanita.observations.ObservationPooler`) also receives every readable image."""
     decoder = None
     ints, floats, index = [], [], []
     for logp, labels, idx, energy in batches:
-        decoder = decoder or Decoder(taxonomy, energy.device, decode)
+        decoder = decoder or (decode if isinstance(decode, Decoder) else Decoder(taxonomy, energy.device, decode))
         i, f = _device_columns(logp, labels, decoder, energy)
         ints.append(i)
         floats.append(f)
@@ -287,7 +288,8 @@ def predict_observations(pooler, labels: torch.Tensor, taxonomy: Taxonomy, decod
     first = torch.as_tensor(pooler.first)[keep]
     device = next(iter(logp.values())).device
     logp = {k: v[keep.to(device)] for k, v in logp.items()}
-    cols = prediction_columns(logp, labels[first].to(device), first, Decoder(taxonomy, device, decode),
+    decoder = decode if isinstance(decode, Decoder) else Decoder(taxonomy, device, decode)
+    cols = prediction_columns(logp, labels[first].to(device), first, decoder,
                               extra["energy"][keep.to(device)])
     return pd.DataFrame(cols).assign(n_images=count.cpu()[keep].numpy())
 

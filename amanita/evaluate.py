@@ -74,6 +74,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--calibrate needs --checkpoint (the model to calibrate) and not --no-temperatures")
     if not 0 < args.target_tpr <= 1:
         raise UserError(f"--target-tpr {args.target_tpr} is not a share in (0, 1]")
+    if args.from_predictions is not None and (args.priors or args.decision != "argmax"):
+        raise UserError("--priors and --decision need --checkpoint (a predictions file keeps no probabilities)")
+    if args.fit_prior_weight and (not args.priors or args.checkpoint is None):
+        raise UserError("--fit-prior-weight needs --priors and --checkpoint (where the weight is stored)")
     if args.store_threshold and (args.checkpoint is None or not args.open_set):
         raise UserError("--store-threshold needs --open-set and --checkpoint (where the threshold is written)")
 
@@ -91,6 +95,7 @@ def validate(args: argparse.Namespace) -> Evaluation:
         raise UserError(f"--aggregate observation: {args.val_path or args.from_predictions} gives no "
                         "observation-level predictions (no observationID column?)")
     baseline, baseline_obs, baseline_name, baseline_prov = load_baseline(args, tax)
+    priors_section, baseline, baseline_obs, baseline_name = prior_variants(prov, baseline, baseline_obs, baseline_name)
     provenance = prov | {"n_predictions": len(preds)} | base_provenance(tax, vars(args))
     if baseline_prov:
         provenance["baseline"] = baseline_prov
@@ -101,7 +106,8 @@ def validate(args: argparse.Namespace) -> Evaluation:
         focus=args.focus_species, provenance=provenance, image_paths=specimen_paths(args, main_preds),
         training_log=training_log(args), observation_preds=obs if both else None,
         baseline_observation_preds=baseline_obs if both else None, combine=args.combine,
-        open_set={"score": args.unknown_score, "target_tpr": args.target_tpr} if args.open_set else None)
+        open_set={"score": args.unknown_score, "target_tpr": args.target_tpr} if args.open_set else None,
+        priors=priors_section)
     with staged_output(out) as stage:  # the previous results stay whole until the new ones are complete
         save_predictions(stage, tax, preds, obs, prefix="")
         if args.baseline_checkpoint or args.baseline_model:
@@ -114,6 +120,27 @@ def validate(args: argparse.Namespace) -> Evaluation:
         from amanita.tracking import log_validation
         log_validation(args, out / "metrics.json", out)
     return result
+
+
+def prior_variants(prov: dict, baseline, baseline_obs, baseline_name):
+    """``(section, baseline, baseline_obs, baseline_name)``: the priors/decision section when the pass was
+    kept (else None), and the same model without priors as the baseline when none was given."""
+    variants = prov.pop("_variants", None)
+    if variants is None:
+        return None, baseline, baseline_obs, baseline_name
+    from amanita.prior_eval import evaluate_variants
+    section, (plain, plain_obs) = evaluate_variants(variants)
+    if baseline is None and variants.priors is not None:
+        meta = variants.metadata
+        plain = with_metadata_of(plain, meta)
+        plain_obs = None if plain_obs is None else with_metadata_of(plain_obs, meta)
+        return section, plain, plain_obs, "the same model without metadata priors"
+    return section, baseline, baseline_obs, baseline_name
+
+
+def with_metadata_of(preds, metadata):
+    from amanita.engine import with_metadata
+    return with_metadata(preds, metadata)
 
 
 OBSERVATION_FILE = "observation_predictions.csv"  # beside predictions.csv; baseline_ prefix for the baseline
@@ -183,11 +210,26 @@ def run_inference(args: argparse.Namespace, spec: str | None = None, taxonomy: T
     if "observation" in args.aggregate and "observationID" in metadata:
         pooler = ObservationPooler(metadata["observationID"].to_numpy(), args.combine)
     batches = iter_log_probs(model, loader, tax, device, args.amp, readout=Readout(args.tta, temperatures))
-    preds = predict_batches(batches, tax, args.decode, pooler)
+    batches, decode = with_variants(args, spec, batches, tax, info, device, (dataset.labels, metadata), pooler)
+    preds = predict_batches(batches, tax, decode, pooler)
     check_unreadable(len(dataset), len(preds), args.max_bad_image_fraction, "validation")
-    obs = None if pooler is None else with_metadata(predict_observations(pooler, dataset.labels, tax, args.decode),
+    obs = None if pooler is None else with_metadata(predict_observations(pooler, dataset.labels, tax, decode),
                                                     metadata)
     return with_metadata(preds, metadata), obs, tax, info
+
+
+def with_variants(args: argparse.Namespace, spec, batches, tax: Taxonomy, info: dict, device, data: tuple, pooler):
+    """``(batches, decode)``: as they are, or (--priors, --decision) kept for every variant, with the
+    priors applied and the decision's decoder; the :class:`~amanita.prior_eval.Variants` go in
+    ``info["_variants"]`` for :func:`validate`."""
+    from amanita.prior_eval import Variants, wanted
+    if spec is not None or not wanted(args):
+        return batches, args.decode
+    variants = Variants(args, tax, info, device)
+    variants.labels, variants.metadata = data  # the dataset's (n, 7) labels and the CSV's rows
+    variants.observation_ids = None if pooler is None else variants.metadata["observationID"].to_numpy()
+    info["_variants"] = variants
+    return variants.run(batches), variants.decoder
 
 
 def calibrate(args: argparse.Namespace, model, loader, tax: Taxonomy, device) -> dict:

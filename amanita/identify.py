@@ -21,6 +21,7 @@ from tqdm import tqdm
 from amanita.calibration import lineage_confidence
 from amanita.checkpoint import load_for_eval
 from amanita.data import IMAGE_ERRORS, DeviceLoader, create_transforms, make_loader, read_image
+from amanita.decisions import costs_from_args, make_decoder, poison_probability, poisonous_leaves
 from amanita.distributed import resolve_device
 from amanita.engine import BatchPredictor, Readout
 from amanita.io import UserError
@@ -83,7 +84,8 @@ def load_model(args):
 
 
 # ---------------------------------------------------------------------- inference
-def identify_batch(predictor: BatchPredictor, images: torch.Tensor, top_k: int, score: str = "msp") -> dict:
+def identify_batch(predictor: BatchPredictor, images: torch.Tensor, top_k: int, score: str = "msp",
+                   priors=None) -> dict:
     """Per-rank predicted index, lineage and own confidence, the top-k leaves with their probabilities
     and the unknown-species ``score``.
 
@@ -91,6 +93,8 @@ def identify_batch(predictor: BatchPredictor, images: torch.Tensor, top_k: int, 
     ``top_leaf`` and ``top_p`` (B, k), ``unknown`` (B,); and the tensors ``logp`` and ``energy``.
     """
     logp, energy = predictor.log_probs(images)
+    if priors is not None:  # (Priors, (1, n_fields) codes of --metadata): the same values for every photo
+        logp = priors[0].apply(logp, priors[1].expand(len(energy), -1))
     return summarise(predictor, logp, energy, top_k, score)
 
 
@@ -104,6 +108,8 @@ def summarise(predictor: BatchPredictor, logp: dict, energy: torch.Tensor, top_k
             "head_conf": {r: logp[r].gather(1, preds[r][:, None]).squeeze(1).exp().cpu().numpy() for r in RANKS},
             "top_leaf": top.indices.cpu().numpy(), "top_p": top.values.exp().cpu().numpy(),
             "unknown": unknown_scores(logp[LEAF], energy)[score_column(score)].cpu().numpy(),
+            "poison": poison_probability(logp[LEAF], torch.as_tensor(poisonous_leaves(predictor.decoder.taxonomy),
+                                                                     device=logp[LEAF].device)).cpu().numpy(),
             "logp": logp, "energy": energy}
 
 
@@ -131,11 +137,10 @@ def unknown_answer(record: dict, score: float, threshold: float | None, backoff:
                             else "an unknown species (no rank is confident)")
 
 
-def poisonous_leaves(tax: Taxonomy) -> np.ndarray:
-    """Per leaf: poisonous itself, or any synonym of its accepted species is (n_leaves,) bool."""
-    species = tax.ancestors[:, RANKS.index("species")]
-    by_species = tax.class_poisonous("species")[species.clip(min=0)] & (species >= 0)
-    return tax.class_poisonous("leaf") | by_species
+def poison_answer(record: dict, batch: dict, i: int, warn_above: float) -> None:
+    """Add the total probability that the find is poisonous, and the warning above ``warn_above``, in place."""
+    record["poisonous_probability"] = float(batch["poison"][i])
+    record["poison_warning"] = bool(record["poisonous_probability"] > warn_above)
 
 
 def describe(path: Path, batch: dict, i: int, tax: Taxonomy, poisonous: np.ndarray, backoff: float) -> dict:
@@ -175,6 +180,8 @@ def identify_files(args, loaded, paths: list[Path], on_result, on_error) -> None
     model, tax, data_config, info, device = loaded
     temperatures = None if args.no_temperatures else info.get("temperatures")
     predictor = BatchPredictor(model, tax, device, args.decode, args.amp, Readout(args.tta, temperatures))
+    predictor.decoder = make_decoder(tax, predictor.device, args.decode, args.decision, costs_from_args(args))
+    priors = metadata_priors(args, tax, info)
     poisonous = poisonous_leaves(tax)
     score, threshold = unknown_rule(args, info)
     dataset = ImageFiles(paths, create_transforms(data_config, train=False), tuple(data_config["input_size"]))
@@ -185,7 +192,7 @@ def identify_files(args, loaded, paths: list[Path], on_result, on_error) -> None
     bar = tqdm(total=len(paths), disable=None if folders else True, desc="images", unit="img", file=sys.stderr)
     start, kept = 0, []
     for images, errors in loader:
-        batch = identify_batch(predictor, images, args.top_k, score)
+        batch = identify_batch(predictor, images, args.top_k, score, priors)
         for i, error in enumerate(errors):
             if error:
                 on_error(paths[start + i], error, bar)
@@ -195,12 +202,35 @@ def identify_files(args, loaded, paths: list[Path], on_result, on_error) -> None
             else:
                 record = describe(paths[start + i], batch, i, tax, poisonous, args.backoff)
                 unknown_answer(record, float(batch["unknown"][i]), threshold, args.backoff)
+                poison_answer(record, batch, i, args.poison_warning)
                 on_result(record)
         start += len(errors)
         bar.update(len(errors))
     bar.close()
     if kept:
         identify_finds(args, predictor, kept, (score, threshold), on_result)
+
+
+def metadata_priors(args, tax: Taxonomy, info: dict):
+    """``(Priors, (1, n_fields) codes)`` of ``--priors`` and ``--metadata``, or None without ``--priors``."""
+    from amanita.priors import parse_metadata, resolve_priors
+    given = parse_metadata(args.metadata)
+    priors = resolve_priors(args, tax, info)
+    if priors is None:
+        if given:
+            raise UserError("--metadata needs --priors (a file from compute_metadata_priors.py)")
+        return None
+    if not given:
+        raise UserError("--priors needs --metadata FIELD=VALUE ... (where and when the find grew)")
+    unused = sorted(set(given) - set(priors.fields))
+    if unused:
+        print(f"warning: --metadata {', '.join(unused)}: not among the prior fields ({', '.join(priors.fields)})",
+              file=sys.stderr)
+    codes = priors.codes(given)
+    unseen = [f"{f}={given[f]!r}" for j, f in enumerate(priors.fields) if f in given and codes[0, j] < 0]
+    if unseen:
+        print(f"warning: --metadata {', '.join(unseen)}: never seen in training, so it changes nothing", file=sys.stderr)
+    return priors, codes.to(resolve_device(args.device))
 
 
 def identify_finds(args, predictor: BatchPredictor, kept: list, unknown: tuple, on_result) -> None:
@@ -217,6 +247,7 @@ def identify_finds(args, predictor: BatchPredictor, kept: list, unknown: tuple, 
         record["n_images"] = int(count[j])
         record["images"] = [printable(p) for (p, _, _), f in zip(kept, finds) if f == finds[i]]
         unknown_answer(record, float(batch["unknown"][j]), unknown[1], args.backoff)
+        poison_answer(record, batch, j, args.poison_warning)
         on_result(record)
 
 
@@ -243,6 +274,11 @@ def format_human(record: dict, top_k: int, backoff: float) -> str:
     if poisonous:
         lines.append(f"  ⚠ POISONOUS: {', '.join(poisonous)} {'is' if len(poisonous) == 1 else 'are'} "
                      f"among the top-{top_k} — do not eat")
+    if "poisonous_probability" in record:
+        lines.append(f"  probability that the find is poisonous: {record['poisonous_probability']:.3f}")
+        if record["poison_warning"]:
+            lines.append(f"  ⚠ poisonous with probability {record['poisonous_probability']:.2f} (above "
+                         f"--poison-warning), whatever the top species is — do not eat")
     return "\n".join(lines)
 
 

@@ -88,13 +88,14 @@ def write_submission(path: str | os.PathLike, sub: pd.DataFrame, metadata: pd.Da
 
 
 def observation_answers(model, taxonomy, data_config: dict, metadata: pd.DataFrame, args, device,
-                        readout=None) -> pd.DataFrame:
+                        readout=None, answer: tuple | None = None) -> pd.DataFrame:
     """Per-observation predictions of ``metadata``'s images (:func:`amanita.engine.predict_observations`).
 
     ``args`` gives ``test_path``, ``image_root``/``image_size_folder``, ``decode``, ``combine``,
     ``batch_size``, ``workers`` and ``amp``; ``readout`` the TTA and temperatures. One row per
     observation with a readable image: ``observationID``, ``leaf_pred`` and the ``unknown_*``
-    scores of the pooled leaf distribution, among the predictions-table columns.
+    scores of the pooled leaf distribution, among the predictions-table columns. ``answer``:
+    ``(Priors or None, decoder)`` (:func:`answer_rule`), the metadata priors read from the rows.
     """
     from amanita.data import DeviceLoader, FungiTasticDataset, create_transforms, default_image_root, make_loader
     from amanita.engine import iter_log_probs, predict_batches, predict_observations, with_metadata
@@ -105,8 +106,19 @@ def observation_answers(model, taxonomy, data_config: dict, metadata: pd.DataFra
     loader = DeviceLoader(make_loader(ds, args.batch_size, args.workers, device, persistent=False), device, data_config)
     pooler = ObservationPooler(metadata["observationID"].to_numpy(), args.combine)
     batches = iter_log_probs(model, loader, taxonomy, device, args.amp, readout)
-    predict_batches(batches, taxonomy, args.decode, pooler)
-    return with_metadata(predict_observations(pooler, ds.labels, taxonomy, args.decode), metadata)
+    priors, decode = answer or (None, args.decode)
+    if priors is not None:
+        batches = priors.batches(batches, priors.codes(metadata))
+    predict_batches(batches, taxonomy, decode, pooler)
+    return with_metadata(predict_observations(pooler, ds.labels, taxonomy, decode), metadata)
+
+
+def answer_rule(args, taxonomy, info: dict, device) -> tuple:
+    """``(Priors or None, decoder)`` of ``--priors`` and ``--decision`` (see amanita.priors, amanita.decisions)."""
+    from amanita.decisions import costs_from_args, make_decoder
+    from amanita.priors import resolve_priors
+    return (resolve_priors(args, taxonomy, info),
+            make_decoder(taxonomy, device, args.decode, args.decision, costs_from_args(args)))
 
 
 def unknown_mask(obs_preds: pd.DataFrame, open_set: dict | None, threshold: float | None = None,
@@ -143,7 +155,8 @@ def submit(args, loaded) -> int:
     model, tax, data_config, info, device = loaded
     metadata = read_test_metadata(args.test_path)
     temperatures = None if args.no_temperatures else info.get("temperatures")
-    obs = observation_answers(model, tax, data_config, metadata, args, device, Readout(args.tta, temperatures))
+    obs = observation_answers(model, tax, data_config, metadata, args, device, Readout(args.tta, temperatures),
+                              answer_rule(args, tax, info, device))
     if len(obs) == 0:
         from amanita.data import default_image_root
         root = args.image_root or default_image_root(args.test_path, args.image_size_folder)

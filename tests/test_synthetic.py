@@ -3,6 +3,7 @@ import hashlib
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -143,6 +144,23 @@ def test_default_plan_is_long_tailed_with_every_species_everywhere(seed):
 
 
 # ---------------------------------------------------------------------- visual traits
+def test_habitat_substrate_and_month_are_drawn_like_field_records():
+    """Shared ecologies, some out-of-season finds, habitats of another ecology, some missing habitats."""
+    df = pd.concat(metadata.plan_dataset(seed=0).values(), ignore_index=True)
+    obs = df.drop_duplicates("observationID")
+    assert obs["habitat"].isna().mean() == pytest.approx(metadata.MISSING_HABITAT, abs=0.03)
+    assert df["substrate"].notna().all() and df["month"].between(1, 12).all()
+    assert obs.groupby("habitat")["scientificName"].nunique().max() >= 20  # many species share a habitat
+    ecology = {t.scientific_name: metadata._ECOLOGY[t.ecology] for t in taxonomy.SPECIES}
+    peak = obs["scientificName"].map(lambda n: ecology[n][3])
+    gap = (obs["month"] - peak).abs()
+    off_season = np.minimum(gap, 12 - gap) > 1  # more than a month from the peak, around the year
+    assert 0.03 < off_season.mean() < 0.15
+    usual = obs["scientificName"].map(lambda n: ecology[n][0])
+    other = obs["habitat"].notna() & (obs["habitat"] != usual)
+    assert 0.03 < other.mean() < 0.25
+
+
 def test_each_rank_sets_distinct_traits_among_siblings():
     table = taxonomy.species_table().drop_duplicates("species")
     traits = {sp: drawing.species_traits(sp) for sp in table["species"]}

@@ -8,7 +8,8 @@ No download can be relied on, so the demo ships its own data in the real layout:
 The taxonomy is real (:data:`amanita.demo.taxonomy.SPECIES`: 78 names, 77 accepted species in five phyla, with
 *Amanita phalloides*, its look-alikes, a synonym pair and a true-to-life ``poisonous`` flag);
 the observations are invented, with long-tailed counts; the columns nothing reads get simple
-values (one place, one habitat and substrate per ecology).
+values (one place); habitat, substrate and month follow each species' ecology with
+field noise (out-of-season finds, habitats of another ecology, missing habitats).
 
 Every image is drawn so that each rank adds its own visual trait, coarse ranks the largest:
 

@@ -2,9 +2,16 @@
 
 Observations per name follow the table's abundance (long tail); each observation has one to
 four images, a split (about 70/15/15 within each name) and a date whose year follows the split
-(FungiTastic's splits are chronological). The columns nothing in amanita reads keep the schema
-with simple values: one habitat and substrate per ecology (the substrate also goes into the
-caption), and one place.
+(FungiTastic's splits are chronological), and one place.
+
+Habitat, substrate and month follow each species' ecology the way a field record does, so that
+metadata priors (``compute_metadata_priors.py``) have something real to learn and to get wrong:
+ten ecologies are shared by the 78 names (most live in "forest" or "wood", so a habitat narrows
+the answer without naming it); the month is the ecology's peak month ± 1 (wrapped around the
+year), except that :data:`OUT_OF_SEASON` of the finds come in any month; :data:`OTHER_HABITAT` of
+the habitats and :data:`OTHER_SUBSTRATE` of the substrates are another ecology's, and
+:data:`MISSING_HABITAT` of the habitats are not recorded (empty, as in many real records). These
+draws come from their own random stream, so the rest of the plan is unchanged by them.
 """
 from __future__ import annotations
 
@@ -25,6 +32,10 @@ COLUMNS = ("eventDate", "year", "month", "day", "habitat", "countryCode", "scien
            "biogeographicalRegion", "captions")
 TEST_MISSING = ("elevation", "landcover", "biogeographicalRegion")  # absent from the real test CSV
 
+OUT_OF_SEASON = 0.08    # share of finds in a month drawn uniformly (a mild winter, a late flush)
+OTHER_HABITAT = 0.15    # share of habitats drawn from another ecology (a forest species in a park)
+OTHER_SUBSTRATE = 0.10  # share of substrates drawn from another ecology
+MISSING_HABITAT = 0.10  # share of records with no habitat
 DEFAULT_N_OBSERVATIONS = 1400  # about 3,000 images
 MIN_OBSERVATIONS = 4  # per name: two for train, one for val, one for test
 IMAGES_PER_OBSERVATION = (1, 2, 3, 4)
@@ -77,9 +88,29 @@ def _observations(n_observations: int, rng: np.random.Generator) -> pd.DataFrame
     for name, years in _SPLIT_YEARS.items():
         rows = np.flatnonzero(split == name)
         year[rows] = rng.choice(years, size=len(rows))
-    month = np.clip(eco.pop("peak_month").to_numpy() + rng.integers(-1, 2, size=len(leaf)), 1, 12)
-    return eco.assign(leaf=leaf, split=split, year=year, month=month, day=rng.integers(1, 29, size=len(leaf)),
+    month = (eco.pop("peak_month").to_numpy() + rng.integers(-1, 2, size=len(leaf)) - 1) % 12 + 1
+    eco["month"] = month
+    eco = _field_noise(eco, rng.spawn(1)[0])  # its own stream: the main draws stay as they were
+    return eco.assign(leaf=leaf, split=split, year=year, day=rng.integers(1, 29, size=len(leaf)),
                       n_images=rng.choice(IMAGES_PER_OBSERVATION, size=len(leaf), p=IMAGES_PER_OBSERVATION_P))
+
+
+def _field_noise(eco: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """Out-of-season months, habitats and substrates of another ecology, missing habitats (see module doc)."""
+    n = len(eco)
+    table = pd.DataFrame(list(_ECOLOGY.values()), columns=["habitat", "substrate", "metaSubstrate", "peak"])
+    eco = eco.copy()
+    draws = rng.random((4, n))
+    eco["month"] = np.where(draws[0] < OUT_OF_SEASON, rng.integers(1, 13, size=n), eco["month"])
+    other = table.iloc[rng.integers(len(table), size=n)].reset_index(drop=True)
+    habitat = np.where(draws[1] < OTHER_HABITAT, other["habitat"], eco["habitat"]).astype(object)
+    habitat[draws[2] < MISSING_HABITAT] = np.nan
+    eco["habitat"] = habitat
+    swap = draws[3] < OTHER_SUBSTRATE
+    other = table.iloc[rng.integers(len(table), size=n)].reset_index(drop=True)
+    for col in ("substrate", "metaSubstrate"):
+        eco[col] = np.where(swap, other[col], eco[col])
+    return eco
 
 
 def _number_observations(obs: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:

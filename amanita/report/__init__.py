@@ -66,6 +66,7 @@ class ReportInputs:
     baseline_observation_preds: pd.DataFrame | None = None
     combine: str | None = None
     open_set: dict | None = None
+    priors: dict | None = None  # metadata priors and decisions (amanita.prior_eval.evaluate_variants)
 
 
 def extra_sections(preds: pd.DataFrame, tax: Taxonomy, out: Path, x: ReportInputs, metrics: Metrics,
@@ -90,6 +91,10 @@ def extra_sections(preds: pd.DataFrame, tax: Taxonomy, out: Path, x: ReportInput
             m["observation"] = open_set_metrics(x.observation_preds, **x.open_set)
         sections["open_set"] = m
         extra["openset"] = ("Unknown species", open_set_section(jsonable(m), score_histograms_figure(preds, out)))
+    if x.priors is not None:
+        from amanita.report.priors import priors_section
+        sections["metadata_priors"] = x.priors
+        extra["priors"] = ("Priors and poison", priors_section(jsonable(x.priors), out))
     return sections, extra
 
 
