@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from amanita.backbone import ModelSpec
+from amanita.backbone import ModelSpec, weights_loaded_next
 from amanita.io import UserError, atomic_torch_save, atomic_write_stream, git_sha, load_tensor_file
 from amanita.model import create_multitask_model, create_single_head_model
 from amanita.taxonomy import LEAF, Taxonomy
@@ -76,12 +76,16 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     atomic_torch_save(state, path)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint on the CPU with ``weights_only=True``; problems are a one-line :class:`UserError`."""
+def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
+    """Load a checkpoint on the CPU with ``weights_only=True``; problems are a one-line :class:`UserError`.
+
+    ``mmap=True``: the file is mapped, not read, so what the caller does not use (a training
+    checkpoint's optimizer state, when evaluating) is never read from the disk.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
-    ckpt = load_tensor_file(path, "an amanita checkpoint")
+    ckpt = load_tensor_file(path, "an amanita checkpoint or model file", mmap)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise UserError(f"{path} is not an amanita checkpoint (no 'model' entry)")
     return upgrade_checkpoint(ckpt)
@@ -167,16 +171,22 @@ def model_spec(ckpt: dict) -> ModelSpec:
 
 
 def build_from_checkpoint(ckpt: dict, device="cpu") -> tuple[nn.Module, Taxonomy, dict]:
-    """Rebuild the model a checkpoint describes (no weights downloaded) and load its weights."""
+    """Rebuild the model a checkpoint or model file describes (no weights downloaded) and load its weights.
+
+    The backbone is made without initialising its weights (they are loaded next) and takes the
+    file's tensors as they are (``assign``); weights stored in bf16/fp16 are widened to fp32.
+    """
     tax, spec = Taxonomy.from_dict(ckpt["taxonomy"]), model_spec(ckpt)
     kw = dict(model_args=spec.kwargs, pretrained=False)
     if spec.kind == "multitask":
         make, kw["head_mode"] = create_multitask_model, spec.head_mode
     else:
         make = create_single_head_model
+    weights = {k: v.float() if v.dtype in (torch.bfloat16, torch.float16) else v for k, v in ckpt["model"].items()}
     try:
-        model = make(spec.architecture, tax, **kw)
-        model.load_state_dict(ckpt["model"])
+        with weights_loaded_next():
+            model = make(spec.architecture, tax, **kw)
+        model.load_state_dict(weights, assign=True)
     except (RuntimeError, ValueError) as e:
         raise UserError(f"checkpoint weights do not fit {spec.architecture}: {str(e).splitlines()[0]}") from None
     return model.to(device).eval(), tax, spec.data_config
@@ -185,16 +195,16 @@ def build_from_checkpoint(ckpt: dict, device="cpu") -> tuple[nn.Module, Taxonomy
 def load_for_eval(path: str | os.PathLike, device="cpu", use_ema: bool = True
                   ) -> tuple[nn.Module, Taxonomy, dict, dict]:
     """``(model, taxonomy, data_config, info)`` for evaluation; EMA weights when present."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, mmap=True)
     if use_ema and ckpt.get("model_ema") is not None:
         ckpt = dict(ckpt, model=ckpt["model_ema"])
     model, tax, data_config = build_from_checkpoint(ckpt, device)
     info = {k: ckpt.get(k) for k in ("kind", "epoch", "step", "val_f1", "val_acc", "taxonomy_sha256",
                                      "git_sha", "architecture", "created", "temperatures", "calibration",
-                                     "open_set")}
+                                     "open_set", "file", "weights_dtype")}
     info["args"] = ckpt.get("args", {})
     info["path"] = str(path)
-    info["ema"] = bool(use_ema and ckpt.get("model_ema") is not None)
+    info["ema"] = bool(use_ema and ckpt.get("model_ema") is not None) or bool(ckpt.get("ema_weights"))
     return model, tax, data_config, info
 
 
@@ -239,6 +249,9 @@ def checkpoint_state(run) -> dict:
 
 def restore_state(run, ckpt: dict, path: str | os.PathLike) -> None:
     """Put every state of ``ckpt`` back into ``run``: weights, optimizer, schedule, position, RNG."""
+    if ckpt.get("file") == "inference":  # amanita.modelfile
+        raise UserError(f"{path} is a model file for inference (export.py --format pth): it holds no training "
+                        "state to resume; start from it with --init-from and a new --save-dir")
     check_compatible(ckpt, run.taxonomy, run.spec.kind, path, run.spec.head_mode or "residual")
     check_same_run(ckpt, run, path)
     try:
