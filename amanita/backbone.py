@@ -32,6 +32,7 @@ class ModelSpec:
     kwargs: dict
     data_config: dict
     head_mode: str | None = None       # multitask only: "residual" or "independent"
+    lora: dict | None = None           # LoRA adapters on the backbone (amanita.lora.LoraSpec.plain()), if any
 
 
 def parse_model_args(text: str | dict | None) -> dict:

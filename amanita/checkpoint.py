@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from amanita.backbone import ModelSpec, weights_loaded_next
 from amanita.io import UserError, atomic_torch_save, atomic_write_stream, git_sha, load_tensor_file
+from amanita.lora import LoraSpec, add_adapters, merge_adapters
 from amanita.model import create_multitask_model, create_single_head_model
 from amanita.taxonomy import LEAF, Taxonomy
 
@@ -167,7 +168,7 @@ def model_spec(ckpt: dict) -> ModelSpec:
     multitask = ckpt.get("kind") == "multitask"
     return ModelSpec("multitask" if multitask else "single", ckpt["architecture"],
                      dict(ckpt.get("model_kwargs") or {}), dict(ckpt.get("data_config") or {}),
-                     ckpt.get("head_mode", "residual") if multitask else None)
+                     ckpt.get("head_mode", "residual") if multitask else None, ckpt.get("lora"))
 
 
 def build_from_checkpoint(ckpt: dict, device="cpu") -> tuple[nn.Module, Taxonomy, dict]:
@@ -186,7 +187,12 @@ def build_from_checkpoint(ckpt: dict, device="cpu") -> tuple[nn.Module, Taxonomy
     try:
         with weights_loaded_next():
             model = make(spec.architecture, tax, **kw)
+        if spec.lora:  # the run's adapters, folded into plain weights once loaded
+            add_adapters(model.backbone if spec.kind == "multitask" else model, LoraSpec.from_plain(spec.lora),
+                         spec.data_config["input_size"])
         model.load_state_dict(weights, assign=True)
+        if spec.lora:
+            merge_adapters(model)
     except (RuntimeError, ValueError) as e:
         raise UserError(f"checkpoint weights do not fit {spec.architecture}: {str(e).splitlines()[0]}") from None
     return model.to(device).eval(), tax, spec.data_config
@@ -235,7 +241,7 @@ def checkpoint_state(run) -> dict:
         "sampler": {"epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch,
                     "batch_size": run.args.batch_size, "world_size": run.dist.world_size},
         "rng": capture_rng(), "args": plain_args(run.args), "kind": spec.kind,
-        "architecture": spec.architecture, "model_kwargs": spec.kwargs,
+        "architecture": spec.architecture, "model_kwargs": spec.kwargs, "lora": spec.lora,
         "head_sizes": tax.head_sizes() if spec.kind == "multitask" else None, "head_mode": spec.head_mode,
         "taxonomy": tax.to_dict(), "taxonomy_sha256": tax.sha256(),
         "data_config": dict(spec.data_config), "history": s.history,
@@ -290,10 +296,10 @@ def check_same_run(ckpt: dict, run, path: str | os.PathLike) -> None:
         raise UserError(f"{path} holds a {have[0]} {have[1]} model, this run builds {want[0]} {want[1]}; "
                         "resume with its --model/--model-args or start a new --save-dir (or --resume none)")
     saved = ckpt.get("args") or {}
-    for flag in ("layer_decay", "opt"):
-        if flag in saved and saved[flag] != getattr(run.args, flag):
+    for flag in ("layer_decay", "opt", "lora_rank", "lora_alpha", "lora_targets", "freeze_backbone"):
+        if flag in saved and saved[flag] != getattr(run.args, flag, None):
             raise UserError(f"{path} was trained with --{flag.replace('_', '-')} {saved[flag]}, this run asks "
-                            f"for {getattr(run.args, flag)}; resume with the same value or start a new "
+                            f"for {getattr(run.args, flag, None)}; resume with the same value or start a new "
                             "--save-dir (or --resume none)")
 
 
