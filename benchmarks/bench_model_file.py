@@ -9,6 +9,8 @@ photo from each, every run in its own process, interleaved over ``--rounds``: wa
 RSS (VmHWM of the process). ``--baseline-code DIR`` also runs DIR's test.py on the training
 checkpoint (e.g. ``git archive main | tar -x -C DIR``: the code before issue 21).
 Target (issue 21): the model file ≥ 3× faster and ≤ half the memory of the training checkpoint.
+Each run also reports what its imports alone cost (torch, timm, amanita: the same for every file),
+and the ratios of what remains after them.
 
 Prints one JSON object. Examples:
   python benchmarks/bench_model_file.py --rounds 3 --baseline-code /tmp/amanita_main
@@ -39,8 +41,13 @@ from amanita.modelfile import write_model_file  # noqa: E402
 
 FULL = ("beit_base_patch16_224", {})
 SMOKE = ("beit_base_patch16_224", {"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 8})
-# runs test.py and reports its own peak RSS (VmHWM: this program's memory map only)
-PEAK_WRAPPER = """import runpy, sys
+# runs test.py and reports its own peak RSS (VmHWM: this program's memory map only), and what the
+# imports every run pays (torch, timm, amanita) cost before test.py starts: seconds and RSS
+PEAK_WRAPPER = """import runpy, sys, time
+t0 = time.perf_counter()
+import torch, timm, amanita.identify
+rss = next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1]
+print("__imports", time.perf_counter() - t0, rss, file=sys.stderr)
 sys.argv = sys.argv[1:]
 try:
     runpy.run_path(sys.argv[0], run_name="__main__")
@@ -98,8 +105,10 @@ def measured(code: Path, checkpoint: Path, photo: Path) -> dict:
     if proc.returncode:
         raise SystemExit(f"test.py failed on {checkpoint}:\n{proc.stderr[-2000:]}")
     peak = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("__peak_kb")]
+    imports = next(line.split()[1:] for line in proc.stderr.splitlines() if line.startswith("__imports"))
     answer = json.loads(proc.stdout.strip().splitlines()[-1])["topk"][0]["species"]
-    return {"seconds": seconds, "peak_rss_mb": int(peak[-1]) / 1024, "answer": answer}
+    return {"seconds": seconds, "peak_rss_mb": int(peak[-1]) / 1024, "answer": answer,
+            "imports_s": float(imports[0]), "imports_rss_mb": int(imports[1]) / 1024}
 
 
 def main():
@@ -118,12 +127,18 @@ def main():
             results[name].append(measured(code, path, paths["photo"]))
     rows = {name: {"seconds": round(statistics.median(r["seconds"] for r in rs), 2),
                    "peak_rss_mb": round(statistics.median(r["peak_rss_mb"] for r in rs)),
-                   "file_mb": round(runs[name][1].stat().st_size / 2**20, 1), "answer": rs[0]["answer"]}
+                   "file_mb": round(runs[name][1].stat().st_size / 2**20, 1), "answer": rs[0]["answer"],
+                   "imports_s": round(statistics.median(r["imports_s"] for r in rs), 2),
+                   "imports_rss_mb": round(statistics.median(r["imports_rss_mb"] for r in rs))}
             for name, rs in results.items()}
     base = rows["checkpoint_before" if args.baseline_code else "checkpoint"]
     for row in rows.values():
         row["speedup"] = round(base["seconds"] / row["seconds"], 2)
         row["memory_ratio"] = round(row["peak_rss_mb"] / base["peak_rss_mb"], 2)
+        # the part the file decides: beyond the imports every run pays
+        row["speedup_after_imports"] = round((base["seconds"] - base["imports_s"]) / (row["seconds"] - row["imports_s"]), 2)
+        row["memory_ratio_after_imports"] = round((row["peak_rss_mb"] - row["imports_rss_mb"])
+                                                  / (base["peak_rss_mb"] - base["imports_rss_mb"]), 2)
     print(json.dumps({"model": "tiny BEiT (smoke)" if args.smoke else "BEiT-B, 2,829 leaves",
                       "rounds": args.rounds if not args.smoke else 1, "runs": rows,
                       "same_answer": len({r["answer"] for r in rows.values()}) == 1,

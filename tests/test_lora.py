@@ -170,3 +170,13 @@ def test_lora_run_trains_adapters_and_heads_only_and_every_script_reads_it(tmp_p
     out = run_script("test.py", "--checkpoint", tmp_path / "exp" / "model.pth", "--workers", 0, "--json",
                      tmp_path / "FungiTastic" / "val" / "300p").stdout
     assert len(out.strip().splitlines()) == 6
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_size_compares_full_lora_and_heads_only(tmp_path):
+    import json
+    out = run_script("benchmarks/bench_lora.py", "--smoke", "--work", tmp_path).stdout
+    rows = json.loads(out.strip().splitlines()[-1])["variants"]
+    assert list(rows) == ["full", "lora-2", "heads"]
+    assert rows["heads"]["trainable_m"] < rows["lora-2"]["trainable_m"] < rows["full"]["trainable_m"]
+    assert all(0 <= r["leaf_top1"] <= 1 and r["images_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows.values())

@@ -141,3 +141,13 @@ def _headline(metrics: dict) -> dict:
     """Top-1 and macro-F1 of the leaf and every rank in a metrics.json."""
     flat = pd.json_normalize(metrics, sep="/").iloc[0].to_dict()
     return {k: v for k, v in flat.items() if k.startswith("model/keys/") and k.endswith(("/top1", "/macro_f1_all"))}
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_size_runs_and_reports_every_file(tmp_path):
+    out = run_script("benchmarks/bench_model_file.py", "--smoke", "--dir", tmp_path).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert set(result["runs"]) == {"checkpoint", "model_fp32", "model_bf16"}
+    sizes = {k: v["file_mb"] for k, v in result["runs"].items()}
+    assert sizes["model_bf16"] < sizes["model_fp32"] < sizes["checkpoint"]  # no optimizer state; half-size weights
+    assert all(v["peak_rss_mb"] > v["imports_rss_mb"] > 0 for v in result["runs"].values())
