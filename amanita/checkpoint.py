@@ -25,7 +25,8 @@ import torch.nn as nn
 
 from amanita.backbone import ModelSpec, weights_loaded_next
 from amanita.io import UserError, atomic_torch_save, atomic_write_stream, git_sha, load_tensor_file
-from amanita.lora import LoraSpec, add_adapters, merge_adapters
+from amanita.lora import (LoraSpec, adapt, base_weights, frozen_digest, frozen_names, load_partial,
+                          merge_adapters, without)
 from amanita.model import create_multitask_model, create_single_head_model
 from amanita.taxonomy import LEAF, Taxonomy
 
@@ -188,14 +189,33 @@ def build_from_checkpoint(ckpt: dict, device="cpu") -> tuple[nn.Module, Taxonomy
         with weights_loaded_next():
             model = make(spec.architecture, tax, **kw)
         if spec.lora:  # the run's adapters, folded into plain weights once loaded
-            add_adapters(model.backbone if spec.kind == "multitask" else model, LoraSpec.from_plain(spec.lora),
-                         spec.data_config["input_size"])
+            adapt(model, LoraSpec.from_plain(spec.lora), spec.data_config["input_size"], spec.kind == "multitask")
+            if spec.lora.get("adapters_only"):
+                weights = _lora_base(model, spec) | weights
         model.load_state_dict(weights, assign=True)
         if spec.lora:
             merge_adapters(model)
     except (RuntimeError, ValueError) as e:
         raise UserError(f"checkpoint weights do not fit {spec.architecture}: {str(e).splitlines()[0]}") from None
     return model.to(device).eval(), tax, spec.data_config
+
+
+def _lora_base(model: nn.Module, spec: ModelSpec) -> dict:
+    """The frozen weights of an adapters-only LoRA checkpoint, from the start it names (checked by digest)."""
+    path = spec.lora["base"]
+    try:
+        base, _, _ = build_from_checkpoint(load_checkpoint(path, mmap=True))
+    except UserError as e:
+        raise UserError(f"this checkpoint holds LoRA adapters only; their frozen weights come from {path}: {e}") from None
+    weights = base_weights(model, base.state_dict(), spec.kind == "multitask")
+    probe = {n: p for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for name, value in weights.items():
+            probe[name].copy_(value)
+    if frozen_digest(model) != spec.lora["base_sha256"]:
+        raise UserError(f"{path} no longer holds the weights these LoRA adapters were trained on (its digest "
+                        "differs); use the run's start checkpoint as it was")
+    return weights
 
 
 def load_for_eval(path: str | os.PathLike, device="cpu", use_ema: bool = True
@@ -232,8 +252,8 @@ def checkpoint_state(run) -> dict:
     s, spec, tax = run.state, run.spec, run.taxonomy
     return {
         "format_version": CHECKPOINT_VERSION,
-        "model": unwrap(run.model).state_dict(),
-        "model_ema": unwrap(run.ema.module).state_dict() if run.ema is not None else None,
+        "model": without(unwrap(run.model).state_dict(), _frozen(run)),
+        "model_ema": without(unwrap(run.ema.module).state_dict(), _frozen(run)) if run.ema is not None else None,
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
@@ -253,6 +273,18 @@ def checkpoint_state(run) -> dict:
     }
 
 
+def _frozen(run) -> set[str]:
+    """The weights an adapters-only LoRA checkpoint leaves out (``--lora-save adapters``), else none."""
+    return frozen_names(unwrap(run.model)) if (run.spec.lora or {}).get("adapters_only") else set()
+
+
+def _load_weights(module: nn.Module, state: dict, frozen: set[str]) -> None:
+    if frozen:
+        load_partial(module, state, frozen)
+    else:
+        module.load_state_dict(state)
+
+
 def restore_state(run, ckpt: dict, path: str | os.PathLike) -> None:
     """Put every state of ``ckpt`` back into ``run``: weights, optimizer, schedule, position, RNG."""
     if ckpt.get("file") == "inference":  # amanita.modelfile
@@ -261,9 +293,10 @@ def restore_state(run, ckpt: dict, path: str | os.PathLike) -> None:
     check_compatible(ckpt, run.taxonomy, run.spec.kind, path, run.spec.head_mode or "residual")
     check_same_run(ckpt, run, path)
     try:
-        unwrap(run.model).load_state_dict(ckpt["model"])
+        frozen = _frozen(run)
+        _load_weights(unwrap(run.model), ckpt["model"], frozen)
         if run.ema is not None and ckpt.get("model_ema") is not None:
-            unwrap(run.ema.module).load_state_dict(ckpt["model_ema"])
+            _load_weights(unwrap(run.ema.module), ckpt["model_ema"], frozen)
         run.optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise UserError(f"{path} does not fit this run ({str(e).strip().splitlines()[0][:160]}); resume with "
@@ -295,6 +328,10 @@ def check_same_run(ckpt: dict, run, path: str | os.PathLike) -> None:
     if have != want:
         raise UserError(f"{path} holds a {have[0]} {have[1]} model, this run builds {want[0]} {want[1]}; "
                         "resume with its --model/--model-args or start a new --save-dir (or --resume none)")
+    base = (ckpt.get("lora") or {}).get("base_sha256")
+    if base and base != (run.spec.lora or {}).get("base_sha256"):
+        raise UserError(f"{path} holds LoRA adapters trained on other frozen weights than --init-from gives now; "
+                        "resume from the run's start checkpoint as it was, or start a new --save-dir")
     saved = ckpt.get("args") or {}
     for flag in ("layer_decay", "opt", "lora_rank", "lora_alpha", "lora_targets", "freeze_backbone"):
         if flag in saved and saved[flag] != getattr(run.args, flag, None):

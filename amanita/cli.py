@@ -262,6 +262,9 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
                    help="dropout on the adapted layers' input (PEFT adapters; BEiT's qkv adapter has none)")
     g.add_argument("--lora-targets", nargs="+", default=list(DEFAULT_TARGETS), metavar="NAME",
                    help="names of the linear layers that get adapters (attention qkv and proj, MLP fc1 and fc2)")
+    g.add_argument("--lora-save", choices=("full", "adapters"), default="full",
+                   help="what a LoRA run's checkpoints hold: full (every weight) or adapters (adapters and heads "
+                        "only, megabytes; the frozen weights are read back from --init-from, checked by digest)")
     g.add_argument("--freeze-backbone", action="store_true",
                    help="train the heads only (a linear probe of the backbone's features); not with --lora-rank")
 
@@ -276,6 +279,9 @@ def check_train_args(args: argparse.Namespace) -> None:
         raise UserError("--rank-weights are all 0: nothing would be trained")
     if getattr(args, "lora_rank", 0) and getattr(args, "freeze_backbone", False):
         raise UserError("--freeze-backbone trains the heads only; with --lora-rank the adapters train too: give one")
+    if getattr(args, "lora_save", "full") == "adapters" and not (getattr(args, "lora_rank", 0) and getattr(args, "init_from", None)):
+        raise UserError("--lora-save adapters needs --lora-rank and --init-from (the checkpoint the frozen weights "
+                        "are read back from)")
 
 
 def build_train_parser(description: str, multitask: bool) -> argparse.ArgumentParser:

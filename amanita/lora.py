@@ -83,6 +83,15 @@ def add_adapters(backbone: nn.Module, spec: LoraSpec, input_size) -> dict[str, s
     return kinds
 
 
+def adapt(model: nn.Module, spec: LoraSpec, input_size, multitask: bool) -> dict[str, str]:
+    """Adapters on the backbone of ``model`` (a multi-task model, or a timm classifier), which is frozen
+    but them; the heads (the classifier) train. Returns :func:`add_adapters`'s ``{layer: kind}``."""
+    kinds = add_adapters(model.backbone if multitask else model, spec, input_size)
+    for p in (model.heads if multitask else model.get_classifier()).parameters():
+        p.requires_grad_(True)
+    return kinds
+
+
 def adapters(model: nn.Module) -> dict[str, tuple[nn.Parameter, nn.Parameter]]:
     """``{layer name: (A, B)}`` of every adapter in ``model`` (A: (rank, in), B: (out, rank))."""
     from peft.tuners.lora import LoraLayer
@@ -150,3 +159,52 @@ def freeze(module: nn.Module) -> None:
 
 def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------------- adapters-only checkpoints
+def plain_name(name: str) -> str:
+    """A parameter's name in the model without adapters (``...fc1.base_layer.weight`` → ``...fc1.weight``)."""
+    return name.replace(".base_layer.", ".").replace(".parametrizations.weight.original", ".weight")
+
+
+def frozen_names(model: nn.Module) -> set[str]:
+    """Names of the parameters that do not train (the frozen backbone of a LoRA run)."""
+    return {n for n, p in model.named_parameters() if not p.requires_grad}
+
+
+def frozen_digest(model: nn.Module) -> str:
+    """SHA-256 of the frozen weights (names and bytes): an adapters-only checkpoint's base must match it."""
+    import hashlib
+    h = hashlib.sha256()
+    params = dict(model.named_parameters())
+    for name in sorted(frozen_names(model), key=plain_name):
+        h.update(plain_name(name).encode())
+        h.update(params[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def without(state: dict, names: set[str]) -> dict:
+    """``state`` without the entries ``names`` (the frozen weights, which the base file holds)."""
+    return {k: v for k, v in state.items() if k not in names}
+
+
+def load_partial(model: nn.Module, state: dict, frozen: set[str]) -> None:
+    """Load an adapters-only ``state``: every entry but the ``frozen`` weights must be there."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    lacking = sorted(set(missing) - frozen)
+    if unexpected or lacking:
+        raise RuntimeError(f"adapter weights do not fit: missing {lacking[:3]}, unexpected {unexpected[:3]}")
+
+
+def base_weights(model: nn.Module, base: dict, multitask: bool) -> dict:
+    """The frozen weights of ``model`` (adapters added) from ``base``, the plain state_dict of the run's
+    start (a single-head start's names lack ``backbone.``)."""
+    out = {}
+    for name in frozen_names(model):
+        key = plain_name(name)
+        if key not in base and multitask:
+            key = key.removeprefix("backbone.")
+        if key not in base:
+            raise KeyError(f"the base weights have no {key}")
+        out[name] = base[key]
+    return out

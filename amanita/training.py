@@ -29,7 +29,7 @@ from amanita.engine import amp_dtype, finite_or_raise, predict, reduce_mean, sum
     updates_per_epoch
 from amanita.heads import init_from_stock
 from amanita.io import UserError, atomic_write_text, git_sha, load_tensor_file
-from amanita.lora import LoraSpec, add_adapters, freeze, trainable_parameters
+from amanita.lora import LoraSpec, adapt, freeze, frozen_digest, trainable_parameters
 from amanita.losses import MultiTaskLoss, compute_class_weights
 from amanita.model import create_multitask_model, create_single_head_model, describe
 from amanita.optim import describe_lr, resolve_lr
@@ -97,10 +97,14 @@ def restrict_training(model: nn.Module, spec: ModelSpec, args, multitask: bool) 
     if args.lora_rank:
         lora = LoraSpec(args.lora_rank, args.lora_alpha, args.lora_dropout, tuple(args.lora_targets))
         try:
-            add_adapters(backbone, lora, spec.data_config["input_size"])
+            adapt(model, lora, spec.data_config["input_size"], multitask)
         except ValueError as e:
             raise UserError(f"--lora-targets: {e}") from None
-        spec = dataclasses.replace(spec, lora=lora.plain())
+        record = lora.plain()
+        if getattr(args, "lora_save", "full") == "adapters":  # checkpoints without the frozen weights
+            record |= {"adapters_only": True, "base": str(Path(args.init_from).resolve()),
+                       "base_sha256": frozen_digest(model)}
+        spec = dataclasses.replace(spec, lora=record)
     else:
         freeze(backbone)
     for p in heads.parameters():

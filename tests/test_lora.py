@@ -180,3 +180,40 @@ def test_benchmark_smoke_size_compares_full_lora_and_heads_only(tmp_path):
     assert list(rows) == ["full", "lora-2", "heads"]
     assert rows["heads"]["trainable_m"] < rows["lora-2"]["trainable_m"] < rows["full"]["trainable_m"]
     assert all(0 <= r["leaf_top1"] <= 1 and r["images_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows.values())
+
+
+@pytest.mark.slow
+def test_adapters_only_checkpoint_is_small_merges_to_the_full_ones_answers_and_resumes(tmp_path, tax):
+    """--lora-save adapters: the same run as --lora-save full, a checkpoint without the frozen weights,
+    the same evaluation model once merged with the start's weights; a changed start is refused;
+    the run resumes from it."""
+    from amanita.checkpoint import load_checkpoint, load_for_eval, save_checkpoint
+    from amanita.io import UserError
+    data = make_image_dataset(tmp_path, n_train=12, n_val=6)
+    tiny_checkpoint(tmp_path / "start.pth", tax)
+    tax.save(tmp_path / "m.json")
+    common = ["--train-path", data["train"], "--val-path", data["val"], "--mappings", tmp_path / "m.json",
+              "--init-from", tmp_path / "start.pth", "--batch-size", 6, "--workers", 0, "--auto-augment", "none",
+              "--lr", 1e-2, "--lora-rank", 2]
+    for save in ("full", "adapters"):
+        run_script("train_multitask.py", *common, "--epochs", 1, "--lora-save", save, "--save-dir", tmp_path / save)
+    full, small = tmp_path / "full" / "last.pth", tmp_path / "adapters" / "last.pth"
+    assert small.stat().st_size < 0.5 * full.stat().st_size
+    ckpt = load_checkpoint(small)
+    assert ckpt["lora"]["adapters_only"] and not any(k.endswith("fc1.base_layer.weight") for k in ckpt["model"])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want, got = load_for_eval(full)[0](x), load_for_eval(small)[0](x)
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    original = load_checkpoint(tmp_path / "start.pth")
+    changed = dict(original, model=dict(original["model"]))
+    changed["model"]["backbone.blocks.0.mlp.fc1.weight"] = changed["model"]["backbone.blocks.0.mlp.fc1.weight"] + 1e-3
+    save_checkpoint(changed, tmp_path / "start.pth")
+    with pytest.raises(UserError, match="no longer holds the weights"):
+        load_for_eval(small)
+    more = [*common, "--epochs", 2, "--lora-save", "adapters", "--save-dir", tmp_path / "adapters"]
+    proc = run_script("train_multitask.py", *more, check=False)
+    assert proc.returncode == 2 and "trained on other frozen weights" in proc.stderr, proc.stderr[-500:]
+    save_checkpoint(original, tmp_path / "start.pth")
+    assert "resumed from" in run_script("train_multitask.py", *more).stdout
+    assert load_checkpoint(small)["epoch"] == 2
