@@ -279,7 +279,8 @@ def check_train_args(args: argparse.Namespace) -> None:
         raise UserError("--rank-weights are all 0: nothing would be trained")
     if getattr(args, "lora_rank", 0) and getattr(args, "freeze_backbone", False):
         raise UserError("--freeze-backbone trains the heads only; with --lora-rank the adapters train too: give one")
-    if getattr(args, "lora_save", "full") == "adapters" and not (getattr(args, "lora_rank", 0) and getattr(args, "init_from", None)):
+    lora_base = getattr(args, "lora_rank", 0) and getattr(args, "init_from", None)
+    if getattr(args, "lora_save", "full") == "adapters" and not lora_base:
         raise UserError("--lora-save adapters needs --lora-rank and --init-from (the checkpoint the frozen weights "
                         "are read back from)")
 

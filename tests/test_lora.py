@@ -217,3 +217,27 @@ def test_adapters_only_checkpoint_is_small_merges_to_the_full_ones_answers_and_r
     save_checkpoint(original, tmp_path / "start.pth")
     assert "resumed from" in run_script("train_multitask.py", *more).stdout
     assert load_checkpoint(small)["epoch"] == 2
+
+
+@pytest.mark.slow
+def test_lora_trains_under_torchrun_with_two_processes(tmp_path):
+    """DDP over the adapters (BEiT's parametrized qkv included) and the heads: no unused-parameter
+    error, and every adapter moved."""
+    import subprocess
+    import sys
+
+    from amanita.checkpoint import load_checkpoint
+    from tests.helpers import ROOT, SMALL_MODEL, script_env
+    data = make_image_dataset(tmp_path, n_train=16, n_val=6)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           str(ROOT / "train_multitask.py"), "--train-path", str(data["train"]), "--val-path", str(data["val"]),
+           "--mappings", str(tmp_path / "m.json"), *SMALL_MODEL, "--batch-size", "4", "--workers", "0",
+           "--epochs", "1", "--auto-augment", "none", "--lr", "1e-2", "--lora-rank", "2", "--model-ema",
+           "--save-dir", str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, env=script_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = load_checkpoint(tmp_path / "ddp" / "last.pth")
+    assert ckpt["sampler"]["world_size"] == 2
+    b = {k: v for k, v in ckpt["model"].items() if "lora_B" in k}
+    assert len(b) == 8 and all(v.abs().sum() > 0 for v in b.values())
