@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Export an amanita checkpoint to ONNX for phones and other runtimes without PyTorch.
+"""Export an amanita checkpoint to ONNX for phones and other runtimes without PyTorch, or to a
+PyTorch model file for inference (--format pth).
 
-Writes into --output-dir:
+--format onnx (the default) writes into --output-dir:
   model.onnx               input 'image' (batch, 3, H, W) float32, resized and normalised as model.json
                            says; one logits output per head (phylum, class, order, family, genus, leaf)
   model.json               the data config (input size, interpolation, crop, mean, std), output
@@ -13,13 +14,21 @@ The export is then checked: onnxruntime runs the file on --check-images images o
 
 Needs the optional packages onnx, onnxscript and onnxruntime (see requirements-test.txt).
 
-Example:
+--format pth writes --output-dir/model.pth: the weights (EMA when kept; --dtype bfloat16 or float16
+halves the file), data config, taxonomy, temperatures, unknown-species threshold and anything
+else validation stored, without optimizer, scheduler or RNG state. test.py, validate.py and
+--submission take it wherever they take a checkpoint, and load it in a fraction of the time.
+The check compares its outputs with the checkpoint's (tolerance by --dtype).
+
+Examples:
   python export.py --checkpoint checkpoints/demo_student/best_model.pth --output-dir exported/student
+  python export.py --format pth --dtype bfloat16 --checkpoint checkpoints/multitask/best_model.pth --output-dir exported/model
 """
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 
@@ -31,7 +40,12 @@ from amanita.io import UserError
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="an amanita checkpoint (multi-task, distilled or single-head)")
-    p.add_argument("--output-dir", default="exported", help="folder for model.onnx, model.json and taxonomic_mappings.json")
+    p.add_argument("--format", choices=("onnx", "pth"), default="onnx",
+                   help="onnx: model.onnx + model.json + taxonomic_mappings.json; pth: model.pth, an inference "
+                        "model file for test.py/validate.py (no training state)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="--format pth: precision of the stored weights (loaded as float32)")
+    p.add_argument("--output-dir", default="exported", help="folder for the exported files")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights even when the checkpoint has EMA weights")
     p.add_argument("--opset", type=positive_int, default=18, help="ONNX opset version")
     g = p.add_argument_group("Check parameters")
@@ -39,7 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="FungiTastic CSV whose first images check the export (default: random tensors)")
     g.add_argument("--image-root", default=None, help="image folder of --check-csv (default: the FungiTastic layout)")
     g.add_argument("--check-images", type=nonneg_int, default=8, help="images compared between PyTorch and onnxruntime (0: skip)")
-    g.add_argument("--atol", type=positive_float, default=1e-3, help="largest allowed absolute difference of any logit")
+    g.add_argument("--atol", type=positive_float, default=None,
+                   help="largest allowed absolute difference of any logit (default: 1e-3 for onnx; by --dtype for pth)")
     return p.parse_args(argv)
 
 
@@ -57,15 +72,32 @@ def check_batch(args, taxonomy, data_config) -> torch.Tensor:
     return to_model_input(images, torch.device("cpu"), data_config["mean"], data_config["std"])
 
 
+def export_pth(args) -> int:
+    """--format pth: write model.pth and check that it answers as the checkpoint does."""
+    from amanita.modelfile import check_model_file, write_model_file
+    path = Path(args.output_dir) / "model.pth"
+    write_model_file(args.checkpoint, path, use_ema=not args.no_ema, dtype=args.dtype)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.dtype} weights)")
+    if args.check_images > 0:
+        model, taxonomy, data_config, _ = load_for_eval(args.checkpoint, "cpu", use_ema=not args.no_ema)
+        diffs = check_model_file(model, path, check_batch(args, taxonomy, data_config), args.atol)
+        print(f"model.pth = checkpoint on {args.check_images} images, largest difference per output: "
+              + json.dumps({k: float(f"{v:.2e}") for k, v in diffs.items()}))
+    return 0
+
+
 @cli_main
 def main() -> int:
     args = parse_args()
+    if args.format == "pth":
+        return export_pth(args)
     from amanita.export import check_export, write_bundle
     model, taxonomy, data_config, info = load_for_eval(args.checkpoint, "cpu", use_ema=not args.no_ema)
     record = write_bundle(args.output_dir, model, taxonomy, data_config, info, args.opset)
     print(f"wrote {args.output_dir}/model.onnx with outputs {record['output_sizes']}")
     if args.check_images > 0:
-        diffs = check_export(model, f"{args.output_dir}/model.onnx", check_batch(args, taxonomy, data_config), args.atol)
+        diffs = check_export(model, f"{args.output_dir}/model.onnx", check_batch(args, taxonomy, data_config),
+                             args.atol or 1e-3)
         print(f"onnxruntime = PyTorch on {args.check_images} images, largest difference per output: "
               + json.dumps({k: float(f"{v:.2e}") for k, v in diffs.items()}))
     return 0

@@ -23,8 +23,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from amanita.backbone import ModelSpec
+from amanita.backbone import ModelSpec, weights_loaded_next
 from amanita.io import UserError, atomic_torch_save, atomic_write_stream, git_sha, load_tensor_file
+from amanita.lora import (LoraSpec, adapt, base_weights, frozen_digest, frozen_names, load_partial,
+                          merge_adapters, without)
 from amanita.model import create_multitask_model, create_single_head_model
 from amanita.taxonomy import LEAF, Taxonomy
 
@@ -76,12 +78,16 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     atomic_torch_save(state, path)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint on the CPU with ``weights_only=True``; problems are a one-line :class:`UserError`."""
+def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
+    """Load a checkpoint on the CPU with ``weights_only=True``; problems are a one-line :class:`UserError`.
+
+    ``mmap=True``: the file is mapped, not read, so what the caller does not use (a training
+    checkpoint's optimizer state, when evaluating) is never read from the disk.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
-    ckpt = load_tensor_file(path, "an amanita checkpoint")
+    ckpt = load_tensor_file(path, "an amanita checkpoint or model file", mmap)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise UserError(f"{path} is not an amanita checkpoint (no 'model' entry)")
     return upgrade_checkpoint(ckpt)
@@ -163,38 +169,68 @@ def model_spec(ckpt: dict) -> ModelSpec:
     multitask = ckpt.get("kind") == "multitask"
     return ModelSpec("multitask" if multitask else "single", ckpt["architecture"],
                      dict(ckpt.get("model_kwargs") or {}), dict(ckpt.get("data_config") or {}),
-                     ckpt.get("head_mode", "residual") if multitask else None)
+                     ckpt.get("head_mode", "residual") if multitask else None, ckpt.get("lora"))
 
 
 def build_from_checkpoint(ckpt: dict, device="cpu") -> tuple[nn.Module, Taxonomy, dict]:
-    """Rebuild the model a checkpoint describes (no weights downloaded) and load its weights."""
+    """Rebuild the model a checkpoint or model file describes (no weights downloaded) and load its weights.
+
+    The backbone is made without initialising its weights (they are loaded next) and takes the
+    file's tensors as they are (``assign``); weights stored in bf16/fp16 are widened to fp32.
+    """
     tax, spec = Taxonomy.from_dict(ckpt["taxonomy"]), model_spec(ckpt)
     kw = dict(model_args=spec.kwargs, pretrained=False)
     if spec.kind == "multitask":
         make, kw["head_mode"] = create_multitask_model, spec.head_mode
     else:
         make = create_single_head_model
+    weights = {k: v.float() if v.dtype in (torch.bfloat16, torch.float16) else v for k, v in ckpt["model"].items()}
     try:
-        model = make(spec.architecture, tax, **kw)
-        model.load_state_dict(ckpt["model"])
+        with weights_loaded_next():
+            model = make(spec.architecture, tax, **kw)
+        if spec.lora:  # the run's adapters, folded into plain weights once loaded
+            adapt(model, LoraSpec.from_plain(spec.lora), spec.data_config["input_size"], spec.kind == "multitask")
+            if spec.lora.get("adapters_only"):
+                weights = _lora_base(model, spec) | weights
+        model.load_state_dict(weights, assign=True)
+        if spec.lora:
+            merge_adapters(model)
     except (RuntimeError, ValueError) as e:
         raise UserError(f"checkpoint weights do not fit {spec.architecture}: {str(e).splitlines()[0]}") from None
     return model.to(device).eval(), tax, spec.data_config
 
 
+def _lora_base(model: nn.Module, spec: ModelSpec) -> dict:
+    """The frozen weights of an adapters-only LoRA checkpoint, from the start it names (checked by digest)."""
+    path = spec.lora["base"]
+    try:
+        base, _, _ = build_from_checkpoint(load_checkpoint(path, mmap=True))
+    except UserError as e:
+        raise UserError(f"this checkpoint holds LoRA adapters only; their frozen weights come from {path}: {e}") from None
+    weights = base_weights(model, base.state_dict(), spec.kind == "multitask")
+    probe = {n: p for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for name, value in weights.items():
+            probe[name].copy_(value)
+    if frozen_digest(model) != spec.lora["base_sha256"]:
+        raise UserError(f"{path} no longer holds the weights these LoRA adapters were trained on (its digest "
+                        "differs); use the run's start checkpoint as it was")
+    return weights
+
+
 def load_for_eval(path: str | os.PathLike, device="cpu", use_ema: bool = True
                   ) -> tuple[nn.Module, Taxonomy, dict, dict]:
     """``(model, taxonomy, data_config, info)`` for evaluation; EMA weights when present."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, mmap=True)
     if use_ema and ckpt.get("model_ema") is not None:
         ckpt = dict(ckpt, model=ckpt["model_ema"])
     model, tax, data_config = build_from_checkpoint(ckpt, device)
     info = {k: ckpt.get(k) for k in ("kind", "epoch", "step", "val_f1", "val_acc", "taxonomy_sha256",
                                      "git_sha", "architecture", "created", "temperatures", "calibration",
-                                     "open_set", "metadata_priors")}
+                                     "open_set", "metadata_priors", "file", "weights_dtype")}
     info["args"] = ckpt.get("args", {})
     info["path"] = str(path)
-    info["ema"] = bool(use_ema and ckpt.get("model_ema") is not None)
+    info["ema"] = bool(use_ema and ckpt.get("model_ema") is not None) or bool(ckpt.get("ema_weights"))
     return model, tax, data_config, info
 
 
@@ -216,8 +252,8 @@ def checkpoint_state(run) -> dict:
     s, spec, tax = run.state, run.spec, run.taxonomy
     return {
         "format_version": CHECKPOINT_VERSION,
-        "model": unwrap(run.model).state_dict(),
-        "model_ema": unwrap(run.ema.module).state_dict() if run.ema is not None else None,
+        "model": without(unwrap(run.model).state_dict(), _frozen(run)),
+        "model_ema": without(unwrap(run.ema.module).state_dict(), _frozen(run)) if run.ema is not None else None,
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
@@ -225,7 +261,7 @@ def checkpoint_state(run) -> dict:
         "sampler": {"epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch,
                     "batch_size": run.args.batch_size, "world_size": run.dist.world_size},
         "rng": capture_rng(), "args": plain_args(run.args), "kind": spec.kind,
-        "architecture": spec.architecture, "model_kwargs": spec.kwargs,
+        "architecture": spec.architecture, "model_kwargs": spec.kwargs, "lora": spec.lora,
         "head_sizes": tax.head_sizes() if spec.kind == "multitask" else None, "head_mode": spec.head_mode,
         "taxonomy": tax.to_dict(), "taxonomy_sha256": tax.sha256(),
         "data_config": dict(spec.data_config), "history": s.history,
@@ -237,14 +273,30 @@ def checkpoint_state(run) -> dict:
     }
 
 
+def _frozen(run) -> set[str]:
+    """The weights an adapters-only LoRA checkpoint leaves out (``--lora-save adapters``), else none."""
+    return frozen_names(unwrap(run.model)) if (run.spec.lora or {}).get("adapters_only") else set()
+
+
+def _load_weights(module: nn.Module, state: dict, frozen: set[str]) -> None:
+    if frozen:
+        load_partial(module, state, frozen)
+    else:
+        module.load_state_dict(state)
+
+
 def restore_state(run, ckpt: dict, path: str | os.PathLike) -> None:
     """Put every state of ``ckpt`` back into ``run``: weights, optimizer, schedule, position, RNG."""
+    if ckpt.get("file") == "inference":  # amanita.modelfile
+        raise UserError(f"{path} is a model file for inference (export.py --format pth): it holds no training "
+                        "state to resume; start from it with --init-from and a new --save-dir")
     check_compatible(ckpt, run.taxonomy, run.spec.kind, path, run.spec.head_mode or "residual")
     check_same_run(ckpt, run, path)
     try:
-        unwrap(run.model).load_state_dict(ckpt["model"])
+        frozen = _frozen(run)
+        _load_weights(unwrap(run.model), ckpt["model"], frozen)
         if run.ema is not None and ckpt.get("model_ema") is not None:
-            unwrap(run.ema.module).load_state_dict(ckpt["model_ema"])
+            _load_weights(unwrap(run.ema.module), ckpt["model_ema"], frozen)
         run.optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise UserError(f"{path} does not fit this run ({str(e).strip().splitlines()[0][:160]}); resume with "
@@ -276,11 +328,15 @@ def check_same_run(ckpt: dict, run, path: str | os.PathLike) -> None:
     if have != want:
         raise UserError(f"{path} holds a {have[0]} {have[1]} model, this run builds {want[0]} {want[1]}; "
                         "resume with its --model/--model-args or start a new --save-dir (or --resume none)")
+    base = (ckpt.get("lora") or {}).get("base_sha256")
+    if base and base != (run.spec.lora or {}).get("base_sha256"):
+        raise UserError(f"{path} holds LoRA adapters trained on other frozen weights than --init-from gives now; "
+                        "resume from the run's start checkpoint as it was, or start a new --save-dir")
     saved = ckpt.get("args") or {}
-    for flag in ("layer_decay", "opt"):
-        if flag in saved and saved[flag] != getattr(run.args, flag):
+    for flag in ("layer_decay", "opt", "lora_rank", "lora_alpha", "lora_targets", "freeze_backbone"):
+        if flag in saved and saved[flag] != getattr(run.args, flag, None):
             raise UserError(f"{path} was trained with --{flag.replace('_', '-')} {saved[flag]}, this run asks "
-                            f"for {getattr(run.args, flag)}; resume with the same value or start a new "
+                            f"for {getattr(run.args, flag, None)}; resume with the same value or start a new "
                             "--save-dir (or --resume none)")
 
 

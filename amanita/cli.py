@@ -13,6 +13,7 @@ import math
 from amanita.backbone import STOCK_MODEL
 from amanita.decode import DECODE_HELP, DECODE_MODES, DEFAULT_DECODE
 from amanita.io import UserError
+from amanita.lora import DEFAULT_TARGETS
 from amanita.losses import WEIGHT_METHODS
 from amanita.submission import add_submission_args
 from amanita.taxonomy import DISPLAY_ORDER, HEADS
@@ -274,6 +275,24 @@ def add_run_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     g.add_argument("--log-interval", type=positive_int, default=20, help="batches between progress-bar updates")
 
 
+def add_finetune_args(p: argparse.ArgumentParser) -> None:
+    """What trains: everything (the default), LoRA adapters on a frozen backbone, or the heads only."""
+    g = p.add_argument_group("Parameter-efficient fine-tuning")
+    g.add_argument("--lora-rank", type=nonneg_int, default=0,
+                   help="LoRA rank of the adapters on the backbone's linear layers (0: off, full fine-tuning); "
+                        "the backbone is frozen except the adapters, the heads train fully")
+    g.add_argument("--lora-alpha", type=positive_float, default=16.0, help="LoRA alpha: the update is scaled by alpha / rank")
+    g.add_argument("--lora-dropout", type=probability, default=0.0,
+                   help="dropout on the adapted layers' input (PEFT adapters; BEiT's qkv adapter has none)")
+    g.add_argument("--lora-targets", nargs="+", default=list(DEFAULT_TARGETS), metavar="NAME",
+                   help="names of the linear layers that get adapters (attention qkv and proj, MLP fc1 and fc2)")
+    g.add_argument("--lora-save", choices=("full", "adapters"), default="full",
+                   help="what a LoRA run's checkpoints hold: full (every weight) or adapters (adapters and heads "
+                        "only, megabytes; the frozen weights are read back from --init-from, checked by digest)")
+    g.add_argument("--freeze-backbone", action="store_true",
+                   help="train the heads only (a linear probe of the backbone's features); not with --lora-rank")
+
+
 def check_train_args(args: argparse.Namespace) -> None:
     """Combinations of training flags that no single ``type=`` can check, as one-line errors."""
     from amanita.io import UserError
@@ -282,6 +301,12 @@ def check_train_args(args: argparse.Namespace) -> None:
         raise UserError(f"--scale {scale[0]:g} {scale[1]:g}: give the smaller crop fraction first")
     if getattr(args, "rank_weights", None) is not None and not any(args.rank_weights):
         raise UserError("--rank-weights are all 0: nothing would be trained")
+    if getattr(args, "lora_rank", 0) and getattr(args, "freeze_backbone", False):
+        raise UserError("--freeze-backbone trains the heads only; with --lora-rank the adapters train too: give one")
+    lora_base = getattr(args, "lora_rank", 0) and getattr(args, "init_from", None)
+    if getattr(args, "lora_save", "full") == "adapters" and not lora_base:
+        raise UserError("--lora-save adapters needs --lora-rank and --init-from (the checkpoint the frozen weights "
+                        "are read back from)")
 
 
 def build_train_parser(description: str, multitask: bool) -> argparse.ArgumentParser:
@@ -291,6 +316,7 @@ def build_train_parser(description: str, multitask: bool) -> argparse.ArgumentPa
     add_optimizer_args(p, multitask)
     add_loss_args(p, multitask)
     add_run_args(p, multitask)
+    add_finetune_args(p)
     add_tracking_args(p)
     return p
 

@@ -7,6 +7,7 @@ import hashlib
 import os
 import subprocess
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -116,10 +117,11 @@ def atomic_to_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
     _atomic_write(path, lambda f: f.write(df.to_csv(index=False).encode("utf-8")), "wb")
 
 
-def load_tensor_file(path: str | os.PathLike, what: str):
+def load_tensor_file(path: str | os.PathLike, what: str, mmap: bool = False):
     """``torch.load(path, weights_only=True)``; a missing, pickled-code or foreign file is a :class:`UserError`.
 
-    ``what`` says what the file should have been, for the message.
+    ``what`` says what the file should have been, for the message. ``mmap=True`` maps the file
+    instead of reading it: tensors that are never used (an optimizer's state) cost nothing.
     """
     import pickle
 
@@ -127,6 +129,8 @@ def load_tensor_file(path: str | os.PathLike, what: str):
     if not Path(path).is_file():
         raise UserError(f"{path}: file not found (expected {what})")
     try:
+        if mmap and zipfile.is_zipfile(path):  # torch.save's format since 1.6; older files are read whole
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = (str(e).strip().splitlines() or [""])[0]

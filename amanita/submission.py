@@ -150,7 +150,6 @@ def add_submission_args(p) -> None:
 
 def submit(args, loaded) -> int:
     """--submission: pooled observation answers → a checked FungiCLEF CSV."""
-    from amanita.checkpoint import load_checkpoint
     from amanita.engine import Readout
     model, tax, data_config, info, device = loaded
     metadata = read_test_metadata(args.test_path)
@@ -161,7 +160,7 @@ def submit(args, loaded) -> int:
         from amanita.data import default_image_root
         root = args.image_root or default_image_root(args.test_path, args.image_size_folder)
         raise UserError(f"no image of {args.test_path} could be read from {root}; pass --image-root")
-    open_set = load_checkpoint(args.checkpoint).get("open_set")
+    open_set = info.get("open_set")  # read with the model: the file is not loaded twice
     unknown = unknown_mask(obs, open_set, args.unknown_threshold, args.unknown_score)
     sub = submission_frame(obs, tax.category_ids, metadata, unknown)
     write_submission(args.submission, sub, metadata, tax.category_ids)

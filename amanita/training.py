@@ -29,6 +29,7 @@ from amanita.engine import amp_dtype, finite_or_raise, predict, reduce_mean, sum
     updates_per_epoch
 from amanita.heads import init_from_stock
 from amanita.io import UserError, atomic_write_text, git_sha, load_tensor_file
+from amanita.lora import LoraSpec, adapt, freeze, frozen_digest, trainable_parameters
 from amanita.losses import MultiTaskLoss, compute_class_weights
 from amanita.model import create_multitask_model, create_single_head_model, describe
 from amanita.optim import describe_lr, resolve_lr
@@ -81,6 +82,34 @@ def build_model(args, tax: Taxonomy, multitask: bool) -> tuple[nn.Module, ModelS
     arch, arch_kwargs = resolve_architecture(args.model, model_args)
     cfg = resolve_data_config(model.backbone if multitask else model, args.model)
     return model, ModelSpec(kind, arch, arch_kwargs, override_data_config(cfg, args), head_mode)
+
+
+def restrict_training(model: nn.Module, spec: ModelSpec, args, multitask: bool) -> ModelSpec:
+    """``--lora-rank``: LoRA adapters on the frozen backbone; ``--freeze-backbone``: the heads only.
+
+    The heads (the classifier of a single-head model) always train. Returns the spec, with the
+    adapters recorded so that evaluation rebuilds and merges them.
+    """
+    if not getattr(args, "lora_rank", 0) and not getattr(args, "freeze_backbone", False):
+        return spec
+    backbone = model.backbone if multitask else model
+    heads = model.heads if multitask else model.get_classifier()
+    if args.lora_rank:
+        lora = LoraSpec(args.lora_rank, args.lora_alpha, args.lora_dropout, tuple(args.lora_targets))
+        try:
+            adapt(model, lora, spec.data_config["input_size"], multitask)
+        except ValueError as e:
+            raise UserError(f"--lora-targets: {e}") from None
+        record = lora.plain()
+        if getattr(args, "lora_save", "full") == "adapters":  # checkpoints without the frozen weights
+            record |= {"adapters_only": True, "base": str(Path(args.init_from).resolve()),
+                       "base_sha256": frozen_digest(model)}
+        spec = dataclasses.replace(spec, lora=record)
+    else:
+        freeze(backbone)
+    for p in heads.parameters():
+        p.requires_grad_(True)
+    return spec
 
 
 def override_data_config(cfg: dict, args) -> dict:
@@ -215,7 +244,8 @@ def group_table(model: nn.Module, optimizer) -> str:
         lines.append(f"{i:>5} {g.get('lr_scale', 1.0):>9.4f} {g['weight_decay']:>6.2g} {n:>9}  "
                      f"{names.get(id(g['params'][0]), '?')}{'  (heads)' if g.get('is_head') else ''}")
     scales = sorted({round(g.get("lr_scale", 1.0), 8) for g in optimizer.param_groups if not g.get("is_head")})
-    lines.append(f"{len(scales)} layer scales for the backbone, from {scales[0]:.4g} to {scales[-1]:.4g}")
+    lines.append(f"{len(scales)} layer scales for the backbone, from {scales[0]:.4g} to {scales[-1]:.4g}" if scales
+                 else "the backbone is frozen: only the heads train")
     return "\n".join(lines)
 
 
@@ -315,6 +345,7 @@ def build_run(args, multitask: bool, dist: DistInfo) -> Run:
     torch.backends.cudnn.allow_tf32 = True
     tax = load_taxonomy(args, dist)
     model, spec = build_model(args, tax, multitask)
+    spec = restrict_training(model, spec, args, multitask)
     teacher = load_teacher(args, tax, dist.device)  # distill.py only
     if teacher is not None:  # one batch feeds the student and the teacher
         spec = dataclasses.replace(spec, data_config=teacher.data_config)
@@ -446,7 +477,8 @@ def announce(run: Run) -> None:
     print(f"amanita {git_sha() or 'unknown'} | {' '.join(sys.argv)}")
     print("arguments: " + json.dumps(plain_args(run.args), sort_keys=True))
     print(f"taxonomy: {run.taxonomy.summary()}")
-    print(f"model: {describe(run.model)}")
+    print(f"model: {describe(run.model)}; {trainable_parameters(run.model) / 1e6:.3f} M trainable"
+          + (f" (LoRA rank {run.spec.lora['rank']} on {', '.join(run.spec.lora['targets'])})" if run.spec.lora else ""))
     print(f"data config: {run.spec.data_config}")
     print(f"train transform: {run.train_loader.dataset.transform}")
     print(f"{len(run.train_loader.dataset)} training images, {run.dist.world_size} process(es) on {run.dist.device}, "
