@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from amanita.backbone import ModelSpec
+from amanita.faults import fault_point
 from amanita.io import UserError, atomic_torch_save, atomic_write_stream, git_sha, load_tensor_file
 from amanita.model import create_multitask_model, create_single_head_model
 from amanita.taxonomy import LEAF, Taxonomy
@@ -467,6 +468,7 @@ class CheckpointWriter:
             atomic_write_stream(path, lambda f: _save_then_pause(snap, f))
             for other in also:
                 link_or_copy(path, other)
+                fault_point("best")
         except BaseException as e:  # noqa: BLE001 - reported to the training loop, never lost
             reason = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"  # io names the cause
             self._error = (f"writing checkpoint {path} failed: {reason}; "
@@ -476,6 +478,7 @@ class CheckpointWriter:
 
 def _save_then_pause(obj, f) -> None:
     torch.save(obj, f)
+    fault_point("write")  # the fault matrix: a kill while the temporary file is written, before its rename
     delay = float(os.environ.get(WRITE_DELAY_ENV, 0) or 0)
     if delay:  # tests: a write in flight that a SIGKILL can land in
         f.flush()

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from amanita.data import BAD_IMAGE, check_normalised
 from amanita.decode import DEFAULT_DECODE, Decoder
+from amanita.faults import fault_point
 from amanita.distributed import all_gather_objects, all_reduce_sum, is_main_process, world_size
 from amanita.run import Run
 from amanita.taxonomy import KEYS, LEAF, Taxonomy, label_column
@@ -146,6 +147,7 @@ def _update(run: Run) -> None:
         run.scheduler.step_update(num_updates=state.step)
     if run.checkpointer is not None:
         run.checkpointer.after_update(run)
+    fault_point("update", state.step, settle=run.checkpointer.wait if run.checkpointer is not None else None)
 
 
 TTA_MODES = ("none", "flip")

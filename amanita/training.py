@@ -22,6 +22,7 @@ from amanita.cli import build_train_parser, check_train_args, cli_main
 from amanita.data import (BadImageCounter, DeviceLoader, FungiTasticDataset, check_labels, check_unreadable,
                           create_transforms, make_loader, read_split)
 from amanita.distill import load_teacher
+from amanita.faults import dump_rank_state, fault_point
 from amanita.tracking import create_tracker, epoch_scalars
 from amanita.distributed import (DistInfo, ResumableDistributedSampler, ShardSampler, barrier, cleanup,
                                  init_distributed, wrap_for_training)
@@ -279,6 +280,7 @@ def _run(args, multitask: bool, dist: DistInfo) -> int:
     finally:
         run.tracker.close()
     run.checkpointer.close()  # the process ends only once the last checkpoint is on disk
+    dump_rank_state(run.model, dist.rank)  # tests only (AMANITA_DUMP_RANK_STATE)
     best = run.state.best_metric
     log(dist, f"done: best val {args.early_stopping_metric} = {best if best is None else f'{best:.4f}'}; "
               f"checkpoints in {args.save_dir}")
@@ -421,6 +423,8 @@ def test_best(run: Run) -> None:
 def evaluate_split(run: Run, model: nn.Module, split: str):
     """Predictions of one eval split; unreadable images past --max-bad-image-fraction stop the run."""
     loader = run.evals[split]
+    if split == "val":
+        fault_point("validation", run.state.epoch + 1, settle=run.checkpointer.wait)
     preds = predict(model, loader, run.taxonomy, run.dist.device, run.args.decode, run.config.amp)
     check_unreadable(len(loader.dataset), len(preds), run.args.max_bad_image_fraction, split)
     return preds

@@ -1,0 +1,272 @@
+"""The fault matrix: the real training scripts killed at chosen moments and restarted with the same command.
+
+Every run is a subprocess of train_minimal.py, train_multitask.py or distill.py on a 14-image
+demo set with a tiny model, under 1 or 2 gloo processes started as torchrun starts them (``RANK``,
+``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``PORT``; when one process dies the others are sent
+SIGTERM, as torchrun's agent does). A kill lands at a named point, deterministically, through
+``AMANITA_FAULT`` (:mod:`amanita.faults`), never after a sleep.
+
+Configurations (2 epochs, ``--save-every-steps 1``, no drop-path/dropout, so two runs are bitwise equal):
+
+=========  ===================  =====  =====  ==========================================
+name       script               batch  accum  batches per rank (1 → 2 processes)
+=========  ===================  =====  =====  ==========================================
+mt-a1      train_multitask.py   3      1      5 (last 2 images) → 3 (last 1)
+mt-a2      train_multitask.py   3      2      5 → 3: the last group is a remainder of 1 batch
+minimal    train_minimal.py     3      2      as mt-a2
+distill    distill.py           4      1      4 (last 2) → 2 (last 3); a BatchNorm student
+=========  ===================  =====  =====  ==========================================
+
+The cells (:data:`CELLS`) are a covering design, not the whole product (4 configurations × 5 kill
+points × 4 restarts × 2 signals = 160 runs would take hours here): every configuration, kill point,
+restart mode and signal appears, and the cells that matter most are present: a kill during
+validation after ``last.pth`` was saved on an epoch's final update with a partial last batch
+(under 1 and 2 processes), the final-update kill of an accumulation remainder under 2 processes, a
+kill inside a background write and right after ``best_model.pth`` is linked, and both layout
+changes. One uninterrupted reference run per configuration and layout serves every cell.
+
+After every run: each process's parameters and buffers are equal (``AMANITA_DUMP_RANK_STATE``),
+no temporary file is left, and the restart succeeds at its first try. Same world size: the final
+weights are ``torch.equal`` to the reference. 1 → 2 and 2 → 1: the run finishes and its schedule
+(update count, scheduler state, last lr) is the reference's of the new layout.
+
+Precisions: one epoch of each head mode under CPU autocast bf16 and fp16 gives finite losses, and
+the fp16 loss of a confident model (leaf logit gap 25) is within 1% of its fp32 loss.
+
+The matrix is printed at the end of the module and written to ``fault_matrix.md`` in pytest's
+temporary folder; BENCHMARKS.md ("Fault matrix") keeps the figure.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from amanita.data import read_split
+from amanita.taxonomy import build_taxonomy
+from tests.helpers import ROOT, SMALL_MODEL, make_image_dataset, script_env, tiny_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass(frozen=True)
+class Config:
+    script: str
+    args: tuple
+
+
+CONFIGS = {
+    "mt-a1": Config("train_multitask.py", (*SMALL_MODEL, "--batch-size", 3, "--accum-steps", 1)),
+    "mt-a2": Config("train_multitask.py", (*SMALL_MODEL, "--batch-size", 3, "--accum-steps", 2)),
+    "minimal": Config("train_minimal.py", (*SMALL_MODEL, "--batch-size", 3, "--accum-steps", 2, "--lr", 0.01)),
+    "distill": Config("distill.py", ("--model", "mobilenetv3_small_050", "--batch-size", 4, "--accum-steps", 1,
+                                     "--lr", 1e-3)),
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    config: str
+    fault: str        # AMANITA_FAULT: point:n:signal (rank 0)
+    killed_world: int
+    restart_world: int
+    why: str
+
+
+CELLS = [
+    Cell("mt-a1", "validation:1:SIGKILL", 1, 1, "last.pth of the final update (partial batch), killed in validation"),
+    Cell("mt-a1", "update:2:SIGTERM", 1, 2, "mid-epoch, resumed on more processes"),
+    Cell("mt-a2", "update:2:SIGKILL", 2, 2, "final update: accumulation remainder and partial batch, 2 ranks"),
+    Cell("mt-a2", "write:3:SIGTERM", 2, 1, "inside the epoch-end background write, resumed on fewer processes"),
+    Cell("minimal", "best:1:SIGKILL", 1, 1, "right after best_model.pth is linked"),
+    Cell("distill", "validation:1:SIGTERM", 2, 2, "BatchNorm student, final-update last.pth, 2 ranks"),
+]
+KILL_POINT = {"validation": "during validation", "update": "after an update", "write": "during a write",
+              "best": "after best link"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(script: str, args: list, world: int, folder: Path, fault: str | None = None, timeout: float = 300):
+    """Run ``script`` under ``world`` processes as torchrun would; returns (exit code of the first failure or 0,
+    rank 0's output). Each process's output goes to ``folder/rank<r>.log``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    env = script_env(OMP_NUM_THREADS="1", AMANITA_DUMP_RANK_STATE=str(folder / "ranks"))
+    env.pop("AMANITA_FAULT", None)
+    if fault:
+        env["AMANITA_FAULT"] = fault
+    if world > 1:
+        env |= {"WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(free_port())}
+    procs, logs = [], []
+    for rank in range(world):
+        log = open(folder / f"rank{rank}.log", "w")
+        extra = {"RANK": str(rank), "LOCAL_RANK": str(rank)} if world > 1 else {}
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / script), *map(str, args)], env=env | extra,
+                                      stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
+        logs.append(log)
+    code = _wait_all(procs, timeout)
+    for log in logs:
+        log.close()
+    return code, (folder / "rank0.log").read_text()
+
+
+def _wait_all(procs: list, timeout: float) -> int:
+    """Wait for every process; the first to fail stops the others (SIGTERM, then SIGKILL), like torchrun."""
+    deadline, failed = time.time() + timeout, 0
+    while any(p.poll() is None for p in procs):
+        codes = [p.returncode for p in procs if p.returncode not in (None, 0)]
+        if (codes and not failed) or time.time() > deadline:
+            failed = codes[0] if codes else -999
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        time.sleep(0.05)
+    return failed or next((p.returncode for p in procs if p.returncode), 0)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    data = make_image_dataset(root, n_train=14, n_val=6)
+    tax = build_taxonomy([read_split(data["train"]), read_split(data["val"])])
+    tax.save(root / "m.json")
+    tiny_checkpoint(root / "teacher.pth", tax)
+    common = ["--train-path", data["train"], "--val-path", data["val"], "--mappings", root / "m.json",
+              "--workers", 0, "--auto-augment", "none", "--drop-path", 0, "--epochs", 2,
+              "--save-every-steps", 1, "--log-interval", 1]
+    return root, common, tax
+
+
+def config_args(setup, name: str, save_dir: Path) -> list:
+    root, common, _ = setup
+    teacher = ["--teacher", root / "teacher.pth"] if name == "distill" else []
+    return [*common, *CONFIGS[name].args, *teacher, "--save-dir", save_dir]
+
+
+@pytest.fixture(scope="module")
+def matrix(request, tmp_path_factory):
+    rows = {}
+    yield rows
+    lines = ["| configuration | kill point | signal | processes | outcome |", "|---|---|---|---|---|"]
+    for cell, outcome in rows.items():
+        point, n, sig = cell.fault.split(":")
+        lines.append(f"| {cell.config} ({CONFIGS[cell.config].script}) | {KILL_POINT[point]} {n} | {sig} | "
+                     f"{cell.killed_world} → {cell.restart_world} | {outcome} |")
+    text = "\n".join(lines)
+    (tmp_path_factory.getbasetemp() / "fault_matrix.md").write_text(text + "\n")
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("\nfault matrix (configuration × kill point × restart):\n" + text)
+
+
+_references: dict = {}
+
+
+def reference(setup, name: str, world: int) -> dict:
+    """The uninterrupted run of a configuration and layout (run once, shared by the cells)."""
+    key = (name, world)
+    if key not in _references:
+        folder = setup[0] / f"ref-{name}-{world}"
+        code, out = launch(CONFIGS[name].script, config_args(setup, name, folder / "ckpt"), world, folder)
+        assert code == 0, out[-3000:]
+        check_after_run(folder, world)
+        _references[key] = torch.load(folder / "ckpt" / "last.pth", weights_only=True)
+    return _references[key]
+
+
+def check_after_run(folder: Path, world: int) -> None:
+    """Every process holds the same parameters and buffers; no temporary file is left beside the checkpoints."""
+    stale = [p.name for p in (folder / "ckpt").glob(".*.tmp")]
+    assert not stale, f"stale temporaries left: {stale}"
+    states = [torch.load(folder / "ranks" / f"rank{r}.pth", weights_only=True) for r in range(world)]
+    for r, other in enumerate(states[1:], 1):
+        differ = [k for k, v in states[0].items() if not torch.equal(v, other[k])]
+        assert not differ, f"rank {r} differs from rank 0 in {differ[:4]}"
+
+
+def schedule(ckpt: dict) -> dict:
+    """What the schedule of a run is: its update count, the scheduler's state, the last epoch's lr."""
+    sched = {k: v for k, v in ckpt["scheduler"].items() if not isinstance(v, torch.Tensor)}
+    return {"step": ckpt["step"], "scheduler": sched, "lr": ckpt["history"][-1]["lr"]}
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: f"{c.config}-{c.fault.replace(':', '-')}-"
+                                                      f"{c.killed_world}to{c.restart_world}")
+def test_a_killed_run_restarts_and_ends_as_an_uninterrupted_one(cell, setup, matrix, tmp_path):
+    matrix[cell] = "failed"
+    ref = reference(setup, cell.config, cell.restart_world)
+    save = tmp_path / "ckpt"
+    args = config_args(setup, cell.config, save)
+    code, out = launch(CONFIGS[cell.config].script, args, cell.killed_world, tmp_path / "killed", cell.fault)
+    point, _, sig = cell.fault.split(":")
+    assert code in (-signal.Signals[sig], -signal.SIGTERM, 128 + signal.Signals[sig]), f"not killed ({code}): {out[-2000:]}"
+    assert f"fault injected: {sig}" in out
+    if point == "write":  # the kill landed inside a write: its temporary is there until the restart
+        assert list(save.glob(".last.pth.*.tmp")), "the kill did not land inside a write"
+    code, out = launch(CONFIGS[cell.config].script, args, cell.restart_world, tmp_path / "restart")
+    assert code == 0, f"the restart failed ({code}): {out[-3000:]}"
+    assert "resumed from" in out
+    check_after_run(tmp_path / "restart", cell.restart_world)
+    final = torch.load(save / "last.pth", weights_only=True)
+    assert final["epoch"] == 2
+    assert schedule(final) == schedule(ref)
+    if cell.killed_world == cell.restart_world:
+        differ = [k for k, v in ref["model"].items() if not torch.equal(v, final["model"][k])]
+        assert not differ, f"final weights differ from the uninterrupted run in {differ[:4]}"
+        assert [h["val/species/acc1"] for h in final["history"]] == [h["val/species/acc1"] for h in ref["history"]]
+    matrix[cell] = "survived"
+
+
+# ---------------------------------------------------------------------- precisions
+@pytest.fixture(scope="module")
+def confident(setup):
+    """A tiny multi-task checkpoint whose leaf head is sure of its first leaf: a logit gap of 25."""
+    root, _, tax = setup
+    path = root / "confident.pth"
+    model, _ = tiny_checkpoint(path, tax)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model"]["heads.leaf.weight"].zero_()
+    ckpt["model"]["heads.leaf.bias"].copy_(torch.tensor([25.0] + [0.0] * (tax.n_leaves - 1)))
+    torch.save(ckpt, path)
+    return path
+
+
+def one_epoch_loss(setup, tmp_path, head_mode: str, amp: str, init: Path) -> float:
+    args = config_args(setup, "mt-a1", tmp_path / f"{head_mode}-{amp}")
+    args[args.index("--epochs") + 1] = 1
+    args += ["--head-mode", head_mode, "--amp", amp, "--init-from", init, "--lr", 1e-8, "--save-every-steps", 0]
+    code, out = launch("train_multitask.py", args, 1, tmp_path / f"log-{head_mode}-{amp}")
+    assert code == 0, out[-3000:]
+    record = json.loads((tmp_path / f"{head_mode}-{amp}" / "metrics.jsonl").read_text().splitlines()[-1])
+    losses = {k: v for k, v in record.items() if k.startswith("train/")}
+    assert all(math.isfinite(v) for v in losses.values()), losses
+    return record["train/loss"]
+
+
+@pytest.mark.parametrize("head_mode", ["residual", "independent"])
+def test_each_head_mode_trains_finite_under_bf16_and_fp16(setup, confident, head_mode, tmp_path):
+    losses = {amp: one_epoch_loss(setup, tmp_path, head_mode, amp, confident) for amp in ("bf16", "fp16")}
+    if head_mode == "residual":  # the roll-up of a confident model: fp16 must not underflow to inf
+        full = one_epoch_loss(setup, tmp_path, head_mode, "none", confident)
+        assert losses["fp16"] == pytest.approx(full, rel=1e-2)
