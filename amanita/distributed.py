@@ -140,7 +140,12 @@ class ResumableDistributedSampler(Sampler[int]):
         self.start = 0
 
     def set_start(self, start: int) -> None:
-        self.start = start
+        """Skip this rank's first ``start`` samples; at or past the shard's end the epoch is done.
+
+        A checkpoint written on an epoch's last update, whose last batch was partial, holds a
+        start past the end (batches × batch size): that is an empty remainder, not a negative one.
+        """
+        self.start = min(max(start, 0), self.num_samples)
 
     def indices(self) -> list[int]:
         if self.shuffle:
@@ -156,7 +161,7 @@ class ResumableDistributedSampler(Sampler[int]):
         return iter(self.indices()[self.start:])
 
     def __len__(self) -> int:
-        return self.num_samples - self.start
+        return max(self.num_samples - self.start, 0)
 
 
 class ShardSampler(Sampler[int]):
