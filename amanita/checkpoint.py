@@ -465,9 +465,15 @@ class CheckpointWriter:
         try:
             if ready is not None:
                 ready.synchronize()
-            atomic_write_stream(path, lambda f: _save_then_pause(snap, f))
-            for other in also:
-                link_or_copy(path, other)
+            # the extra names (best_model.pth) first, path (last.pth) last: a kill in between leaves an old
+            # last.pth, whose resume redoes the epoch and links best again; the other way round, the
+            # resumed run would count the epoch as saved and never write its best_model.pth
+            names = [*also, path]
+            atomic_write_stream(names[0], lambda f: _save_then_pause(snap, f))
+            for other in names[1:]:
+                fault_point("linked")
+                link_or_copy(names[0], other)
+            if also:
                 fault_point("best")
         except BaseException as e:  # noqa: BLE001 - reported to the training loop, never lost
             reason = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"  # io names the cause

@@ -9,7 +9,9 @@ same instant on every run instead of after a sleep. The points:
 - ``validation``: as validation of epoch n starts (the epoch's training and its saves done);
 - ``write``: during the n-th background checkpoint write of this process, the temporary file
   written and not yet renamed;
-- ``best``: right after ``best_model.pth`` is linked for the n-th time in this process.
+- ``linked``: in a write with extra names (``best_model.pth``), the n-th time one name is in place
+  and the next not yet linked;
+- ``best``: right after ``best_model.pth`` and ``last.pth`` are in place, the n-th time in this process.
 
 ``AMANITA_DUMP_RANK_STATE=folder``: at the end of a run every rank saves its model's parameters
 and buffers as ``folder/rank<r>.pth``, so a test can check that the ranks agree.
@@ -25,7 +27,7 @@ from typing import Callable
 
 FAULT_ENV = "AMANITA_FAULT"
 DUMP_ENV = "AMANITA_DUMP_RANK_STATE"
-POINTS = ("update", "validation", "write", "best")
+POINTS = ("update", "validation", "write", "linked", "best")
 _reached: dict[str, int] = {}
 
 

@@ -318,3 +318,19 @@ def test_reserve_allocates_the_buffers_the_saves_then_reuse(tmp_path):
     writer.close()
     assert {k: v.data_ptr() for k, v in writer._buffers.items()} == before
     assert not list(tmp_path.glob(".*.tmp")) and (tmp_path / "last.pth").is_file()
+
+
+def test_a_kill_between_the_names_of_an_epoch_end_save_never_leaves_last_newer_than_best(tmp_path, monkeypatch):
+    """last.pth is put in place after best_model.pth: a resume from an older last.pth redoes the epoch
+    and links best again, while a newer last.pth would mark the epoch saved and best_model.pth never come."""
+    writer = ck.CheckpointWriter(background=False)
+    last, best = tmp_path / "last.pth", tmp_path / "best_model.pth"
+    writer.save(_state(1.0), last, also=[best])
+
+    def killed(src, dst):  # the process dies after the first name is in place
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ck, "link_or_copy", killed)
+    with pytest.raises(ck.CheckpointWriteError):
+        writer.save(_state(2.0), last, also=[best])
+    weight = {p.name: torch.load(p, weights_only=True)["model"]["weight"][0, 0].item() for p in (last, best)}
+    assert weight == {"last.pth": 1.0, "best_model.pth": 2.0}

@@ -20,14 +20,15 @@ distill    distill.py           4      1      4 (last 2) → 2 (last 3); a Batch
 The cells (:data:`CELLS`) are a covering design, not the whole product (4 configurations × 5 kill
 points × 4 restarts × 2 signals = 160 runs would take hours here): every configuration, kill point,
 restart mode and signal appears, and the cells that matter most are present: a kill during
-validation after ``last.pth`` was saved on an epoch's final update with a partial last batch
-(under 1 and 2 processes), the final-update kill of an accumulation remainder under 2 processes, a
-kill inside a background write and right after ``best_model.pth`` is linked, and both layout
-changes. One uninterrupted reference run per configuration and layout serves every cell.
+validation after ``last.pth`` was saved on an epoch's final update with a partial last batch, the
+final-update kill of an accumulation remainder under 2 processes (its ``last.pth`` is the same
+end-of-epoch position), a kill inside a background write, between the two names of an epoch-end
+save and right after ``best_model.pth`` is linked, and both layout changes. One uninterrupted reference run per configuration and layout serves every cell.
 
 After every run: each process's parameters and buffers are equal (``AMANITA_DUMP_RANK_STATE``),
-no temporary file is left, and the restart succeeds at its first try. Same world size: the final
-weights are ``torch.equal`` to the reference. 1 → 2 and 2 → 1: the run finishes and its schedule
+no temporary file is left, the restart succeeds at its first try, and ``best_model.pth`` is the
+epoch the history says is best. Same world size: ``last.pth`` and ``best_model.pth`` are
+``torch.equal`` to the reference's. 1 → 2 and 2 → 1: the run finishes and its schedule
 (update count, scheduler state, last lr) is the reference's of the new layout.
 
 Precisions: one epoch of each head mode under CPU autocast bf16 and fp16 gives finite losses, and
@@ -90,10 +91,10 @@ CELLS = [
     Cell("mt-a2", "update:2:SIGKILL", 2, 2, "final update: accumulation remainder and partial batch, 2 ranks"),
     Cell("mt-a2", "update:2:SIGTERM", 1, 2, "mid-epoch (update 2 of 3), resumed on more processes"),
     Cell("minimal", "best:1:SIGKILL", 1, 1, "right after best_model.pth is linked"),
-    Cell("distill", "validation:1:SIGTERM", 2, 2, "BatchNorm student, final-update last.pth, 2 ranks"),
+    Cell("distill", "linked:1:SIGTERM", 2, 2, "BatchNorm student; epoch-end save with one of its two names in place"),
 ]
-KILL_POINT = {"validation": "during validation", "update": "after an update", "write": "during a write",
-              "best": "after best link"}
+KILL_POINT = {"validation": "during validation", "update": "after update", "write": "during write",
+              "linked": "between the names of write", "best": "after best_model.pth is linked, write"}
 
 
 def free_port() -> int:
@@ -195,7 +196,8 @@ def reference(setup, name: str, world: int) -> dict:
         code, out = launch(CONFIGS[name].script, config_args(setup, name, folder / "ckpt"), world, folder)
         assert code == 0, out[-3000:]
         check_after_run(folder, world)
-        _references[key] = torch.load(folder / "ckpt" / "last.pth", weights_only=True)
+        _references[key] = {name: torch.load(folder / "ckpt" / f"{name}.pth", weights_only=True)
+                            for name in ("last", "best_model")}
     return _references[key]
 
 
@@ -227,18 +229,21 @@ def test_a_killed_run_restarts_and_ends_as_an_uninterrupted_one(cell, setup, mat
     assert code in (-signal.Signals[sig], -signal.SIGTERM, 128 + signal.Signals[sig]), f"not killed ({code}): {out[-2000:]}"
     assert f"fault injected: {sig}" in out
     if point == "write":  # the kill landed inside a write: its temporary is there until the restart
-        assert list(save.glob(".last.pth.*.tmp")), "the kill did not land inside a write"
+        assert list(save.glob(".*.pth.*.tmp")), "the kill did not land inside a write"
     code, out = launch(CONFIGS[cell.config].script, args, cell.restart_world, tmp_path / "restart")
     assert code == 0, f"the restart failed ({code}): {out[-3000:]}"
     assert "resumed from" in out
     check_after_run(tmp_path / "restart", cell.restart_world)
-    final = torch.load(save / "last.pth", weights_only=True)
+    final, best = (torch.load(save / f"{name}.pth", weights_only=True) for name in ("last", "best_model"))
     assert final["epoch"] == 2
-    assert schedule(final) == schedule(ref)
+    assert schedule(final) == schedule(ref["last"])
+    f1 = [h["val/species/f1"] for h in final["history"]]
+    assert best["epoch"] == f1.index(max(f1)) + 1, "best_model.pth is not the best epoch"
     if cell.killed_world == cell.restart_world:
-        differ = [k for k, v in ref["model"].items() if not torch.equal(v, final["model"][k])]
-        assert not differ, f"final weights differ from the uninterrupted run in {differ[:4]}"
-        assert [h["val/species/acc1"] for h in final["history"]] == [h["val/species/acc1"] for h in ref["history"]]
+        for name, ckpt in (("last", final), ("best_model", best)):
+            differ = [k for k, v in ref[name]["model"].items() if not torch.equal(v, ckpt["model"][k])]
+            assert not differ, f"{name}.pth differs from the uninterrupted run's in {differ[:4]}"
+        assert f1 == [h["val/species/f1"] for h in ref["last"]["history"]]
     matrix[cell] = "survived"
 
 
