@@ -15,6 +15,7 @@ from tqdm import tqdm
 from amanita.data import BAD_IMAGE, check_normalised
 from amanita.decode import DEFAULT_DECODE, Decoder
 from amanita.faults import fault_point
+from amanita.io import UserError
 from amanita.distributed import all_gather_objects, all_reduce_sum, is_main_process, world_size
 from amanita.run import Run
 from amanita.taxonomy import KEYS, LEAF, Taxonomy, label_column
@@ -378,6 +379,7 @@ def reduce_mean(values: dict[str, float], device) -> dict[str, float]:
 
 
 def finite_or_raise(losses: dict[str, float], epoch: int) -> None:
+    """Stop the run with one line (a :class:`~amanita.io.UserError`) when an epoch's mean loss is not finite."""
     bad = [k for k, v in losses.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
-        raise FloatingPointError(f"non-finite training loss in epoch {epoch}: {bad}; lower --lr or use --amp bf16")
+        raise UserError(f"non-finite training loss in epoch {epoch + 1}: {bad}; lower --lr or use --amp bf16")
