@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from amanita.taxonomy import COARSE_RANKS, HEADS, LEAF, RANKS, Taxonomy, label_column
+from amanita.taxonomy import COARSE_RANKS, HEADS, LEAF, RANKS, Taxonomy, label_column, roll_up
 
 WEIGHT_METHODS = ("inverse", "sqrt_inverse", "effective_number")
 
@@ -70,8 +70,8 @@ class MultiTaskLoss(torch.nn.Module):
             w = None if class_weights is None else class_weights[key].float()
             self.register_buffer(f"cw_{key}", w, persistent=False)
         if consistency_weight > 0:
-            for rank in COARSE_RANKS:
-                self.register_buffer(f"rollup_{rank}", taxonomy.rollup_matrix(rank), persistent=False)
+            self.register_buffer("ancestors", taxonomy.ancestor_matrix(), persistent=False)  # (n_leaves, 6)
+            self.n_classes = {rank: taxonomy.num_classes(rank) for rank in COARSE_RANKS}
 
     def _logits(self, outputs: dict, key: str) -> torch.Tensor:
         x = outputs[key]
@@ -105,10 +105,10 @@ class MultiTaskLoss(torch.nn.Module):
     def _consistency(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         leaf_p = F.softmax(self._logits(outputs, LEAF), dim=1)  # (B, n_leaves)
         kl = 0.0
-        for rank in COARSE_RANKS:
+        for j, rank in enumerate(COARSE_RANKS):
             if rank not in outputs:
                 continue
-            summed = (leaf_p @ getattr(self, f"rollup_{rank}")).clamp_min(1e-8)
+            summed = roll_up(leaf_p, self.ancestors[:, j], self.n_classes[rank]).clamp_min(1e-8)  # fp32
             log_head = F.log_softmax(outputs[rank].float(), dim=1)
             kl = kl + F.kl_div(log_head, summed, reduction="batchmean")  # KL(summed ‖ head)
         return kl
