@@ -7,6 +7,7 @@ it back into a :class:`~amanita.run.Run`.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import random
@@ -212,6 +213,13 @@ def _last(history: list, key: str):
     return vals[-1] if vals else None
 
 
+@functools.lru_cache(maxsize=1)
+def process_git_sha() -> str | None:
+    """The package's commit, read once per process: its code does not change under it, and two ``git``
+    subprocesses at every save would hold rank 0's loop (seconds on a network file system)."""
+    return git_sha()
+
+
 def checkpoint_state(run) -> dict:
     """Everything a checkpoint of ``run`` (an :class:`amanita.run.Run`) holds, as plain types and tensors."""
     s, spec, tax = run.state, run.spec, run.taxonomy
@@ -233,7 +241,7 @@ def checkpoint_state(run) -> dict:
         "best_metric": s.best_metric, "bad_epochs": s.bad_epochs,
         "val_f1": _last(s.history, "val/species/f1"), "val_acc": _last(s.history, "val/species/acc1"),
         "lr_scaling": run.lr_scaling,  # the resolved peak lr and global batch (amanita.optim.resolve_lr)
-        "git_sha": git_sha(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "git_sha": process_git_sha(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "tracking": run.tracker.state() if run.tracker else dict(run.tracking),  # W&B id, TensorBoard dir
     }
 

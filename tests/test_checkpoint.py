@@ -334,3 +334,14 @@ def test_a_kill_between_the_names_of_an_epoch_end_save_never_leaves_last_newer_t
         writer.save(_state(2.0), last, also=[best])
     weight = {p.name: torch.load(p, weights_only=True)["model"]["weight"][0, 0].item() for p in (last, best)}
     assert weight == {"last.pth": 1.0, "best_model.pth": 2.0}
+
+
+def test_saves_ask_git_for_the_commit_once_per_process(tax, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ck, "git_sha", lambda: calls.append(1) or "abc")
+    ck.process_git_sha.cache_clear()
+    run = _tiny_run(tax, tmp_path, every_steps=1)
+    train_one_epoch(run, _batches(3))  # three saves
+    run.checkpointer.close()
+    ck.process_git_sha.cache_clear()
+    assert len(calls) == 1 and torch.load(tmp_path / "last.pth", weights_only=True)["git_sha"] == "abc"
