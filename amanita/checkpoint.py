@@ -231,8 +231,8 @@ def checkpoint_state(run) -> dict:
         "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "epoch": s.epoch, "step": s.step,
-        "sampler": {"epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch,
-                    "batch_size": run.args.batch_size, "world_size": run.dist.world_size},
+        "sampler": {"epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch, "batch_size": run.args.batch_size,
+                    "world_size": run.dist.world_size, "accum_steps": run.config.accum_steps},
         "rng": capture_rng(), "args": plain_args(run.args), "kind": spec.kind,
         "architecture": spec.architecture, "model_kwargs": spec.kwargs,
         "head_sizes": tax.head_sizes() if spec.kind == "multitask" else None, "head_mode": spec.head_mode,
@@ -258,7 +258,8 @@ def restore_state(run, ckpt: dict, path: str | os.PathLike) -> None:
     except (RuntimeError, ValueError, KeyError) as e:
         raise UserError(f"{path} does not fit this run ({str(e).strip().splitlines()[0][:160]}); resume with "
                         "the flags it was trained with or start a new --save-dir (or --resume none)") from None
-    if run.scheduler is not None and ckpt.get("scheduler"):
+    same_layout = saved_layout(ckpt) == run_layout(run)
+    if run.scheduler is not None and ckpt.get("scheduler") and same_layout:  # else: the one sized for this layout
         run.scheduler.load_state_dict(ckpt["scheduler"])
     if run.scaler is not None and ckpt.get("scaler"):
         run.scaler.load_state_dict(ckpt["scaler"])
@@ -266,14 +267,38 @@ def restore_state(run, ckpt: dict, path: str | os.PathLike) -> None:
     state.epoch, state.step, state.history = ckpt["epoch"], ckpt["step"], list(ckpt.get("history", []))
     state.best_metric, state.bad_epochs = ckpt.get("best_metric"), ckpt.get("bad_epochs", 0)
     run.tracking = dict(ckpt.get("tracking") or {})
-    same_layout = (s["batch_size"], s["world_size"]) == (run.args.batch_size, dist.world_size)
-    state.batch_in_epoch = s["batch_in_epoch"] if same_layout else 0
-    if not same_layout and s["batch_in_epoch"] and dist.is_main:
-        print(f"warning: {path} was saved with batch {s['batch_size']} × {s['world_size']} processes; "
-              f"epoch {ckpt['epoch'] + 1} restarts from its beginning", flush=True)
+    state.batch_in_epoch = s["batch_in_epoch"]
+    if not same_layout:
+        adopt_layout(run, ckpt, path)
     restore_rng(ckpt["rng"])  # rank 0's streams; the other ranks draw their own from seed + rank
     if dist.rank:
         seed_everything(run.args.seed + dist.rank + 7919 * ckpt["step"])
+
+
+def saved_layout(ckpt: dict) -> tuple[int, int, int]:
+    """``(batch size, world size, accumulation)`` of the run that wrote ``ckpt``: what an update is."""
+    s = ckpt["sampler"]
+    accum = s.get("accum_steps", (ckpt.get("args") or {}).get("accum_steps", 1))  # older files: the flag
+    return s["batch_size"], s["world_size"], max(int(accum or 1), 1)
+
+
+def run_layout(run) -> tuple[int, int, int]:
+    return run.args.batch_size, run.dist.world_size, run.config.accum_steps
+
+
+def adopt_layout(run, ckpt: dict, path: str | os.PathLike) -> None:
+    """Resume under another layout: the schedule is the one sized for this layout (timm's scheduler
+    counts updates), and the run restarts the saved epoch where a fresh run of this layout starts it."""
+    state, (b, w, a), (b2, w2, a2) = run.state, saved_layout(ckpt), run_layout(run)
+    state.batch_in_epoch = 0
+    if run.updates_per_epoch is not None:
+        state.step = state.epoch * run.updates_per_epoch
+    if run.dist.is_main:
+        redo = f" (its {ckpt['sampler']['batch_in_epoch']} batches done are trained again)" \
+            if ckpt["sampler"]["batch_in_epoch"] else ""
+        print(f"{path} was saved with batch {b} × {w} process(es) × accumulation {a}, this run uses {b2} × {w2} × "
+              f"{a2}: schedule rebuilt for this layout ({run.updates_per_epoch} updates per epoch), resuming at "
+              f"update {state.step}, the start of epoch {state.epoch + 1}{redo}", flush=True)
 
 
 def check_same_run(ckpt: dict, run, path: str | os.PathLike) -> None:

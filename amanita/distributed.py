@@ -112,14 +112,32 @@ def wrap_for_training(model: torch.nn.Module, info: DistInfo, compile: bool = Fa
     buffers are still synced once at start-up): the buffers (roll-up matrices, relative-position
     indices) are constants. ``gradient_as_bucket_view=True``: gradients live in the all-reduce
     buckets, saving a copy and a second gradient set. ``checkpoint.unwrap`` gives the plain module.
+    A model with BatchNorm (a MobileNet student) changes its buffers: then rank 0's are broadcast
+    before each forward, and :func:`sync_batchnorm` makes them agree after the epoch's last one.
     """
     if info.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[info.local_rank] if info.device.type == "cuda" else None,
-            forward_sync_buffers=False, gradient_as_bucket_view=True)
+            forward_sync_buffers=has_batchnorm(model), gradient_as_bucket_view=True)
     if compile:
         model = torch.compile(model)
     return model
+
+
+def has_batchnorm(model: torch.nn.Module) -> bool:
+    """Whether ``model`` holds BatchNorm layers, whose running statistics change as it trains."""
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def sync_batchnorm(*models: torch.nn.Module | None) -> None:
+    """Rank 0's BatchNorm running statistics on every rank (timm's ``distribute_bn``), so every rank
+    validates and saves the same model; nothing without DDP or BatchNorm. Every rank calls it."""
+    if not dist.is_initialized():
+        return
+    from timm.utils import distribute_bn
+    for model in models:
+        if model is not None and has_batchnorm(model):
+            distribute_bn(model, dist.get_world_size(), reduce=False)
 
 
 class ResumableDistributedSampler(Sampler[int]):

@@ -16,7 +16,7 @@ from amanita.data import BAD_IMAGE, check_normalised
 from amanita.decode import DEFAULT_DECODE, Decoder
 from amanita.faults import fault_point
 from amanita.io import UserError
-from amanita.distributed import all_gather_objects, all_reduce_sum, is_main_process, world_size
+from amanita.distributed import all_gather_objects, all_reduce_sum, is_main_process, sync_batchnorm, world_size
 from amanita.run import Run
 from amanita.taxonomy import KEYS, LEAF, Taxonomy, label_column
 from amanita.openset import FLAG_COLUMN, SCORES, leaf_energy, score_column, unknown_scores
@@ -88,6 +88,7 @@ def train_one_epoch(run: Run, loader) -> dict[str, float]:
                                 lr=f"{run.optimizer.param_groups[-1]['lr']:.2e}",
                                 img_s=f"{n_images / (time.perf_counter() - t0):.0f}")
     _count_bad(run, bad_count)
+    sync_batchnorm(run.model, run.ema.module if run.ema is not None else None)  # ranks' statistics drift apart
     bar.close()
     elapsed = time.perf_counter() - t0
     out = {k: (v / max(n_batches, 1)).item() for k, v in sums.items()}

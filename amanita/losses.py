@@ -51,8 +51,8 @@ class MultiTaskLoss(torch.nn.Module):
     ``outputs`` is ``{head: logits}`` (``"leaf"`` over leaves, or over all stock outputs with
     ``leaf_index`` selecting the leaves' columns; the coarse ranks over their classes);
     ``labels`` is ``(B, 7)`` in :data:`~amanita.taxonomy.KEYS` order, negative = unknown or
-    unreadable, ignored. A head with no known label in the batch contributes an exact zero that
-    still touches its parameters, so DDP needs no ``find_unused_parameters``. With
+    unreadable, ignored. A head with no known label in the batch, or weighted 0, contributes an
+    exact zero that still touches its parameters, so DDP needs no ``find_unused_parameters``. With
     ``consistency_weight`` > 0, adds the KL divergence between each coarse head and the leaf
     head's probabilities summed up to that rank.
     Returns ``{"loss": total, "loss/<head>": per head, ["loss/consistency"]}``.
@@ -82,11 +82,12 @@ class MultiTaskLoss(torch.nn.Module):
     def forward(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
         out, total = {}, 0.0
         for key in HEADS:
-            if key not in outputs or self.head_weights.get(key, 0.0) == 0.0:
+            if key not in outputs:
                 continue
             logits = self._logits(outputs, key)
             out[f"loss/{key}"] = self._ce(logits, label_column(labels, key), getattr(self, f"cw_{key}"))
-            total = total + self.head_weights[key] * out[f"loss/{key}"]
+            # a head weighted 0 stays in the graph (zero gradients): under DDP every parameter must get one
+            total = total + self.head_weights.get(key, 0.0) * out[f"loss/{key}"]
         if self.consistency_weight > 0 and LEAF in outputs:
             out["loss/consistency"] = self._consistency(outputs)
             total = total + self.consistency_weight * out["loss/consistency"]

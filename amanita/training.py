@@ -346,7 +346,7 @@ def build_run(args, multitask: bool, dist: DistInfo) -> Run:
                                           f"train images on rank {dist.rank}"),
                checkpointer=Checkpointer(args.save_dir, args.resume, args.save_every_steps, args.save_every_minutes),
                args=args, taxonomy=tax, spec=spec, train_loader=train_loader, sampler=sampler, evals=evals,
-               lr_scaling=lr_scaling)
+               lr_scaling=lr_scaling, updates_per_epoch=n_updates)
 
 
 def train_epoch(run: Run) -> bool:

@@ -129,3 +129,28 @@ def test_training_wrapper_is_ddp_without_buffer_broadcast_then_compile():
         assert wrap_for_training(model, DistInfo()) is model  # one process, no compile: the module itself
     finally:
         dist.destroy_process_group()
+
+
+def _fault_worker(mode: str, tmp_path) -> dict:
+    out = tmp_path / f"{mode}.json"
+    proc = torchrun(ROOT / "tests" / "ddp_fault_worker.py", mode, out, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_a_head_weighted_zero_trains_under_ddp(tmp_path):
+    """--rank-weights with a 0: the head stays in the graph, so DDP reduces every parameter every step."""
+    assert _fault_worker("rank-weights", tmp_path) == {"steps": 3, "params": True, "buffers": True}
+
+
+@pytest.mark.slow
+def test_batchnorm_statistics_agree_across_ranks_after_an_epoch(tmp_path):
+    """Ranks see different batches: their running means and variances must still be rank 0's."""
+    assert _fault_worker("batchnorm", tmp_path) == {"steps": 3, "params": True, "buffers": True}
+
+
+def test_buffers_are_synced_for_models_with_batchnorm_only():
+    from amanita.distributed import has_batchnorm
+    assert has_batchnorm(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)))
+    assert not has_batchnorm(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.LayerNorm(4)))
