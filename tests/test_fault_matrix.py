@@ -93,8 +93,8 @@ CELLS = [
     Cell("minimal", "best:1:SIGKILL", 1, 1, "right after best_model.pth is linked"),
     Cell("distill", "linked:1:SIGTERM", 2, 2, "BatchNorm student; epoch-end save with one of its two names in place"),
 ]
-KILL_POINT = {"validation": "during validation", "update": "after update", "write": "during write",
-              "linked": "between the names of write", "best": "after best_model.pth is linked, write"}
+KILL_POINT = {"validation": "during validation of epoch", "update": "after update", "write": "during checkpoint write",
+              "linked": "between the two names of checkpoint write", "best": "after best_model.pth is linked, write"}
 
 
 def free_port() -> int:
@@ -170,19 +170,19 @@ def config_args(setup, name: str, save_dir: Path) -> list:
 def matrix(request, tmp_path_factory):
     rows = {}
     yield rows
-    lines = ["| configuration | kill point | signal | processes | outcome |", "|---|---|---|---|---|"]
+    lines = ["| configuration | kill point | signal | processes | why this cell | outcome |", "|---|---|---|---|---|---|"]
     for cell, outcome in rows.items():
         if isinstance(cell, str):  # a precision cell
-            lines.append(f"| {cell} | – | – | 1 | {outcome} |")
+            lines.append(f"| {cell} | – | – | 1 | precision | {outcome} |")
             continue
         point, n, sig = cell.fault.split(":")
         lines.append(f"| {cell.config} ({CONFIGS[cell.config].script}) | {KILL_POINT[point]} {n} | {sig} | "
-                     f"{cell.killed_world} → {cell.restart_world} | {outcome} |")
+                     f"{cell.killed_world} → {cell.restart_world} | {cell.why} | {outcome} |")
     text = "\n".join(lines)
     (tmp_path_factory.getbasetemp() / "fault_matrix.md").write_text(text + "\n")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line("\nfault matrix (configuration × kill point × restart):\n" + text)
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # printed with or without -s
+        print("\nfault matrix (configuration × kill point × restart):\n" + text, flush=True)
 
 
 @pytest.fixture(scope="module")
