@@ -224,8 +224,9 @@ def test_a_killed_run_restarts_and_ends_as_an_uninterrupted_one(cell, setup, ref
     matrix[cell] = "failed"
     try:
         run_cell(cell, setup, references, tmp_path)
-    except AssertionError as e:
-        matrix[cell] = "failed: " + str(e).splitlines()[0][:120]
+    except Exception as e:
+        reason = (str(e).splitlines() or [""])[0][:120]
+        matrix[cell] = f"failed: {reason}" if isinstance(e, AssertionError) else f"failed: {type(e).__name__}: {reason}"
         raise
     matrix[cell] = "survived"
 
