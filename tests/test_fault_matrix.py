@@ -17,13 +17,17 @@ minimal    train_minimal.py     3      2      as mt-a2
 distill    distill.py           4      1      4 (last 2) → 2 (last 3); a BatchNorm student
 =========  ===================  =====  =====  ==========================================
 
-The cells (:data:`CELLS`) are a covering design, not the whole product (4 configurations × 5 kill
-points × 4 restarts × 2 signals = 160 runs would take hours here): every configuration, kill point,
-restart mode and signal appears, and the cells that matter most are present: a kill during
+(The student's batch is 4: at 32 px its last stages are 1×1, and BatchNorm cannot train on one image.)
+
+The cells (:data:`CELLS`) are a covering design, not the whole product (4 configurations × 6 kill
+points × 4 restarts × 2 signals = 192 cells would take hours here): every configuration, kill point
+(mid-epoch update, an epoch's final update, validation, inside a background write, between the two
+names of an epoch-end save, right after ``best_model.pth`` is linked), restart (1 → 1, 2 → 2,
+1 → 2, 2 → 1) and signal is in a cell, and the cells that matter most are present: a kill during
 validation after ``last.pth`` was saved on an epoch's final update with a partial last batch, the
 final-update kill of an accumulation remainder under 2 processes (its ``last.pth`` is the same
-end-of-epoch position), a kill inside a background write, between the two names of an epoch-end
-save and right after ``best_model.pth`` is linked, and both layout changes. One uninterrupted reference run per configuration and layout serves every cell.
+end-of-epoch position), the BatchNorm student under 2 processes, and both layout changes. One
+uninterrupted reference run per configuration and layout serves every cell.
 
 After every run: each process's parameters and buffers are equal (``AMANITA_DUMP_RANK_STATE``),
 no temporary file is left, the restart succeeds at its first try, and ``best_model.pth`` is the
@@ -41,7 +45,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import socket
 import subprocess
