@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from amanita.backbone import ModelSpec
+from amanita.distributed import broadcast_from_main, stop_all_if_any
 from amanita.faults import fault_point
 from amanita.io import UserError, atomic_torch_save, atomic_write_stream, git_sha, load_tensor_file
 from amanita.model import create_multitask_model, create_single_head_model
@@ -364,17 +365,36 @@ class Checkpointer:
                 raise
 
     def resume_path(self) -> Path | None:
-        """The checkpoint to resume: ``--resume`` as given, ``auto`` = ``last.pth`` when it exists."""
+        """The checkpoint to resume: ``--resume`` as given, ``auto`` = ``last.pth`` when it exists.
+
+        Rank 0 decides whether it exists and every rank follows (see :func:`load_on_every_rank`)."""
         if self.resume in (None, "", "none"):
             return None
         if self.resume == "auto":
             p = self.dir / "last.pth"
-            return p if p.is_file() else None
+            return p if broadcast_from_main(p.is_file()) else None
         return Path(self.resume)
 
     def restore(self, run, path: str | os.PathLike) -> None:
-        """Load ``path`` and put every state back into ``run``."""
-        restore_state(run, load_checkpoint(path), path)
+        """Load ``path`` (on every rank) and put every state back into ``run``."""
+        restore_state(run, load_on_every_rank(load_checkpoint, path, run.dist.rank), path)
+
+
+def load_on_every_rank(load: Callable, path: str | os.PathLike, rank: int):
+    """``load(path)`` on every rank, which all call it; when a rank cannot, every rank stops with one line.
+
+    Rank 0 decided that ``path`` is there (it wrote it): a rank that cannot read it is on a node
+    that does not share the checkpoint folder, and going on would diverge or hang a collective.
+    """
+    result, error = None, None
+    try:
+        result = load(path)
+    except (UserError, OSError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        error = reason if rank == 0 else (f"rank {rank} cannot read {path}, which rank 0 reads: the checkpoint folder "
+                                          f"{Path(path).parent} must be shared by every node ({reason})")
+    stop_all_if_any(error)
+    return result
 
 
 # ---------------------------------------------------------------------- background writing

@@ -86,6 +86,23 @@ def all_gather_objects(obj) -> list:
     return out
 
 
+def broadcast_from_main(obj):
+    """Rank 0's ``obj`` on every rank (``obj`` itself without DDP): rank 0 decides, the others follow."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def stop_all_if_any(error: str | None) -> None:
+    """Every rank calls it with its own error (None: none); when any rank has one, every rank raises
+    the first such rank's as a :class:`~amanita.io.UserError`, so no rank waits in a collective alone."""
+    errors = [e for e in all_gather_objects(error) if e]
+    if errors:
+        raise UserError(errors[0])
+
+
 def is_main_process() -> bool:
     """Rank 0, or the only process: the one that prints and writes."""
     return not dist.is_initialized() or dist.get_rank() == 0

@@ -24,8 +24,8 @@ from amanita.data import (BadImageCounter, DeviceLoader, FungiTasticDataset, che
 from amanita.distill import load_teacher
 from amanita.faults import dump_rank_state, fault_point
 from amanita.tracking import create_tracker, epoch_scalars
-from amanita.distributed import (DistInfo, ResumableDistributedSampler, ShardSampler, barrier, cleanup,
-                                 init_distributed, wrap_for_training)
+from amanita.distributed import (DistInfo, ResumableDistributedSampler, ShardSampler, barrier,
+                                 broadcast_from_main, cleanup, init_distributed, wrap_for_training)
 from amanita.engine import amp_dtype, finite_or_raise, predict, reduce_mean, summarize, train_one_epoch, \
     updates_per_epoch
 from amanita.heads import init_from_stock
@@ -410,9 +410,9 @@ def test_best(run: Run) -> None:
     """Evaluate the test split with best_model.pth and record it in test_metrics.json."""
     args, dist, tax = run.args, run.dist, run.taxonomy
     path = Path(args.save_dir) / "best_model.pth"
-    if not path.is_file():
+    if not broadcast_from_main(path.is_file()):  # rank 0 wrote it: every rank follows its answer
         return
-    best_model, _, _, info = ck.load_for_eval(path, dist.device)
+    best_model, _, _, info = ck.load_on_every_rank(lambda p: ck.load_for_eval(p, dist.device), path, dist.rank)
     test = summarize(evaluate_split(run, best_model, "test"), tax)
     log(dist, f"test split, best checkpoint (epoch {info['epoch']}):\n{rank_table({}, test, 'test')}")
     if dist.is_main:
