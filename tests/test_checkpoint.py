@@ -318,3 +318,17 @@ def test_reserve_allocates_the_buffers_the_saves_then_reuse(tmp_path):
     writer.close()
     assert {k: v.data_ptr() for k, v in writer._buffers.items()} == before
     assert not list(tmp_path.glob(".*.tmp")) and (tmp_path / "last.pth").is_file()
+
+
+def test_the_buffers_are_reserved_after_the_first_update_once_adamws_state_exists(tax, tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 6))
+    run = _tiny_run(tax, tmp_path, every_steps=0)
+    run.model, run.scheduler = model, None
+    run.optimizer = torch.optim.AdamW(model.parameters())  # its state appears at the first step
+    run.checkpointer.start(run)
+    assert not run.checkpointer.writer._buffers  # nothing reserved before the loop
+    train_one_epoch(run, _batches(2))
+    keys = set(run.checkpointer.writer._buffers)
+    assert {f"/optimizer/state/{i}/{k}" for i in (0, 1) for k in ("exp_avg", "exp_avg_sq")} <= keys
+    assert "/model/1.weight" in keys and not list(tmp_path.iterdir())  # reserved, nothing written

@@ -118,3 +118,25 @@ def test_a_compiled_model_is_not_recompiled_for_the_epochs_short_last_batch():
     train_one_epoch(run, batches)
     assert run.state.step == 3 and len(graphs) == 1  # the batch of 3 reused the graph of the batches of 4
     torch._dynamo.reset()
+
+
+def test_evaluation_copies_labels_to_the_device_without_blocking(monkeypatch):
+    from amanita.engine import iter_log_probs
+    from amanita.taxonomy import build_taxonomy, encode_labels
+    from tests.helpers import TRAIN_IDS, rows
+    df = rows(TRAIN_IDS)
+    tax = build_taxonomy([df])
+    labels = torch.as_tensor(encode_labels(tax, df))[:4]
+    loader = [(torch.randn(4, 3, 2, 2), labels, torch.arange(4))]
+    copies = []
+    real_to = torch.Tensor.to
+
+    def to(t, *a, **k):
+        if t.data_ptr() == labels.data_ptr():  # the batch's labels (not the decoder's one-off matrices)
+            copies.append(k.get("non_blocking", False))
+        return real_to(t, *a, **k)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    batches = list(iter_log_probs(_LeafLinear(tax.n_leaves), loader, tax, torch.device("cpu")))
+    monkeypatch.undo()
+    assert len(batches) == 1 and torch.equal(batches[0][1], labels)
+    assert copies == [True]  # a pinned batch's labels overlap the next batch's work on CUDA
