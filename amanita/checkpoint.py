@@ -334,11 +334,11 @@ class Checkpointer:
         self.dir, self.resume = Path(save_dir), resume
         self.schedule = SaveSchedule(every_steps, every_minutes)
         self.writer = CheckpointWriter(background)
+        self.reserved = False
 
     def start(self, run) -> None:
-        """Before the loop: allocate rank 0's snapshot buffers (a one-off cost, not the first save's); start the clock."""
-        if run.dist.is_main:
-            self.writer.reserve(checkpoint_state(run))
+        """Before the loop: start the clock. Rank 0's snapshot buffers are reserved after the first update,
+        once the optimizer's state (AdamW's moments: twice the weights) exists, not by the first save."""
         self.schedule.saved()
 
     def save(self, run, name: str = "last.pth", also: tuple[str, ...] = ()) -> None:
@@ -351,6 +351,9 @@ class Checkpointer:
         """``last.pth`` when the schedule says it is due (neither set: only at the ends of epochs)."""
         if self.schedule.due(run.state.step):
             self.save(run, "last.pth")
+        elif not self.reserved and run.dist.is_main:
+            self.writer.reserve(checkpoint_state(run))  # a one-off, at the first update
+        self.reserved = True
 
     def wait(self) -> None:
         """Block until the last write is on disk (before reading a checkpoint back); raise if it failed."""

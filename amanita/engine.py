@@ -212,7 +212,7 @@ def iter_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=Non
     for images, labels, idx in tqdm(loader, disable=not is_main_process(), desc="predict", dynamic_ncols=True,
                                     leave=False):
         logp, energy = step.log_probs(images)
-        yield logp, labels.to(step.device), idx, energy
+        yield logp, labels.to(step.device, non_blocking=True), idx, energy
 
 
 @torch.inference_mode()

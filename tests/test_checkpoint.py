@@ -345,3 +345,17 @@ def test_saves_ask_git_for_the_commit_once_per_process(tax, tmp_path, monkeypatc
     run.checkpointer.close()
     ck.process_git_sha.cache_clear()
     assert len(calls) == 1 and torch.load(tmp_path / "last.pth", weights_only=True)["git_sha"] == "abc"
+
+
+def test_the_buffers_are_reserved_after_the_first_update_once_adamws_state_exists(tax, tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 6))
+    run = _tiny_run(tax, tmp_path, every_steps=0)
+    run.model, run.scheduler = model, None
+    run.optimizer = torch.optim.AdamW(model.parameters())  # its state appears at the first step
+    run.checkpointer.start(run)
+    assert not run.checkpointer.writer._buffers  # nothing reserved before the loop
+    train_one_epoch(run, _batches(2))
+    keys = set(run.checkpointer.writer._buffers)
+    assert {f"/optimizer/state/{i}/{k}" for i in (0, 1) for k in ("exp_avg", "exp_avg_sq")} <= keys
+    assert "/model/1.weight" in keys and not list(tmp_path.iterdir())  # reserved, nothing written

@@ -126,3 +126,25 @@ def test_a_non_finite_epoch_loss_stops_the_run_with_one_line_naming_the_epoch_an
     finite_or_raise({"loss": 1.0, "loss/leaf": 2.0}, 0)
     with pytest.raises(UserError, match=r"epoch 3: \['loss', 'loss/genus'\]; lower --lr"):
         finite_or_raise({"loss": float("inf"), "loss/genus": float("nan"), "loss/leaf": 2.0}, 2)
+
+
+def test_evaluation_copies_labels_to_the_device_without_blocking(monkeypatch):
+    from amanita.engine import iter_log_probs
+    from amanita.taxonomy import build_taxonomy, encode_labels
+    from tests.helpers import TRAIN_IDS, rows
+    df = rows(TRAIN_IDS)
+    tax = build_taxonomy([df])
+    labels = torch.as_tensor(encode_labels(tax, df))[:4]
+    loader = [(torch.randn(4, 3, 2, 2), labels, torch.arange(4))]
+    copies = []
+    real_to = torch.Tensor.to
+
+    def to(t, *a, **k):
+        if t.data_ptr() == labels.data_ptr():  # the batch's labels (not the decoder's one-off matrices)
+            copies.append(k.get("non_blocking", False))
+        return real_to(t, *a, **k)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    batches = list(iter_log_probs(_LeafLinear(tax.n_leaves), loader, tax, torch.device("cpu")))
+    monkeypatch.undo()
+    assert len(batches) == 1 and torch.equal(batches[0][1], labels)
+    assert copies == [True]  # a pinned batch's labels overlap the next batch's work on CUDA
