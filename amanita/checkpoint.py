@@ -7,6 +7,7 @@ it back into a :class:`~amanita.run.Run`.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import random
@@ -24,6 +25,8 @@ import torch
 import torch.nn as nn
 
 from amanita.backbone import ModelSpec, weights_loaded_next
+from amanita.distributed import broadcast_from_main, stop_all_if_any
+from amanita.faults import fault_point
 from amanita.io import UserError, atomic_torch_save, atomic_write_stream, git_sha, load_tensor_file
 from amanita.lora import (LoraSpec, adapt, base_weights, frozen_digest, frozen_names, load_partial,
                           merge_adapters, without)
@@ -247,6 +250,13 @@ def _last(history: list, key: str):
     return vals[-1] if vals else None
 
 
+@functools.lru_cache(maxsize=1)
+def process_git_sha() -> str | None:
+    """The package's commit, read once per process: its code does not change under it, and two ``git``
+    subprocesses at every save would hold rank 0's loop (seconds on a network file system)."""
+    return git_sha()
+
+
 def checkpoint_state(run) -> dict:
     """Everything a checkpoint of ``run`` (an :class:`amanita.run.Run`) holds, as plain types and tensors."""
     s, spec, tax = run.state, run.spec, run.taxonomy
@@ -258,8 +268,8 @@ def checkpoint_state(run) -> dict:
         "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "epoch": s.epoch, "step": s.step,
-        "sampler": {"epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch,
-                    "batch_size": run.args.batch_size, "world_size": run.dist.world_size},
+        "sampler": {"epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch, "batch_size": run.args.batch_size,
+                    "world_size": run.dist.world_size, "accum_steps": run.config.accum_steps},
         "rng": capture_rng(), "args": plain_args(run.args), "kind": spec.kind,
         "architecture": spec.architecture, "model_kwargs": spec.kwargs, "lora": spec.lora,
         "head_sizes": tax.head_sizes() if spec.kind == "multitask" else None, "head_mode": spec.head_mode,
@@ -268,7 +278,7 @@ def checkpoint_state(run) -> dict:
         "best_metric": s.best_metric, "bad_epochs": s.bad_epochs,
         "val_f1": _last(s.history, "val/species/f1"), "val_acc": _last(s.history, "val/species/acc1"),
         "lr_scaling": run.lr_scaling,  # the resolved peak lr and global batch (amanita.optim.resolve_lr)
-        "git_sha": git_sha(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "git_sha": process_git_sha(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "tracking": run.tracker.state() if run.tracker else dict(run.tracking),  # W&B id, TensorBoard dir
     }
 
@@ -301,7 +311,8 @@ def restore_state(run, ckpt: dict, path: str | os.PathLike) -> None:
     except (RuntimeError, ValueError, KeyError) as e:
         raise UserError(f"{path} does not fit this run ({str(e).strip().splitlines()[0][:160]}); resume with "
                         "the flags it was trained with or start a new --save-dir (or --resume none)") from None
-    if run.scheduler is not None and ckpt.get("scheduler"):
+    same_layout = saved_layout(ckpt) == run_layout(run)
+    if run.scheduler is not None and ckpt.get("scheduler") and same_layout:  # else: the one sized for this layout
         run.scheduler.load_state_dict(ckpt["scheduler"])
     if run.scaler is not None and ckpt.get("scaler"):
         run.scaler.load_state_dict(ckpt["scaler"])
@@ -309,14 +320,38 @@ def restore_state(run, ckpt: dict, path: str | os.PathLike) -> None:
     state.epoch, state.step, state.history = ckpt["epoch"], ckpt["step"], list(ckpt.get("history", []))
     state.best_metric, state.bad_epochs = ckpt.get("best_metric"), ckpt.get("bad_epochs", 0)
     run.tracking = dict(ckpt.get("tracking") or {})
-    same_layout = (s["batch_size"], s["world_size"]) == (run.args.batch_size, dist.world_size)
-    state.batch_in_epoch = s["batch_in_epoch"] if same_layout else 0
-    if not same_layout and s["batch_in_epoch"] and dist.is_main:
-        print(f"warning: {path} was saved with batch {s['batch_size']} × {s['world_size']} processes; "
-              f"epoch {ckpt['epoch'] + 1} restarts from its beginning", flush=True)
+    state.batch_in_epoch = s["batch_in_epoch"]
+    if not same_layout:
+        adopt_layout(run, ckpt, path)
     restore_rng(ckpt["rng"])  # rank 0's streams; the other ranks draw their own from seed + rank
     if dist.rank:
         seed_everything(run.args.seed + dist.rank + 7919 * ckpt["step"])
+
+
+def saved_layout(ckpt: dict) -> tuple[int, int, int]:
+    """``(batch size, world size, accumulation)`` of the run that wrote ``ckpt``: what an update is."""
+    s = ckpt["sampler"]
+    accum = s.get("accum_steps", (ckpt.get("args") or {}).get("accum_steps", 1))  # older files: the flag
+    return s["batch_size"], s["world_size"], max(int(accum or 1), 1)
+
+
+def run_layout(run) -> tuple[int, int, int]:
+    return run.args.batch_size, run.dist.world_size, run.config.accum_steps
+
+
+def adopt_layout(run, ckpt: dict, path: str | os.PathLike) -> None:
+    """Resume under another layout: the schedule is the one sized for this layout (timm's scheduler
+    counts updates), and the run restarts the saved epoch where a fresh run of this layout starts it."""
+    state, (b, w, a), (b2, w2, a2) = run.state, saved_layout(ckpt), run_layout(run)
+    state.batch_in_epoch = 0
+    if run.updates_per_epoch is not None:
+        state.step = state.epoch * run.updates_per_epoch
+    if run.dist.is_main:
+        redo = f" (its {ckpt['sampler']['batch_in_epoch']} batches done are trained again)" \
+            if ckpt["sampler"]["batch_in_epoch"] else ""
+        print(f"{path} was saved with batch {b} × {w} process(es) × accumulation {a}, this run uses {b2} × {w2} × "
+              f"{a2}: schedule rebuilt for this layout ({run.updates_per_epoch} updates per epoch), resuming at "
+              f"update {state.step}, the start of epoch {state.epoch + 1}{redo}", flush=True)
 
 
 def check_same_run(ckpt: dict, run, path: str | os.PathLike) -> None:
@@ -355,11 +390,11 @@ class Checkpointer:
         self.dir, self.resume = Path(save_dir), resume
         self.schedule = SaveSchedule(every_steps, every_minutes)
         self.writer = CheckpointWriter(background)
+        self.reserved = False
 
     def start(self, run) -> None:
-        """Before the loop: allocate rank 0's snapshot buffers (a one-off cost, not the first save's); start the clock."""
-        if run.dist.is_main:
-            self.writer.reserve(checkpoint_state(run))
+        """Before the loop: start the clock. Rank 0's snapshot buffers are reserved after the first update,
+        once the optimizer's state (AdamW's moments: twice the weights) exists, not by the first save."""
         self.schedule.saved()
 
     def save(self, run, name: str = "last.pth", also: tuple[str, ...] = ()) -> None:
@@ -372,6 +407,9 @@ class Checkpointer:
         """``last.pth`` when the schedule says it is due (neither set: only at the ends of epochs)."""
         if self.schedule.due(run.state.step):
             self.save(run, "last.pth")
+        elif not self.reserved and run.dist.is_main:
+            self.writer.reserve(checkpoint_state(run))  # a one-off, at the first update
+        self.reserved = True
 
     def wait(self) -> None:
         """Block until the last write is on disk (before reading a checkpoint back); raise if it failed."""
@@ -386,17 +424,36 @@ class Checkpointer:
                 raise
 
     def resume_path(self) -> Path | None:
-        """The checkpoint to resume: ``--resume`` as given, ``auto`` = ``last.pth`` when it exists."""
+        """The checkpoint to resume: ``--resume`` as given, ``auto`` = ``last.pth`` when it exists.
+
+        Rank 0 decides whether it exists and every rank follows (see :func:`load_on_every_rank`)."""
         if self.resume in (None, "", "none"):
             return None
         if self.resume == "auto":
             p = self.dir / "last.pth"
-            return p if p.is_file() else None
+            return p if broadcast_from_main(p.is_file()) else None
         return Path(self.resume)
 
     def restore(self, run, path: str | os.PathLike) -> None:
-        """Load ``path`` and put every state back into ``run``."""
-        restore_state(run, load_checkpoint(path), path)
+        """Load ``path`` (on every rank) and put every state back into ``run``."""
+        restore_state(run, load_on_every_rank(load_checkpoint, path, run.dist.rank), path)
+
+
+def load_on_every_rank(load: Callable, path: str | os.PathLike, rank: int):
+    """``load(path)`` on every rank, which all call it; when a rank cannot, every rank stops with one line.
+
+    Rank 0 decided that ``path`` is there (it wrote it): a rank that cannot read it is on a node
+    that does not share the checkpoint folder, and going on would diverge or hang a collective.
+    """
+    result, error = None, None
+    try:
+        result = load(path)
+    except (UserError, OSError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        error = reason if rank == 0 else (f"rank {rank} cannot read {path}, which rank 0 reads: the checkpoint folder "
+                                          f"{Path(path).parent} must be shared by every node ({reason})")
+    stop_all_if_any(error)
+    return result
 
 
 # ---------------------------------------------------------------------- background writing
@@ -520,9 +577,16 @@ class CheckpointWriter:
         try:
             if ready is not None:
                 ready.synchronize()
-            atomic_write_stream(path, lambda f: _save_then_pause(snap, f))
-            for other in also:
-                link_or_copy(path, other)
+            # the extra names (best_model.pth) first, path (last.pth) last: a kill in between leaves an old
+            # last.pth, whose resume redoes the epoch and links best again; the other way round, the
+            # resumed run would count the epoch as saved and never write its best_model.pth
+            names = [*also, path]
+            atomic_write_stream(names[0], lambda f: _save_then_pause(snap, f))
+            for other in names[1:]:
+                fault_point("linked")
+                link_or_copy(names[0], other)
+            if also:
+                fault_point("best")
         except BaseException as e:  # noqa: BLE001 - reported to the training loop, never lost
             reason = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"  # io names the cause
             self._error = (f"writing checkpoint {path} failed: {reason}; "
@@ -532,6 +596,7 @@ class CheckpointWriter:
 
 def _save_then_pause(obj, f) -> None:
     torch.save(obj, f)
+    fault_point("write")  # the fault matrix: a kill while the temporary file is written, before its rename
     delay = float(os.environ.get(WRITE_DELAY_ENV, 0) or 0)
     if delay:  # tests: a write in flight that a SIGKILL can land in
         f.flush()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from amanita.taxonomy import COARSE_RANKS, LEAF, RANKS, Taxonomy
+from amanita.taxonomy import COARSE_RANKS, LEAF, RANKS, Taxonomy, log_roll_up
 
 DECODE_MODES = ("consistent", "independent")
 DEFAULT_DECODE = "consistent"  # every script, validation during training and predict() alike
@@ -40,21 +40,8 @@ def rank_log_probs(outputs: dict[str, torch.Tensor], taxonomy: Taxonomy,
         if rank in outputs:
             out[rank] = F.log_softmax(outputs[rank].float(), dim=1)
         else:
-            out[rank] = torch.log(roll_up(leaf_p, ancestors[:, j], taxonomy.num_classes(rank)).clamp_min(1e-30))
+            out[rank] = log_roll_up(leaf_p, ancestors[:, j], taxonomy.num_classes(rank), floor=1e-30)
     return out
-
-
-def roll_up(leaf_p: torch.Tensor, parent: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """``(B, n_classes)`` sums of ``leaf_p`` ``(B, n_leaves)`` over the leaves under each class.
-
-    ``leaf_p @ taxonomy.rollup_matrix(rank)`` as a scatter-add over ``parent`` (each leaf's
-    class, -1 unknown: counted nowhere): O(B × leaves) instead of O(B × leaves × classes),
-    which at FungiTastic size (2,829 leaves, 2,786 species) is 80 ms against 1 ms a batch of
-    64 on one CPU thread.
-    """
-    slot = torch.where(parent >= 0, parent, n_classes)  # unknown → a spare column, dropped below
-    summed = leaf_p.new_zeros(leaf_p.shape[0], n_classes + 1).index_add_(1, slot, leaf_p)
-    return summed[:, :n_classes]
 
 
 def decode(log_probs: dict[str, torch.Tensor], ancestors: torch.Tensor, mode: str = DEFAULT_DECODE

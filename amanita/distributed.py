@@ -86,6 +86,23 @@ def all_gather_objects(obj) -> list:
     return out
 
 
+def broadcast_from_main(obj):
+    """Rank 0's ``obj`` on every rank (``obj`` itself without DDP): rank 0 decides, the others follow."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def stop_all_if_any(error: str | None) -> None:
+    """Every rank calls it with its own error (None: none); when any rank has one, every rank raises
+    the first such rank's as a :class:`~amanita.io.UserError`, so no rank waits in a collective alone."""
+    errors = [e for e in all_gather_objects(error) if e]
+    if errors:
+        raise UserError(errors[0])
+
+
 def is_main_process() -> bool:
     """Rank 0, or the only process: the one that prints and writes."""
     return not dist.is_initialized() or dist.get_rank() == 0
@@ -112,14 +129,32 @@ def wrap_for_training(model: torch.nn.Module, info: DistInfo, compile: bool = Fa
     buffers are still synced once at start-up): the buffers (roll-up matrices, relative-position
     indices) are constants. ``gradient_as_bucket_view=True``: gradients live in the all-reduce
     buckets, saving a copy and a second gradient set. ``checkpoint.unwrap`` gives the plain module.
+    A model with BatchNorm (a MobileNet student) changes its buffers: then rank 0's are broadcast
+    before each forward, and :func:`sync_batchnorm` makes them agree after the epoch's last one.
     """
     if info.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[info.local_rank] if info.device.type == "cuda" else None,
-            forward_sync_buffers=False, gradient_as_bucket_view=True)
+            forward_sync_buffers=has_batchnorm(model), gradient_as_bucket_view=True)
     if compile:
         model = torch.compile(model)
     return model
+
+
+def has_batchnorm(model: torch.nn.Module) -> bool:
+    """Whether ``model`` holds BatchNorm layers, whose running statistics change as it trains."""
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def sync_batchnorm(*models: torch.nn.Module | None) -> None:
+    """Rank 0's BatchNorm running statistics on every rank (timm's ``distribute_bn``), so every rank
+    validates and saves the same model; nothing without DDP or BatchNorm. Every rank calls it."""
+    if not dist.is_initialized():
+        return
+    from timm.utils import distribute_bn
+    for model in models:
+        if model is not None and has_batchnorm(model):
+            distribute_bn(model, dist.get_world_size(), reduce=False)
 
 
 class ResumableDistributedSampler(Sampler[int]):
@@ -140,7 +175,12 @@ class ResumableDistributedSampler(Sampler[int]):
         self.start = 0
 
     def set_start(self, start: int) -> None:
-        self.start = start
+        """Skip this rank's first ``start`` samples; at or past the shard's end the epoch is done.
+
+        A checkpoint written on an epoch's last update, whose last batch was partial, holds a
+        start past the end (batches × batch size): that is an empty remainder, not a negative one.
+        """
+        self.start = min(max(start, 0), self.num_samples)
 
     def indices(self) -> list[int]:
         if self.shuffle:
@@ -156,7 +196,7 @@ class ResumableDistributedSampler(Sampler[int]):
         return iter(self.indices()[self.start:])
 
     def __len__(self) -> int:
-        return self.num_samples - self.start
+        return max(self.num_samples - self.start, 0)
 
 
 class ShardSampler(Sampler[int]):

@@ -14,7 +14,9 @@ from tqdm import tqdm
 
 from amanita.data import BAD_IMAGE, check_normalised
 from amanita.decode import DEFAULT_DECODE, Decoder
-from amanita.distributed import all_gather_objects, all_reduce_sum, is_main_process, world_size
+from amanita.faults import fault_point
+from amanita.io import UserError
+from amanita.distributed import all_gather_objects, all_reduce_sum, is_main_process, sync_batchnorm, world_size
 from amanita.run import Run
 from amanita.taxonomy import KEYS, LEAF, Taxonomy, label_column
 from amanita.openset import FLAG_COLUMN, SCORES, leaf_energy, score_column, unknown_scores
@@ -86,6 +88,7 @@ def train_one_epoch(run: Run, loader) -> dict[str, float]:
                                 lr=f"{run.optimizer.param_groups[-1]['lr']:.2e}",
                                 img_s=f"{n_images / (time.perf_counter() - t0):.0f}")
     _count_bad(run, bad_count)
+    sync_batchnorm(run.model, run.ema.module if run.ema is not None else None)  # ranks' statistics drift apart
     bar.close()
     elapsed = time.perf_counter() - t0
     out = {k: (v / max(n_batches, 1)).item() for k, v in sums.items()}
@@ -146,6 +149,7 @@ def _update(run: Run) -> None:
         run.scheduler.step_update(num_updates=state.step)
     if run.checkpointer is not None:
         run.checkpointer.after_update(run)
+    fault_point("update", state.step, settle=run.checkpointer.wait if run.checkpointer is not None else None)
 
 
 TTA_MODES = ("none", "flip")
@@ -208,7 +212,7 @@ def iter_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=Non
     for images, labels, idx in tqdm(loader, disable=not is_main_process(), desc="predict", dynamic_ncols=True,
                                     leave=False):
         logp, energy = step.log_probs(images)
-        yield logp, labels.to(step.device), idx, energy
+        yield logp, labels.to(step.device, non_blocking=True), idx, energy
 
 
 @torch.inference_mode()
@@ -378,6 +382,7 @@ def reduce_mean(values: dict[str, float], device) -> dict[str, float]:
 
 
 def finite_or_raise(losses: dict[str, float], epoch: int) -> None:
+    """Stop the run with one line (a :class:`~amanita.io.UserError`) when an epoch's mean loss is not finite."""
     bad = [k for k, v in losses.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
-        raise FloatingPointError(f"non-finite training loss in epoch {epoch}: {bad}; lower --lr or use --amp bf16")
+        raise UserError(f"non-finite training loss in epoch {epoch + 1}: {bad}; lower --lr or use --amp bf16")

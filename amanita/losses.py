@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from amanita.taxonomy import COARSE_RANKS, HEADS, LEAF, RANKS, Taxonomy, label_column
+from amanita.taxonomy import COARSE_RANKS, HEADS, LEAF, RANKS, Taxonomy, label_column, roll_up
 
 WEIGHT_METHODS = ("inverse", "sqrt_inverse", "effective_number")
 
@@ -51,8 +51,8 @@ class MultiTaskLoss(torch.nn.Module):
     ``outputs`` is ``{head: logits}`` (``"leaf"`` over leaves, or over all stock outputs with
     ``leaf_index`` selecting the leaves' columns; the coarse ranks over their classes);
     ``labels`` is ``(B, 7)`` in :data:`~amanita.taxonomy.KEYS` order, negative = unknown or
-    unreadable, ignored. A head with no known label in the batch contributes an exact zero that
-    still touches its parameters, so DDP needs no ``find_unused_parameters``. With
+    unreadable, ignored. A head with no known label in the batch, or weighted 0, contributes an
+    exact zero that still touches its parameters, so DDP needs no ``find_unused_parameters``. With
     ``consistency_weight`` > 0, adds the KL divergence between each coarse head and the leaf
     head's probabilities summed up to that rank.
     Returns ``{"loss": total, "loss/<head>": per head, ["loss/consistency"]}``.
@@ -70,8 +70,8 @@ class MultiTaskLoss(torch.nn.Module):
             w = None if class_weights is None else class_weights[key].float()
             self.register_buffer(f"cw_{key}", w, persistent=False)
         if consistency_weight > 0:
-            for rank in COARSE_RANKS:
-                self.register_buffer(f"rollup_{rank}", taxonomy.rollup_matrix(rank), persistent=False)
+            self.register_buffer("ancestors", taxonomy.ancestor_matrix(), persistent=False)  # (n_leaves, 6)
+            self.n_classes = {rank: taxonomy.num_classes(rank) for rank in COARSE_RANKS}
 
     def _logits(self, outputs: dict, key: str) -> torch.Tensor:
         x = outputs[key]
@@ -82,11 +82,12 @@ class MultiTaskLoss(torch.nn.Module):
     def forward(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
         out, total = {}, 0.0
         for key in HEADS:
-            if key not in outputs or self.head_weights.get(key, 0.0) == 0.0:
+            if key not in outputs:
                 continue
             logits = self._logits(outputs, key)
             out[f"loss/{key}"] = self._ce(logits, label_column(labels, key), getattr(self, f"cw_{key}"))
-            total = total + self.head_weights[key] * out[f"loss/{key}"]
+            # a head weighted 0 stays in the graph (zero gradients): under DDP every parameter must get one
+            total = total + self.head_weights.get(key, 0.0) * out[f"loss/{key}"]
         if self.consistency_weight > 0 and LEAF in outputs:
             out["loss/consistency"] = self._consistency(outputs)
             total = total + self.consistency_weight * out["loss/consistency"]
@@ -105,10 +106,10 @@ class MultiTaskLoss(torch.nn.Module):
     def _consistency(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         leaf_p = F.softmax(self._logits(outputs, LEAF), dim=1)  # (B, n_leaves)
         kl = 0.0
-        for rank in COARSE_RANKS:
+        for j, rank in enumerate(COARSE_RANKS):
             if rank not in outputs:
                 continue
-            summed = (leaf_p @ getattr(self, f"rollup_{rank}")).clamp_min(1e-8)
+            summed = roll_up(leaf_p, self.ancestors[:, j], self.n_classes[rank]).clamp_min(1e-8)  # fp32
             log_head = F.log_softmax(outputs[rank].float(), dim=1)
             kl = kl + F.kl_div(log_head, summed, reduction="batchmean")  # KL(summed ‖ head)
         return kl

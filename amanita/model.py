@@ -13,7 +13,7 @@ import torch.nn as nn
 from amanita.backbone import create_timm_model
 from amanita.heads import init_heads_from_classifier
 from amanita.io import UserError
-from amanita.taxonomy import COARSE_RANKS, LEAF, Taxonomy
+from amanita.taxonomy import COARSE_RANKS, LEAF, Taxonomy, log_roll_up
 
 HEAD_MODES = ("residual", "independent")
 MAX_SPARSE_OUTPUTS = 100_000  # a single-head model has one output per id 0..max: refuse absurdly sparse ids
@@ -25,23 +25,24 @@ class MultiTaskBEiT(nn.Module):
     ``forward`` returns ``{head: logits}`` for the five coarse ranks and ``"leaf"``, whose
     head has one output per leaf (``category_id``) exactly like the stock head.
 
-    With ``rollups`` (``{rank: (n_leaves, n_classes)}``, the *residual* head mode) a coarse
-    rank's logits are the log of the leaf probabilities summed up to that rank plus its own
+    With ``parents`` (``{rank: (n_leaves,)}`` each leaf's class at the rank, -1 unknown: the
+    *residual* head mode) a coarse rank's logits are the log of the leaf probabilities summed up
+    to that rank (:func:`~amanita.taxonomy.log_roll_up`, in fp32 under any autocast) plus its own
     linear head: with that head at zero the coarse ranks equal the stock model's summed
     probabilities exactly, and training learns only what the coarse labels add. In the
     *independent* mode each coarse head stands alone.
     """
 
     def __init__(self, backbone: nn.Module, head_sizes: dict[str, int], drop_rate: float = 0.0,
-                 rollups: dict[str, torch.Tensor] | None = None):
+                 parents: dict[str, torch.Tensor] | None = None):
         super().__init__()
         self.backbone = backbone
         dim = feature_size(backbone)
         self.head_drop = nn.Dropout(drop_rate)
         self.heads = nn.ModuleDict({r: nn.Linear(dim, n) for r, n in head_sizes.items()})
-        self.residual_ranks = tuple(r for r in (rollups or {}) if r in head_sizes and r != LEAF)
+        self.residual_ranks = tuple(r for r in (parents or {}) if r in head_sizes and r != LEAF)
         for r in self.residual_ranks:  # derived from the taxonomy, so not saved in state_dict
-            self.register_buffer(f"rollup_{r}", rollups[r].float(), persistent=False)
+            self.register_buffer(f"parent_{r}", parents[r].long(), persistent=False)
 
     @property
     def num_features(self) -> int:
@@ -53,7 +54,7 @@ class MultiTaskBEiT(nn.Module):
         if self.residual_ranks:
             leaf_p = out[LEAF].float().softmax(1)  # (batch, n_leaves), fp32 under autocast
             for r in self.residual_ranks:
-                prior = (leaf_p @ getattr(self, f"rollup_{r}")).clamp_min(1e-12).log()
+                prior = log_roll_up(leaf_p, getattr(self, f"parent_{r}"), self.heads[r].out_features)
                 out[r] = out[r].float() + prior
         return out
 
@@ -104,8 +105,9 @@ def create_multitask_model(name: str, taxonomy: Taxonomy, model_args: dict | Non
     base.reset_classifier(0)
     if head_mode not in HEAD_MODES:
         raise ValueError(f"unknown head mode {head_mode!r}; choose from {HEAD_MODES}")
-    rollups = ({r: taxonomy.rollup_matrix(r) for r in COARSE_RANKS} if head_mode == "residual" else None)
-    model = MultiTaskBEiT(base, taxonomy.head_sizes(), drop_rate, rollups)
+    ancestors = taxonomy.ancestor_matrix()
+    parents = ({r: ancestors[:, j] for j, r in enumerate(COARSE_RANKS)} if head_mode == "residual" else None)
+    model = MultiTaskBEiT(base, taxonomy.head_sizes(), drop_rate, parents)
     if stock:
         init_heads_from_classifier(model, w, b, taxonomy)
     return model

@@ -69,6 +69,7 @@ class Run:
     tracker: Tracker | None = None      # W&B / TensorBoard on rank 0 (amanita.tracking)
     tracking: dict = field(default_factory=dict)  # the tracker state a resumed checkpoint held
     lr_scaling: dict | None = None     # amanita.optim.resolve_lr: the peak lr and the global batch
+    updates_per_epoch: int | None = None  # in this run's layout (batch × processes × accumulation): sizes the schedule
 
     @property
     def trained(self) -> nn.Module:

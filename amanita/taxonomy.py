@@ -342,3 +342,25 @@ def class_counts(tax: Taxonomy, df: pd.DataFrame) -> dict[str, list[int]]:
         col = label_column(labels, r)
         out[r] = np.bincount(col[col >= 0], minlength=tax.num_classes(r)).tolist()
     return out
+
+
+def roll_up(leaf_p: torch.Tensor, parent: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """``(B, n_classes)`` float32 sums of ``leaf_p`` ``(B, n_leaves)`` over the leaves under each class.
+
+    The one roll-up of leaf probabilities to a rank (the residual heads' priors, the consistency
+    loss, decoding). ``parent`` is each leaf's class at the rank (a column of
+    :meth:`Taxonomy.ancestor_matrix`, -1 unknown: counted nowhere). Always float32, whatever the
+    autocast: ``leaf_p @ rollup_matrix`` would run in fp16/bf16 under autocast, where a
+    probability below ~6e-8 is 0 (fp16) or the sum loses ~0.05 nats (bf16); a scatter-add is
+    not on autocast's lists. O(B × leaves) instead of O(B × leaves × classes): at FungiTastic
+    size 1 ms instead of 80 ms a batch of 64 on one CPU thread.
+    """
+    leaf_p = leaf_p.float()
+    slot = torch.where(parent >= 0, parent, n_classes)  # unknown → a spare column, dropped below
+    summed = leaf_p.new_zeros(leaf_p.shape[0], n_classes + 1).index_add_(1, slot, leaf_p)
+    return summed[:, :n_classes]
+
+
+def log_roll_up(leaf_p: torch.Tensor, parent: torch.Tensor, n_classes: int, floor: float = 1e-12) -> torch.Tensor:
+    """``log`` of :func:`roll_up` (floored at ``floor``, so a class with no probability is finite), in float32."""
+    return roll_up(leaf_p, parent, n_classes).clamp_min(floor).log()

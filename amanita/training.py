@@ -22,9 +22,10 @@ from amanita.cli import build_train_parser, check_train_args, cli_main
 from amanita.data import (BadImageCounter, DeviceLoader, FungiTasticDataset, check_labels, check_unreadable,
                           create_transforms, make_loader, read_split)
 from amanita.distill import load_teacher
+from amanita.faults import dump_rank_state, fault_point
 from amanita.tracking import create_tracker, epoch_scalars
-from amanita.distributed import (DistInfo, ResumableDistributedSampler, ShardSampler, barrier, cleanup,
-                                 init_distributed, wrap_for_training)
+from amanita.distributed import (DistInfo, ResumableDistributedSampler, ShardSampler, barrier,
+                                 broadcast_from_main, cleanup, init_distributed, wrap_for_training)
 from amanita.engine import amp_dtype, finite_or_raise, predict, reduce_mean, summarize, train_one_epoch, \
     updates_per_epoch
 from amanita.heads import init_from_stock
@@ -314,6 +315,7 @@ def _run(args, multitask: bool, dist: DistInfo) -> int:
     finally:
         run.tracker.close()
     run.checkpointer.close()  # the process ends only once the last checkpoint is on disk
+    dump_rank_state(run.model, dist.rank)  # tests only (AMANITA_DUMP_RANK_STATE)
     best = run.state.best_metric
     log(dist, f"done: best val {args.early_stopping_metric} = {best if best is None else f'{best:.4f}'}; "
               f"checkpoints in {args.save_dir}")
@@ -380,7 +382,7 @@ def build_run(args, multitask: bool, dist: DistInfo) -> Run:
                                           f"train images on rank {dist.rank}"),
                checkpointer=Checkpointer(args.save_dir, args.resume, args.save_every_steps, args.save_every_minutes),
                args=args, taxonomy=tax, spec=spec, train_loader=train_loader, sampler=sampler, evals=evals,
-               lr_scaling=lr_scaling)
+               lr_scaling=lr_scaling, updates_per_epoch=n_updates)
 
 
 def train_epoch(run: Run) -> bool:
@@ -444,9 +446,9 @@ def test_best(run: Run) -> None:
     """Evaluate the test split with best_model.pth and record it in test_metrics.json."""
     args, dist, tax = run.args, run.dist, run.taxonomy
     path = Path(args.save_dir) / "best_model.pth"
-    if not path.is_file():
+    if not broadcast_from_main(path.is_file()):  # rank 0 wrote it: every rank follows its answer
         return
-    best_model, _, _, info = ck.load_for_eval(path, dist.device)
+    best_model, _, _, info = ck.load_on_every_rank(lambda p: ck.load_for_eval(p, dist.device), path, dist.rank)
     test = summarize(evaluate_split(run, best_model, "test"), tax)
     log(dist, f"test split, best checkpoint (epoch {info['epoch']}):\n{rank_table({}, test, 'test')}")
     if dist.is_main:
@@ -457,6 +459,8 @@ def test_best(run: Run) -> None:
 def evaluate_split(run: Run, model: nn.Module, split: str):
     """Predictions of one eval split; unreadable images past --max-bad-image-fraction stop the run."""
     loader = run.evals[split]
+    if split == "val":
+        fault_point("validation", run.state.epoch + 1, settle=run.checkpointer.wait)
     preds = predict(model, loader, run.taxonomy, run.dist.device, run.args.decode, run.config.amp)
     check_unreadable(len(loader.dataset), len(preds), run.args.max_bad_image_fraction, split)
     return preds

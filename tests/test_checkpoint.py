@@ -318,3 +318,44 @@ def test_reserve_allocates_the_buffers_the_saves_then_reuse(tmp_path):
     writer.close()
     assert {k: v.data_ptr() for k, v in writer._buffers.items()} == before
     assert not list(tmp_path.glob(".*.tmp")) and (tmp_path / "last.pth").is_file()
+
+
+def test_a_kill_between_the_names_of_an_epoch_end_save_never_leaves_last_newer_than_best(tmp_path, monkeypatch):
+    """last.pth is put in place after best_model.pth: a resume from an older last.pth redoes the epoch
+    and links best again, while a newer last.pth would mark the epoch saved and best_model.pth never come."""
+    writer = ck.CheckpointWriter(background=False)
+    last, best = tmp_path / "last.pth", tmp_path / "best_model.pth"
+    writer.save(_state(1.0), last, also=[best])
+
+    def killed(src, dst):  # the process dies after the first name is in place
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ck, "link_or_copy", killed)
+    with pytest.raises(ck.CheckpointWriteError):
+        writer.save(_state(2.0), last, also=[best])
+    weight = {p.name: torch.load(p, weights_only=True)["model"]["weight"][0, 0].item() for p in (last, best)}
+    assert weight == {"last.pth": 1.0, "best_model.pth": 2.0}
+
+
+def test_saves_ask_git_for_the_commit_once_per_process(tax, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ck, "git_sha", lambda: calls.append(1) or "abc")
+    ck.process_git_sha.cache_clear()
+    run = _tiny_run(tax, tmp_path, every_steps=1)
+    train_one_epoch(run, _batches(3))  # three saves
+    run.checkpointer.close()
+    ck.process_git_sha.cache_clear()
+    assert len(calls) == 1 and torch.load(tmp_path / "last.pth", weights_only=True)["git_sha"] == "abc"
+
+
+def test_the_buffers_are_reserved_after_the_first_update_once_adamws_state_exists(tax, tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 6))
+    run = _tiny_run(tax, tmp_path, every_steps=0)
+    run.model, run.scheduler = model, None
+    run.optimizer = torch.optim.AdamW(model.parameters())  # its state appears at the first step
+    run.checkpointer.start(run)
+    assert not run.checkpointer.writer._buffers  # nothing reserved before the loop
+    train_one_epoch(run, _batches(2))
+    keys = set(run.checkpointer.writer._buffers)
+    assert {f"/optimizer/state/{i}/{k}" for i in (0, 1) for k in ("exp_avg", "exp_avg_sq")} <= keys
+    assert "/model/1.weight" in keys and not list(tmp_path.iterdir())  # reserved, nothing written

@@ -129,3 +129,46 @@ def test_training_wrapper_is_ddp_without_buffer_broadcast_then_compile():
         assert wrap_for_training(model, DistInfo()) is model  # one process, no compile: the module itself
     finally:
         dist.destroy_process_group()
+
+
+def _fault_worker(mode: str, tmp_path) -> dict:
+    out = tmp_path / f"{mode}.json"
+    proc = torchrun(ROOT / "tests" / "ddp_fault_worker.py", mode, out, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_a_head_weighted_zero_trains_under_ddp(tmp_path):
+    """--rank-weights with a 0: the head stays in the graph, so DDP reduces every parameter every step."""
+    assert _fault_worker("rank-weights", tmp_path) == {"steps": 3, "params": True, "buffers": True}
+
+
+@pytest.mark.slow
+def test_batchnorm_statistics_agree_across_ranks_after_an_epoch(tmp_path):
+    """Ranks see different batches: their running means and variances must still be rank 0's."""
+    assert _fault_worker("batchnorm", tmp_path) == {"steps": 3, "params": True, "buffers": True}
+
+
+def test_buffers_are_synced_for_models_with_batchnorm_only():
+    from amanita.distributed import has_batchnorm
+    assert has_batchnorm(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)))
+    assert not has_batchnorm(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.LayerNorm(4)))
+
+
+@pytest.mark.slow
+def test_a_rank_that_does_not_see_the_checkpoint_folder_stops_every_rank_naming_it(tmp_path):
+    """Rank 0 decides whether best_model.pth and last.pth exist; rank 1, on a folder of its own, cannot
+    read them: both ranks stop with one line naming the folder (before: a hang in the final gather)."""
+    data = make_image_dataset(tmp_path, n_train=16, n_val=6)
+    shared, private = tmp_path / "ckpt", tmp_path / "node1"
+    cmd = [ROOT / "tests" / "ddp_private_folder.py", private, ROOT / "train_multitask.py", "--train-path",
+           data["train"], "--val-path", data["val"], "--test-path", data["val"], "--mappings", tmp_path / "m.json",
+           *SMALL_MODEL, "--batch-size", 8, "--workers", 0, "--epochs", 1, "--save-dir", shared,
+           "--auto-augment", "none", "--accum-steps", 1]
+    for what in ("best_model.pth", "last.pth"):  # the final test, then the resume of the finished run
+        proc = torchrun(*cmd, timeout=240)
+        assert proc.returncode != 0
+        assert f"rank 1 cannot read {private / what}, which rank 0 reads: the checkpoint folder {private} " \
+               "must be shared by every node" in proc.stderr, proc.stderr[-3000:]
+    assert (shared / "last.pth").is_file() and not private.exists()

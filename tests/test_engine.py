@@ -1,8 +1,10 @@
 """The training loop in-process: accumulation groups, partial-group scaling, scheduler steps."""
+import pytest
 import torch
 import torch.nn as nn
 
-from amanita.engine import accumulation_group, train_one_epoch, updates_per_epoch
+from amanita.engine import accumulation_group, finite_or_raise, train_one_epoch, updates_per_epoch
+from amanita.io import UserError
 from amanita.run import Run, StepConfig
 
 
@@ -118,3 +120,31 @@ def test_a_compiled_model_is_not_recompiled_for_the_epochs_short_last_batch():
     train_one_epoch(run, batches)
     assert run.state.step == 3 and len(graphs) == 1  # the batch of 3 reused the graph of the batches of 4
     torch._dynamo.reset()
+
+
+def test_a_non_finite_epoch_loss_stops_the_run_with_one_line_naming_the_epoch_and_heads():
+    finite_or_raise({"loss": 1.0, "loss/leaf": 2.0}, 0)
+    with pytest.raises(UserError, match=r"epoch 3: \['loss', 'loss/genus'\]; lower --lr"):
+        finite_or_raise({"loss": float("inf"), "loss/genus": float("nan"), "loss/leaf": 2.0}, 2)
+
+
+def test_evaluation_copies_labels_to_the_device_without_blocking(monkeypatch):
+    from amanita.engine import iter_log_probs
+    from amanita.taxonomy import build_taxonomy, encode_labels
+    from tests.helpers import TRAIN_IDS, rows
+    df = rows(TRAIN_IDS)
+    tax = build_taxonomy([df])
+    labels = torch.as_tensor(encode_labels(tax, df))[:4]
+    loader = [(torch.randn(4, 3, 2, 2), labels, torch.arange(4))]
+    copies = []
+    real_to = torch.Tensor.to
+
+    def to(t, *a, **k):
+        if t.data_ptr() == labels.data_ptr():  # the batch's labels (not the decoder's one-off matrices)
+            copies.append(k.get("non_blocking", False))
+        return real_to(t, *a, **k)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    batches = list(iter_log_probs(_LeafLinear(tax.n_leaves), loader, tax, torch.device("cpu")))
+    monkeypatch.undo()
+    assert len(batches) == 1 and torch.equal(batches[0][1], labels)
+    assert copies == [True]  # a pinned batch's labels overlap the next batch's work on CUDA

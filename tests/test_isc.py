@@ -32,9 +32,9 @@ def test_launch_file_has_the_isc_fields(isc):
     assert isinstance(isc["isc_project_id"], str) and isc["isc_project_id"]
     assert isinstance(isc["experiment_name"], str) and isc["experiment_name"]
     assert isinstance(isc["gpus"], int) and 1 <= isc["gpus"] <= 72  # the ISC's documented range
-    assert isc["compute_mode"] == "cycle"
+    assert isc["compute_mode"] == "burst"  # "cycle" is 90-second turns: a full run would never reach a save
     text = ISC_FILE.read_text()
-    assert '"interruptible"' in text and '"burst"' in text  # the other modes are explained beside it
+    assert '"interruptible"' in text and '"cycle"' in text  # the other modes are explained beside it
     ids = isc["dataset_id_list"]
     assert isinstance(ids, list) and len(ids) == 1 and all(isinstance(i, str) for i in ids)
     command = isc["command"]
