@@ -8,8 +8,9 @@ Writes into --output-dir:
                            names and sizes, and the checkpoint it came from
   taxonomic_mappings.json  class names of every head (leaf i = the taxonomy's leaf i)
 
-The export is then checked: onnxruntime runs the file on --check-images images of --check-csv
-(or random tensors) and every output must equal PyTorch's within --atol.
+The export is written into a staging folder inside --output-dir and checked there: onnxruntime
+runs the file on --check-images images of --check-csv (or random tensors) and every output must
+equal PyTorch's within --atol. Only a checked export replaces the files of a previous one.
 
 Needs the optional packages onnx, onnxscript and onnxruntime (see requirements-test.txt).
 
@@ -24,8 +25,8 @@ import json
 import torch
 
 from amanita.checkpoint import load_for_eval
-from amanita.cli import HelpFormatter, cli_main, nonneg_int, positive_float, positive_int
-from amanita.io import UserError
+from amanita.cli import HelpFormatter, cli_main, nonneg_int, onnx_opset, positive_float
+from amanita.io import UserError, check_not_inputs, staged_output
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", required=True, help="an amanita checkpoint (multi-task, distilled or single-head)")
     p.add_argument("--output-dir", default="exported", help="folder for model.onnx, model.json and taxonomic_mappings.json")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights even when the checkpoint has EMA weights")
-    p.add_argument("--opset", type=positive_int, default=18, help="ONNX opset version")
+    p.add_argument("--opset", type=onnx_opset, default=18, help="ONNX opset version (one torch.onnx exports to)")
     g = p.add_argument_group("Check parameters")
     g.add_argument("--check-csv", default=None,
                    help="FungiTastic CSV whose first images check the export (default: random tensors)")
@@ -61,12 +62,21 @@ def check_batch(args, taxonomy, data_config) -> torch.Tensor:
 def main() -> int:
     args = parse_args()
     from amanita.export import check_export, write_bundle
+    inputs = {"--checkpoint": args.checkpoint, "--check-csv": args.check_csv}
+    check_not_inputs({"--output-dir": args.output_dir}, inputs)
     model, taxonomy, data_config, info = load_for_eval(args.checkpoint, "cpu", use_ema=not args.no_ema)
-    record = write_bundle(args.output_dir, model, taxonomy, data_config, info, args.opset)
+    images = check_batch(args, taxonomy, data_config) if args.check_images > 0 else None  # bad CSV: nothing written
+    with staged_output(args.output_dir, inputs=inputs) as stage:  # the previous export stays until this one passes
+        record = write_bundle(stage, model, taxonomy, data_config, info, args.opset)
+        if images is not None:
+            try:
+                diffs = check_export(model, stage / "model.onnx", images, args.atol)
+            except UserError as e:
+                raise UserError(f"the new export failed its check, so {args.output_dir} keeps its previous files: "
+                                f"{str(e).split(': ', 1)[-1]}") from None
     print(f"wrote {args.output_dir}/model.onnx with outputs {record['output_sizes']}")
-    if args.check_images > 0:
-        diffs = check_export(model, f"{args.output_dir}/model.onnx", check_batch(args, taxonomy, data_config), args.atol)
-        print(f"onnxruntime = PyTorch on {args.check_images} images, largest difference per output: "
+    if images is not None:
+        print(f"onnxruntime = PyTorch on {len(images)} images, largest difference per output: "
               + json.dumps({k: float(f"{v:.2e}") for k, v in diffs.items()}))
     return 0
 
