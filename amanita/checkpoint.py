@@ -76,15 +76,48 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     atomic_torch_save(state, path)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint on the CPU with ``weights_only=True``; problems are a one-line :class:`UserError`."""
+def load_checkpoint(path: str | os.PathLike, for_model: bool = False) -> dict:
+    """Load a checkpoint on the CPU with ``weights_only=True``; problems are a one-line :class:`UserError`.
+
+    ``for_model``: the model will be rebuilt from it, so everything that takes is checked now
+    (:func:`check_checkpoint`); otherwise only that it is a dict with weights.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     ckpt = load_tensor_file(path, "an amanita checkpoint")
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise UserError(f"{path} is not an amanita checkpoint (no 'model' entry)")
+        what = f"a {type(ckpt).__name__}" if not isinstance(ckpt, dict) else f"a dict of {len(ckpt)} entries"
+        raise UserError(f"{path} is not an amanita checkpoint ({what}, no 'model' entry); expected {WRITTEN_BY}")
+    if for_model:
+        check_checkpoint(ckpt, path)
     return upgrade_checkpoint(ckpt)
+
+
+DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct")
+WRITTEN_BY = "one written by train_multitask.py, train_minimal.py or distill.py"
+
+
+def check_checkpoint(ckpt, path: str | os.PathLike) -> None:
+    """One line saying what ``ckpt`` is and what was expected, unless it is a whole amanita checkpoint.
+
+    Checked once at the loading boundary, so no script meets a ``KeyError`` later: the weights,
+    the taxonomy (its structure too), the architecture and a complete data config.
+    """
+    missing = [k for k in ("taxonomy", "architecture", "data_config") if not ckpt.get(k)]
+    if missing:
+        raise UserError(f"{path} holds model weights without {', '.join(repr(k) for k in missing)}: a bare "
+                        f"state_dict (e.g. published backbone weights) is not an amanita checkpoint; expected "
+                        f"{WRITTEN_BY} (start from published weights with --model/--pretrained-file)")
+    cfg = ckpt["data_config"]
+    absent = [k for k in DATA_CONFIG_KEYS if not isinstance(cfg, dict) or cfg.get(k) in (None, "", [], ())]
+    if absent:
+        raise UserError(f"{path}: its data_config lacks {', '.join(absent)}; expected {WRITTEN_BY}, whose "
+                        f"data_config holds {', '.join(DATA_CONFIG_KEYS)}")
+    if not isinstance(ckpt["taxonomy"], dict):
+        raise UserError(f"{path}: its 'taxonomy' is a {type(ckpt['taxonomy']).__name__}, not a mappings document")
+    from amanita.taxonomy import check_mappings
+    check_mappings(ckpt["taxonomy"], f"the taxonomy stored in {path}")
 
 
 def upgrade_checkpoint(ckpt: dict) -> dict:
@@ -168,7 +201,7 @@ def model_spec(ckpt: dict) -> ModelSpec:
 
 def build_from_checkpoint(ckpt: dict, device="cpu") -> tuple[nn.Module, Taxonomy, dict]:
     """Rebuild the model a checkpoint describes (no weights downloaded) and load its weights."""
-    tax, spec = Taxonomy.from_dict(ckpt["taxonomy"]), model_spec(ckpt)
+    tax, spec = Taxonomy.from_dict(ckpt["taxonomy"], "the checkpoint's taxonomy"), model_spec(ckpt)
     kw = dict(model_args=spec.kwargs, pretrained=False)
     if spec.kind == "multitask":
         make, kw["head_mode"] = create_multitask_model, spec.head_mode
@@ -185,7 +218,7 @@ def build_from_checkpoint(ckpt: dict, device="cpu") -> tuple[nn.Module, Taxonomy
 def load_for_eval(path: str | os.PathLike, device="cpu", use_ema: bool = True
                   ) -> tuple[nn.Module, Taxonomy, dict, dict]:
     """``(model, taxonomy, data_config, info)`` for evaluation; EMA weights when present."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, for_model=True)
     if use_ema and ckpt.get("model_ema") is not None:
         ckpt = dict(ckpt, model=ckpt["model_ema"])
     model, tax, data_config = build_from_checkpoint(ckpt, device)
@@ -340,7 +373,12 @@ class Checkpointer:
 
     def restore(self, run, path: str | os.PathLike) -> None:
         """Load ``path`` and put every state back into ``run``."""
-        restore_state(run, load_checkpoint(path), path)
+        ckpt = load_checkpoint(path, for_model=True)
+        missing = [k for k in ("optimizer", "sampler", "rng", "epoch", "step") if k not in ckpt]
+        if missing:
+            raise UserError(f"{path} cannot be resumed: it has no {', '.join(missing)} (a model-only checkpoint); "
+                            "start from it with --init-from, or use --resume none")
+        restore_state(run, ckpt, path)
 
 
 # ---------------------------------------------------------------------- background writing

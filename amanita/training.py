@@ -96,7 +96,7 @@ def _model_from_checkpoint(path, tax: Taxonomy, multitask: bool, args) -> tuple[
     """``--init-from``: a single-head checkpoint seeds the heads as the stock model would.
 
     Returns the model to train and the source checkpoint's spec (architecture, data config)."""
-    src = ck.load_checkpoint(path)
+    src = ck.load_checkpoint(path, for_model=True)
     spec = ck.model_spec(src)
     if not multitask and spec.kind == "multitask":
         raise UserError(f"--init-from {path} holds a multi-task model; train_minimal.py starts from a single-head one")
