@@ -373,7 +373,7 @@ class Checkpointer:
 
     def restore(self, run, path: str | os.PathLike) -> None:
         """Load ``path`` and put every state back into ``run``."""
-        ckpt = load_checkpoint(path, for_model=True)
+        ckpt = load_checkpoint(path)  # the model comes from this run's flags: only the training state is needed
         missing = [k for k in ("optimizer", "sampler", "rng", "epoch", "step") if k not in ckpt]
         if missing:
             raise UserError(f"{path} cannot be resumed: it has no {', '.join(missing)} (a model-only checkpoint); "
