@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 
 from amanita.data import read_image, scan_images
-from amanita.io import open_regular
 
 
 def _in_thread(fn, timeout=20.0):
@@ -52,6 +51,7 @@ def test_check_images_reports_a_named_pipe_as_bad(fifo, tmp_path):
 
 
 def test_open_regular_reads_a_regular_file_and_refuses_a_folder(tmp_path):
+    from amanita.io import open_regular
     (tmp_path / "a.bin").write_bytes(b"abc")
     with open_regular(tmp_path / "a.bin") as f:
         assert f.read() == b"abc"

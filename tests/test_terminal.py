@@ -2,7 +2,7 @@
 import json
 import unicodedata
 
-from amanita.identify import format_human, terminal_safe
+from amanita.identify import format_human
 
 ESC = "\x1b[31;1m"  # an ANSI escape: recolours the terminal when printed raw
 
@@ -24,6 +24,7 @@ def test_text_output_has_no_control_characters_and_shows_them_escaped():
 
 
 def test_json_output_escapes_them_too_and_plain_names_are_unchanged():
+    from amanita.identify import terminal_safe
     assert "\x1b" not in json.dumps(_record(f"A{ESC}"), ensure_ascii=False)
     assert terminal_safe("Amanita phalloides (Vaill. ex Fr.) Link – Knollenblätterpilz") == \
         "Amanita phalloides (Vaill. ex Fr.) Link – Knollenblätterpilz"
