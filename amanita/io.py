@@ -76,7 +76,7 @@ def staged_output(out: str | os.PathLike, prefix: str = ".staging-", inputs: dic
     :func:`check_not_inputs`). A write that fails (disk full, read-only) names ``out``.
     """
     import shutil
-    out = check_output_dir(out)
+    out = check_output_dir(out, create=True)
     for old in out.glob(f"{prefix}*-*"):
         if old.is_dir() and not old.is_symlink():
             _remove_if_abandoned(old)
@@ -170,17 +170,25 @@ def check_not_inputs(outputs: dict, inputs: dict) -> None:
                                 "an input; choose another output path")
 
 
-def check_output_dir(folder: str | os.PathLike, flag: str = "output folder") -> Path:
-    """``folder``, created if needed and checked writable before any work; a :class:`UserError` otherwise.
+def check_output_dir(folder: str | os.PathLike, flag: str = "output folder", create: bool = False) -> Path:
+    """``folder`` checked writable before any work (created with ``create``); a :class:`UserError` otherwise.
 
-    So a file in its place, a read-only or a full disk stops the script at once, not after an hour of inference.
+    So a file in its place, a read-only or a full disk stops the script at once, not after an hour
+    of inference. Without ``create`` a missing folder is not made: its nearest existing parent is probed.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{flag} {folder} is a file, not a folder")
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{flag} {folder} cannot be made: {probe} is a file, not a folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(prefix=".probe-", dir=folder) as f:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder
+        with tempfile.TemporaryFile(prefix=".probe-", dir=probe) as f:
             f.write(b"x")
             f.flush()
             os.fsync(f.fileno())

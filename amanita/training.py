@@ -28,7 +28,7 @@ from amanita.distributed import (DistInfo, ResumableDistributedSampler, ShardSam
 from amanita.engine import amp_dtype, finite_or_raise, predict, reduce_mean, summarize, train_one_epoch, \
     updates_per_epoch
 from amanita.heads import init_from_stock
-from amanita.io import UserError, atomic_write_text, git_sha, load_tensor_file
+from amanita.io import UserError, atomic_write_text, check_not_inputs, git_sha, load_tensor_file
 from amanita.losses import MultiTaskLoss, compute_class_weights
 from amanita.model import create_multitask_model, create_single_head_model, describe
 from amanita.optim import describe_lr, resolve_lr
@@ -249,11 +249,23 @@ def train(args, multitask: bool) -> int:
     """Train (or resume) and evaluate; returns the process exit code."""
     check_train_args(args)
     apply_cluster_environment(args)
+    check_run_outputs(args)
     dist = init_distributed(args.device)
     try:
         return _run(args, multitask, dist)
     finally:
         cleanup()
+
+
+RUN_FILES = ("last.pth", "best_model.pth", "metrics.jsonl", "args.json", "test_metrics.json")  # in --save-dir
+
+
+def check_run_outputs(args) -> None:
+    """No file a run writes in ``--save-dir`` may be one of its inputs (a ``--teacher``, an ``--init-from``, a CSV)."""
+    flags = ("train_path", "val_path", "test_path", "mappings", "class_weights", "init_from", "teacher")
+    inputs = {f"--{f.replace('_', '-')}": getattr(args, f, None) for f in flags}
+    for name in RUN_FILES:
+        check_not_inputs({"--save-dir": Path(args.save_dir) / name}, inputs)
 
 
 def _run(args, multitask: bool, dist: DistInfo) -> int:

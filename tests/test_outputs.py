@@ -118,3 +118,32 @@ def test_a_very_long_focus_species_gets_a_bounded_file_name(preds, tmp_path, mon
     assert code == 0, err
     focus = [p.name for p in out.glob("focus_*.png")]
     assert len(focus) == 1 and len(focus[0]) <= 100 and focus[0].startswith("focus_amanita_xxx")
+
+
+# ---------------------------------------------------------------------- training and subsets
+def test_a_training_run_never_writes_over_its_teacher_or_init_from(files, tmp_path):
+    from amanita.training import train
+    save = tmp_path / "run"
+    save.mkdir()
+    teacher = save / "best_model.pth"
+    teacher.write_bytes(files["ckpt"].read_bytes())
+    before = teacher.read_bytes()
+    d = ["--train-path", files["train"], "--val-path", files["val"], "--mappings", files["mappings"],
+         "--save-dir", save]
+    for flag in ("--init-from", "--teacher"):
+        parser = cli.build_train_parser("t", multitask=True)
+        if flag == "--teacher":
+            cli.add_distill_args(parser)
+        main = in_process(lambda argv, p=parser: train(p.parse_args(argv), True))
+        code, _, err = call_main(main, [*d, flag, teacher])
+        assert code == 2 and f"--save-dir {teacher} is the {flag} file" in one_line(err)
+    assert teacher.read_bytes() == before and sorted(p.name for p in save.iterdir()) == ["best_model.pth"]
+
+
+def test_create_minimal_subset_never_writes_over_its_input(files, tmp_path):
+    import create_minimal_subset
+    src = tmp_path / "FungiTastic-Train-Minimal.csv"
+    src.write_bytes(files["train"].read_bytes())
+    code, _, err = call_main(create_minimal_subset.main, ["--train-path", src, "--val-path", files["val"],
+                                                             "--n-train", 2, "--output-dir", tmp_path])
+    assert code == 2 and "is the --train-path file" in one_line(err) and src.read_bytes() == files["train"].read_bytes()
