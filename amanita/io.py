@@ -86,7 +86,7 @@ def staged_output(out: str | os.PathLike, prefix: str = ".staging-", inputs: dic
             try:
                 yield stage
             except OSError as e:
-                if e.errno in _FULL or e.errno == errno.EROFS or e.filename is None or str(stage) in str(e.filename):
+                if e.errno in _FULL or e.errno == errno.EROFS or (e.filename and str(stage) in str(e.filename)):
                     raise UserError(f"cannot write into {out}: {_write_reason(e)}; "
                                     "the previous results there are intact") from None
                 raise
@@ -109,7 +109,11 @@ def _held_lock(folder: Path):
     import fcntl
     fd = os.open(folder / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:  # a file system without locks: no one else can lock it either, so it is kept
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
         yield
     finally:
         os.close(fd)  # releases the lock
