@@ -216,8 +216,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--crop-pct", type=crop_fraction, default=None, help="override the data config's eval crop fraction")
     g.add_argument("--crop-mode", choices=("center", "squash", "border"), default=None,
                    help="override the data config's eval crop mode (squash = resize to the input size, no crop)")
-    g.add_argument("--interpolation", type=interpolation_name, default=None, help="override the data config's resize interpolation")
-    g.add_argument("--mean", type=finite_float, nargs=3, default=None, metavar=("R", "G", "B"), help="override the normalisation mean")
+    g.add_argument("--interpolation", type=interpolation_name, default=None,
+                   help="override the data config's resize interpolation")
+    g.add_argument("--mean", type=finite_float, nargs=3, default=None, metavar=("R", "G", "B"),
+                   help="override the normalisation mean")
     g.add_argument("--std", type=positive_float, nargs=3, default=None, metavar=("R", "G", "B"), help="override the normalisation std")
     g.add_argument("--drop-path", type=below_one, default=0.1, help="stochastic depth rate")
     g.add_argument("--drop", type=below_one, default=0.0, help="dropout before the heads")
@@ -229,7 +231,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_optimizer_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     g = p.add_argument_group("Optimizer parameters")
-    g.add_argument("--opt", type=optimizer_name, default="adamw" if multitask else "sgd", help="timm optimizer name (adamw, sgd, lamb, ...)")
+    g.add_argument("--opt", type=optimizer_name, default="adamw" if multitask else "sgd",
+                   help="timm optimizer name (adamw, sgd, lamb, ...)")
     g.add_argument("--lr", type=learning_rate, default=None,
                    help="peak learning rate; default: --lr-base scaled to the global batch "
                         "(--batch-size x --accum-steps x processes)")

@@ -200,7 +200,8 @@ class Taxonomy:
             raise FileNotFoundError(f"taxonomic mappings not found: {path} "
                                     "(make them with create_taxonomic_mappings.py)") from None
         if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
-            raise TaxonomyError(f"{path} is UTF-16 text; save it as UTF-8 (or rebuild it with create_taxonomic_mappings.py)")
+            raise TaxonomyError(f"{path} is UTF-16 text; save it as UTF-8 "
+                                "(or rebuild it with create_taxonomic_mappings.py)")
         try:
             d = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as e:

@@ -56,7 +56,8 @@ def test_a_link_to_an_input_is_the_input(files, tmp_path):
 
 def test_create_taxonomic_mappings_output_onto_the_training_csv_is_refused(files):
     before = _unchanged([files["train"]])
-    code, _, err = call_main(create_taxonomic_mappings.main, ["--train-path", files["train"], "--output", files["train"]])
+    code, _, err = call_main(create_taxonomic_mappings.main,
+                             ["--train-path", files["train"], "--output", files["train"]])
     assert code == 2 and "--output" in one_line(err) and "is the --train-path file" in err
     assert _unchanged([files["train"]]) == before
 
