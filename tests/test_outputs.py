@@ -107,6 +107,15 @@ def test_a_full_disk_while_writing_the_report_names_the_folder(preds, tmp_path, 
     assert [p.name for p in out.iterdir()] == []  # nothing half-written, no staging folder left
 
 
+def test_figure_names_are_bounded_and_stay_distinct():
+    from amanita.report.figures import SLUG_MAX, slug
+    a, b = "Amanita " + "x" * 302, "Amanita " + "x" * 301 + "y"
+    assert len(slug(a)) <= SLUG_MAX and len(slug(b)) <= SLUG_MAX and slug(a) != slug(b)
+    assert slug("Amanita phalloides") == "amanita_phalloides"
+    assert slug("Cortinarius orellanus é").isascii()  # 80 characters of UTF-8 could pass 255 bytes
+
+
+@pytest.mark.slow
 def test_a_very_long_focus_species_gets_a_bounded_file_name(preds, tmp_path, monkeypatch):
     tax = copy.deepcopy(preds[1])
     long_name = "Amanita " + "x" * 302  # 310 characters: over the 255-byte file-name limit
