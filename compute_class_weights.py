@@ -14,7 +14,7 @@ import torch
 
 from amanita.cli import cli_main, number, script_parser
 from amanita.data import read_split
-from amanita.io import atomic_torch_save
+from amanita.io import atomic_torch_save, check_output_file
 from amanita.losses import WEIGHT_METHODS, compute_class_weights
 from amanita.taxonomy import LEAF, RANKS, Taxonomy, class_counts
 
@@ -36,6 +36,7 @@ def parse_args(argv=None):
 @cli_main
 def main():
     args = parse_args()
+    check_output_file(args.output, "--output", {"--train-path": args.train_path, "--mappings": args.mappings})
     tax = Taxonomy.load(args.mappings)
     tax.counts = class_counts(tax, read_split(args.train_path))
     weights = compute_class_weights(tax, args.method, args.beta)

@@ -16,7 +16,7 @@ import numpy as np
 
 from amanita.cli import add_split_args, cli_main, nonneg_int, positive_int, script_parser
 from amanita.data import image_paths, read_split, stratified_subset
-from amanita.io import atomic_to_csv
+from amanita.io import atomic_to_csv, check_not_inputs
 
 
 def parse_args(argv=None):
@@ -36,6 +36,9 @@ def main():
     args = parse_args()
     rng = np.random.default_rng(args.seed)
     out = Path(args.output_dir)
+    for name in ("Train", "Val", "Test"):  # never onto an input (re-subsetting a minimal CSV in its own folder)
+        check_not_inputs({"--output-dir": out / f"FungiTastic-{name}-Minimal.csv"},
+                         {"--train-path": args.train_path, "--val-path": args.val_path, "--test-path": args.test_path})
     train = read_split(args.train_path)
     small_train = stratified_subset(train, args.n_train, rng)
     train_species = set(small_train["category_id"].dropna().astype(int))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from amanita.cli import add_split_args, cli_main, positive_int, script_parser
 from amanita.data import image_paths, read_split, scan_images
+from amanita.io import check_output_file
 from amanita.taxonomy import RANKS, build_taxonomy
 
 
@@ -28,6 +29,8 @@ def parse_args(argv=None):
 @cli_main
 def main():
     args = parse_args()
+    check_output_file(args.output, "--output", {"--train-path": args.train_path, "--val-path": args.val_path,
+                                                "--test-path": args.test_path})
     paths = [p for p in (args.train_path, args.val_path, args.test_path) if p]
     frames = [read_split(p) for p in paths]
     train = frames[0]

@@ -15,8 +15,7 @@ Examples:
       --val-path .../FungiTastic-ClosedSet-Val.csv --model mobilenetv3_large_100 --save-dir checkpoints/student
   torchrun --nproc-per-node 8 distill.py --teacher ... --train-path ... --val-path ... --batch-size 128
 """
-from amanita.cli import build_train_parser, cli_main
-from amanita.distill import add_distill_args
+from amanita.cli import add_distill_args, build_train_parser, cli_main
 from amanita.training import train
 
 # a student trained from scratch: one lr for all layers, no layer decay, no head boost

@@ -9,8 +9,9 @@ PyTorch model file for inference (--format pth).
                            names and sizes, and the checkpoint it came from
   taxonomic_mappings.json  class names of every head (leaf i = the taxonomy's leaf i)
 
-The export is then checked: onnxruntime runs the file on --check-images images of --check-csv
-(or random tensors) and every output must equal PyTorch's within --atol.
+The export is written into a staging folder inside --output-dir and checked there: onnxruntime
+runs the file on --check-images images of --check-csv (or random tensors) and every output must
+equal PyTorch's within --atol. Only a checked export replaces the files of a previous one.
 
 Needs the optional packages onnx, onnxscript and onnxruntime (see requirements-test.txt).
 
@@ -33,8 +34,8 @@ from pathlib import Path
 import torch
 
 from amanita.checkpoint import load_for_eval
-from amanita.cli import HelpFormatter, cli_main, nonneg_int, positive_float, positive_int
-from amanita.io import UserError
+from amanita.cli import HelpFormatter, cli_main, nonneg_int, onnx_opset, positive_float
+from amanita.io import UserError, check_not_inputs, staged_output
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="--format pth: precision of the stored weights (loaded as float32)")
     p.add_argument("--output-dir", default="exported", help="folder for the exported files")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights even when the checkpoint has EMA weights")
-    p.add_argument("--opset", type=positive_int, default=18, help="ONNX opset version")
+    p.add_argument("--opset", type=onnx_opset, default=18, help="ONNX opset version (one torch.onnx exports to)")
     g = p.add_argument_group("Check parameters")
     g.add_argument("--check-csv", default=None,
                    help="FungiTastic CSV whose first images check the export (default: random tensors)")
@@ -73,15 +74,26 @@ def check_batch(args, taxonomy, data_config) -> torch.Tensor:
 
 
 def export_pth(args) -> int:
-    """--format pth: write model.pth and check that it answers as the checkpoint does."""
+    """--format pth: write model.pth, check that it answers as the checkpoint does, then put it in place.
+
+    Staged like the ONNX bundle: a file that fails its check never replaces a previous model.pth."""
     from amanita.modelfile import check_model_file, write_model_file
+    inputs = {"--checkpoint": args.checkpoint, "--check-csv": args.check_csv}
+    check_not_inputs({"--output-dir": Path(args.output_dir) / "model.pth"}, inputs)
+    model, taxonomy, data_config, _ = load_for_eval(args.checkpoint, "cpu", use_ema=not args.no_ema)
+    images = check_batch(args, taxonomy, data_config) if args.check_images > 0 else None  # bad CSV: nothing written
     path = Path(args.output_dir) / "model.pth"
-    write_model_file(args.checkpoint, path, use_ema=not args.no_ema, dtype=args.dtype)
+    with staged_output(args.output_dir, inputs=inputs) as stage:
+        write_model_file(args.checkpoint, stage / "model.pth", use_ema=not args.no_ema, dtype=args.dtype)
+        if images is not None:
+            try:
+                diffs = check_model_file(model, stage / "model.pth", images, args.atol)
+            except UserError as e:
+                raise UserError(f"the new model file failed its check, so {args.output_dir} keeps its previous files: "
+                                f"{str(e).split(': ', 1)[-1]}") from None
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.dtype} weights)")
-    if args.check_images > 0:
-        model, taxonomy, data_config, _ = load_for_eval(args.checkpoint, "cpu", use_ema=not args.no_ema)
-        diffs = check_model_file(model, path, check_batch(args, taxonomy, data_config), args.atol)
-        print(f"model.pth = checkpoint on {args.check_images} images, largest difference per output: "
+    if images is not None:
+        print(f"model.pth = checkpoint on {len(images)} images, largest difference per output: "
               + json.dumps({k: float(f"{v:.2e}") for k, v in diffs.items()}))
     return 0
 
@@ -92,13 +104,21 @@ def main() -> int:
     if args.format == "pth":
         return export_pth(args)
     from amanita.export import check_export, write_bundle
+    inputs = {"--checkpoint": args.checkpoint, "--check-csv": args.check_csv}
+    check_not_inputs({"--output-dir": args.output_dir}, inputs)
     model, taxonomy, data_config, info = load_for_eval(args.checkpoint, "cpu", use_ema=not args.no_ema)
-    record = write_bundle(args.output_dir, model, taxonomy, data_config, info, args.opset)
+    images = check_batch(args, taxonomy, data_config) if args.check_images > 0 else None  # bad CSV: nothing written
+    with staged_output(args.output_dir, inputs=inputs) as stage:  # the previous export stays until this one passes
+        record = write_bundle(stage, model, taxonomy, data_config, info, args.opset)
+        if images is not None:
+            try:
+                diffs = check_export(model, stage / "model.onnx", images, args.atol or 1e-3)
+            except UserError as e:
+                raise UserError(f"the new export failed its check, so {args.output_dir} keeps its previous files: "
+                                f"{str(e).split(': ', 1)[-1]}") from None
     print(f"wrote {args.output_dir}/model.onnx with outputs {record['output_sizes']}")
-    if args.check_images > 0:
-        diffs = check_export(model, f"{args.output_dir}/model.onnx", check_batch(args, taxonomy, data_config),
-                             args.atol or 1e-3)
-        print(f"onnxruntime = PyTorch on {args.check_images} images, largest difference per output: "
+    if images is not None:
+        print(f"onnxruntime = PyTorch on {len(images)} images, largest difference per output: "
               + json.dumps({k: float(f"{v:.2e}") for k, v in diffs.items()}))
     return 0
 

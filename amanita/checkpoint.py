@@ -81,19 +81,50 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     atomic_torch_save(state, path)
 
 
-def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
+def load_checkpoint(path: str | os.PathLike, mmap: bool = False, for_model: bool = False) -> dict:
     """Load a checkpoint on the CPU with ``weights_only=True``; problems are a one-line :class:`UserError`.
 
     ``mmap=True``: the file is mapped, not read, so what the caller does not use (a training
     checkpoint's optimizer state, when evaluating) is never read from the disk.
+    ``for_model``: the model will be rebuilt from it, so everything that takes is checked now
+    (:func:`check_checkpoint`); otherwise only that it is a dict with weights.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     ckpt = load_tensor_file(path, "an amanita checkpoint or model file", mmap)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise UserError(f"{path} is not an amanita checkpoint (no 'model' entry)")
+        what = f"a {type(ckpt).__name__}" if not isinstance(ckpt, dict) else f"a dict of {len(ckpt)} entries"
+        raise UserError(f"{path} is not an amanita checkpoint ({what}, no 'model' entry); expected {WRITTEN_BY}")
+    if for_model:
+        check_checkpoint(ckpt, path)
     return upgrade_checkpoint(ckpt)
+
+
+DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct")
+WRITTEN_BY = "one written by train_multitask.py, train_minimal.py or distill.py"
+
+
+def check_checkpoint(ckpt, path: str | os.PathLike) -> None:
+    """One line saying what ``ckpt`` is and what was expected, unless it is a whole amanita checkpoint.
+
+    Checked once at the loading boundary, so no script meets a ``KeyError`` later: the weights,
+    the taxonomy (its structure too), the architecture and a complete data config.
+    """
+    missing = [k for k in ("taxonomy", "architecture", "data_config") if not ckpt.get(k)]
+    if missing:
+        raise UserError(f"{path} holds model weights without {', '.join(repr(k) for k in missing)}: a bare "
+                        f"state_dict (e.g. published backbone weights) is not an amanita checkpoint; expected "
+                        f"{WRITTEN_BY} (start from published weights with --model/--pretrained-file)")
+    cfg = ckpt["data_config"]
+    absent = [k for k in DATA_CONFIG_KEYS if not isinstance(cfg, dict) or cfg.get(k) in (None, "", [], ())]
+    if absent:
+        raise UserError(f"{path}: its data_config lacks {', '.join(absent)}; expected {WRITTEN_BY}, whose "
+                        f"data_config holds {', '.join(DATA_CONFIG_KEYS)}")
+    if not isinstance(ckpt["taxonomy"], dict):
+        raise UserError(f"{path}: its 'taxonomy' is a {type(ckpt['taxonomy']).__name__}, not a mappings document")
+    from amanita.taxonomy import check_mappings
+    check_mappings(ckpt["taxonomy"], f"the taxonomy stored in {path}")
 
 
 def upgrade_checkpoint(ckpt: dict) -> dict:
@@ -181,7 +212,7 @@ def build_from_checkpoint(ckpt: dict, device="cpu") -> tuple[nn.Module, Taxonomy
     The backbone is made without initialising its weights (they are loaded next) and takes the
     file's tensors as they are (``assign``); weights stored in bf16/fp16 are widened to fp32.
     """
-    tax, spec = Taxonomy.from_dict(ckpt["taxonomy"]), model_spec(ckpt)
+    tax, spec = Taxonomy.from_dict(ckpt["taxonomy"], "the checkpoint's taxonomy"), model_spec(ckpt)
     kw = dict(model_args=spec.kwargs, pretrained=False)
     if spec.kind == "multitask":
         make, kw["head_mode"] = create_multitask_model, spec.head_mode
@@ -224,7 +255,7 @@ def _lora_base(model: nn.Module, spec: ModelSpec) -> dict:
 def load_for_eval(path: str | os.PathLike, device="cpu", use_ema: bool = True
                   ) -> tuple[nn.Module, Taxonomy, dict, dict]:
     """``(model, taxonomy, data_config, info)`` for evaluation; EMA weights when present."""
-    ckpt = load_checkpoint(path, mmap=True)
+    ckpt = load_checkpoint(path, mmap=True, for_model=True)
     if use_ema and ckpt.get("model_ema") is not None:
         ckpt = dict(ckpt, model=ckpt["model_ema"])
     model, tax, data_config = build_from_checkpoint(ckpt, device)
@@ -436,7 +467,17 @@ class Checkpointer:
 
     def restore(self, run, path: str | os.PathLike) -> None:
         """Load ``path`` (on every rank) and put every state back into ``run``."""
-        restore_state(run, load_on_every_rank(load_checkpoint, path, run.dist.rank), path)
+        restore_state(run, load_on_every_rank(load_resumable, path, run.dist.rank), path)
+
+
+def load_resumable(path: str | os.PathLike) -> dict:
+    """A checkpoint to resume from: one with the training state (a model file is refused by restore_state)."""
+    ckpt = load_checkpoint(path)  # the model comes from this run's flags: only the training state is needed
+    missing = [k for k in ("optimizer", "sampler", "rng", "epoch", "step") if k not in ckpt]
+    if missing and ckpt.get("file") != "inference":
+        raise UserError(f"{path} cannot be resumed: it has no {', '.join(missing)} (a model-only checkpoint); "
+                        "start from it with --init-from, or use --resume none")
+    return ckpt
 
 
 def load_on_every_rank(load: Callable, path: str | os.PathLike, rank: int):

@@ -59,6 +59,57 @@ probability = number(float, 0, 1, what="a probability between 0 and 1")
 below_one = number(float, 0, 1, high_open=True, what="a number with 0 ≤ value < 1")
 
 
+finite_float = number(float, what="a finite number")
+LR_MAX = 100.0  # no optimizer trains at a larger learning rate: beyond it a value is a typo, not a choice
+learning_rate = number(float, 0, LR_MAX, low_open=True, what=f"a learning rate with 0 < value ≤ {LR_MAX:g}")
+nonneg_learning_rate = number(float, 0, LR_MAX, what=f"a learning rate with 0 ≤ value ≤ {LR_MAX:g}")
+SEED_MAX = 2**32 - 1  # numpy's seed range; torch's is wider
+seed_value = number(int, 0, SEED_MAX, what=f"an integer with 0 ≤ seed ≤ {SEED_MAX} (2**32 - 1)")
+crop_fraction = number(float, 0.05, 2.0, what="a crop fraction with 0.05 ≤ value ≤ 2")
+scale_fraction = number(float, 1e-3, 1, what="a fraction with 0.001 ≤ value ≤ 1")
+jitter_strength = number(float, 0, 10, what="a strength with 0 ≤ value ≤ 10")
+
+
+def interpolation_name(text: str) -> str:
+    """A resize interpolation timm knows (``bicubic``, ``bilinear``, ...)."""
+    from timm.data.transforms import _str_to_pil_interpolation
+    if text not in _str_to_pil_interpolation:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(_str_to_pil_interpolation)}, got {text!r}")
+    return text
+
+
+def auto_augment_policy(text: str) -> str:
+    """A policy timm's auto-augment parser accepts (``rand-m9-n2``, ``augmix-m5``, ``original``, ...), or ``none``."""
+    if text.lower() in ("none", ""):
+        return text
+    from timm.data import auto_augment as aa
+    build = (aa.rand_augment_transform if text.startswith("rand") else
+             aa.augment_and_mix_transform if text.startswith("augmix") else aa.auto_augment_transform)
+    try:
+        build(text, {"translate_const": 100, "img_mean": (124, 116, 104)})
+    except (AssertionError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise argparse.ArgumentTypeError(f"timm cannot parse the auto-augment policy {text!r} ({e}); e.g. "
+                                         "rand-m9-n2, augmix-m5-w4-d2, original, v0 or none") from None
+    return text
+
+
+def optimizer_name(text: str) -> str:
+    """An optimizer in timm's registry (``adamw``, ``sgd``, ``lamb``, ..., ``lookahead_`` prefix allowed)."""
+    from timm.optim import list_optimizers
+    known = set(list_optimizers())
+    if text.lower().split("_")[-1] not in known:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an optimizer timm knows (timm.optim.list_optimizers(): "
+                                         f"{', '.join(sorted(known)[:12])}, ...)")
+    return text
+
+
+def onnx_opset(text: str) -> int:
+    """An ONNX opset version torch.onnx can export to."""
+    from torch.onnx import _constants as c
+    return number(int, c.ONNX_MIN_OPSET, c.ONNX_MAX_OPSET,
+                  what=f"an opset torch.onnx exports ({c.ONNX_MIN_OPSET}..{c.ONNX_MAX_OPSET})")(text)
+
+
 def optional_float(text: str) -> float | None:
     """A number > 0, or ``none``/``off``/``0`` for "off" (``--layer-decay none``)."""
     if text.lower() in ("none", "off", "0"):
@@ -187,11 +238,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pretrained-file", default=None, help="local weights for --model (timm pretrained_cfg_overlay file=)")
     g.add_argument("--init-from", default=None,
                    help="start from an amanita checkpoint (a train_minimal.py model plays the stock model)")
-    g.add_argument("--crop-pct", type=positive_float, default=None, help="override the data config's eval crop fraction")
+    g.add_argument("--crop-pct", type=crop_fraction, default=None, help="override the data config's eval crop fraction")
     g.add_argument("--crop-mode", choices=("center", "squash", "border"), default=None,
                    help="override the data config's eval crop mode (squash = resize to the input size, no crop)")
-    g.add_argument("--interpolation", default=None, help="override the data config's resize interpolation")
-    g.add_argument("--mean", type=float, nargs=3, default=None, metavar=("R", "G", "B"), help="override the normalisation mean")
+    g.add_argument("--interpolation", type=interpolation_name, default=None,
+                   help="override the data config's resize interpolation")
+    g.add_argument("--mean", type=finite_float, nargs=3, default=None, metavar=("R", "G", "B"),
+                   help="override the normalisation mean")
     g.add_argument("--std", type=positive_float, nargs=3, default=None, metavar=("R", "G", "B"), help="override the normalisation std")
     g.add_argument("--drop-path", type=below_one, default=0.1, help="stochastic depth rate")
     g.add_argument("--drop", type=below_one, default=0.0, help="dropout before the heads")
@@ -203,11 +256,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_optimizer_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     g = p.add_argument_group("Optimizer parameters")
-    g.add_argument("--opt", default="adamw" if multitask else "sgd", help="timm optimizer name (adamw, sgd, lamb, ...)")
-    g.add_argument("--lr", type=positive_float, default=None,
+    g.add_argument("--opt", type=optimizer_name, default="adamw" if multitask else "sgd",
+                   help="timm optimizer name (adamw, sgd, lamb, ...)")
+    g.add_argument("--lr", type=learning_rate, default=None,
                    help="peak learning rate; default: --lr-base scaled to the global batch "
                         "(--batch-size x --accum-steps x processes)")
-    g.add_argument("--lr-base", type=positive_float, default=1e-4 if multitask else 0.01,
+    g.add_argument("--lr-base", type=learning_rate, default=1e-4 if multitask else 0.01,
                    help="peak learning rate at a global batch of --lr-base-size images (timm's convention)")
     g.add_argument("--lr-base-size", type=positive_int, default=256, help="global batch at which the lr is --lr-base")
     g.add_argument("--lr-base-scale", choices=("auto", "linear", "sqrt"), default="auto",
@@ -224,8 +278,8 @@ def add_optimizer_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     g = p.add_argument_group("Schedule parameters")
     g.add_argument("--epochs", type=positive_int, default=20 if multitask else 50, help="epochs")
     g.add_argument("--warmup-epochs", type=nonneg_float, default=1.0, help="linear warm-up epochs (per update)")
-    g.add_argument("--warmup-lr", type=nonneg_float, default=1e-6, help="lr at the start of warm-up")
-    g.add_argument("--min-lr", type=nonneg_float, default=1e-6, help="lr at the end of the cosine")
+    g.add_argument("--warmup-lr", type=nonneg_learning_rate, default=1e-6, help="lr at the start of warm-up")
+    g.add_argument("--min-lr", type=nonneg_learning_rate, default=1e-6, help="lr at the end of the cosine")
 
 
 def add_loss_args(p: argparse.ArgumentParser, multitask: bool) -> None:
@@ -240,11 +294,11 @@ def add_loss_args(p: argparse.ArgumentParser, multitask: bool) -> None:
         g.add_argument("--consistency-weight", type=nonneg_float, default=0.0,
                        help="weight of KL(leaf probabilities summed up to a rank ‖ that rank's head)")
     g.add_argument("--label-smoothing", type=below_one, default=0.1, help="label smoothing")
-    g.add_argument("--auto-augment", default="rand-m20-n2",
+    g.add_argument("--auto-augment", type=auto_augment_policy, default="rand-m20-n2",
                    help="timm auto-augment policy (stock: RandAugment 2 ops, magnitude 20); 'none' to disable")
-    g.add_argument("--scale", type=number(float, 0, 1, low_open=True, what="a fraction in (0, 1]"), nargs=2,
+    g.add_argument("--scale", type=scale_fraction, nargs=2,
                    default=[0.8, 1.0], help="RandomResizedCrop scale range")
-    g.add_argument("--color-jitter", type=nonneg_float, default=0.0,
+    g.add_argument("--color-jitter", type=jitter_strength, default=0.0,
                    help="colour jitter strength (brightness, contrast, saturation), with or without --auto-augment; "
                         "0: none (the stock recipe has none; timm would add 0.4 silently without auto-augment)")
     g.add_argument("--hflip", type=probability, default=0.5, help="horizontal flip probability")
@@ -265,7 +319,7 @@ def add_run_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     g.add_argument("--eval-batch-size", type=positive_int, default=None,
                    help="batch per process for validation and test (default: 2 x --batch-size; "
                         "inference keeps no activations)")
-    g.add_argument("--seed", type=nonneg_int, default=42, help="random seed (each process uses seed + rank)")
+    g.add_argument("--seed", type=seed_value, default=42, help="random seed (each process uses seed + rank)")
     g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (timm ModelEmaV3) and validate it")
     g.add_argument("--model-ema-decay", type=probability, default=0.9998, help="EMA decay")
     g.add_argument("--early-stopping-patience", type=nonneg_int, default=0, help="stop after N epochs without improvement (0: off)")
@@ -451,6 +505,16 @@ def parse_identify_args(description: str, argv: list[str] | None = None) -> argp
     if args.submission and not args.test_path:
         p.error("--submission needs --test-path (the FungiTastic/FungiCLEF test metadata CSV)")
     return args
+
+
+def add_distill_args(parser: argparse.ArgumentParser) -> None:
+    """distill.py's own flags (the rest are train_multitask.py's)."""
+    g = parser.add_argument_group("Distillation parameters")
+    g.add_argument("--teacher", required=True, help="a trained amanita checkpoint (multi-task or single-head)")
+    g.add_argument("--distill-alpha", type=probability, default=0.7,
+                   help="weight of the distillation term; 1 - alpha goes to the hard labels")
+    g.add_argument("--distill-temperature", type=number(float, 0, 100, low_open=True, what="a temperature with "
+                   "0 < value ≤ 100"), default=2.0, help="softmax temperature of the soft targets")
 
 
 def cli_main(fn: Callable[[], int | None]) -> Callable[[], None]:

@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from amanita.io import UserError, read_metadata_csv
+from amanita.io import UserError, open_regular, read_metadata_csv
 from amanita.taxonomy import LABEL_COLUMN, LEAF, REQUIRED_COLUMNS, Taxonomy, encode_labels, label_column
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,13 @@ def image_paths(df: pd.DataFrame, csv_path: str | os.PathLike | None,
 
 
 def load_rgb(path: str | os.PathLike | io.BytesIO) -> Image.Image:
-    """Open an image of any mode (L, P, RGBA, CMYK, I;16, EXIF-rotated) as upright RGB."""
+    """Open an image of any mode (L, P, RGBA, CMYK, I;16, EXIF-rotated) as upright RGB.
+
+    A path is opened only when it is a regular file (a named pipe would block: an ``OSError``).
+    """
+    if not isinstance(path, io.BytesIO):
+        with open_regular(path) as f:
+            return load_rgb(io.BytesIO(f.read()))
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im)
         if im.mode in ("RGBA", "LA", "P", "PA"):
@@ -116,7 +122,7 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     """
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.transforms.functional import pil_to_tensor
-    with open(path, "rb") as f:
+    with open_regular(path) as f:  # a named pipe listed as an image must not block
         data = bytearray(f.read())
     if data[:3] == JPEG_MAGIC:
         with Image.open(io.BytesIO(data)):  # header only: PIL's decompression-bomb check, which libjpeg lacks

@@ -122,11 +122,3 @@ def load_teacher(args, taxonomy: Taxonomy, device) -> Teacher | None:
             f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters); "
             f"alpha {args.distill_alpha}, temperature {args.distill_temperature}")
     return Teacher(model, dict(data_config), leaf_index, text)
-
-
-def add_distill_args(parser) -> None:
-    g = parser.add_argument_group("Distillation parameters")
-    g.add_argument("--teacher", required=True, help="a trained amanita checkpoint (multi-task or single-head)")
-    g.add_argument("--distill-alpha", type=float, default=0.7,
-                   help="weight of the distillation term; 1 - alpha goes to the hard labels")
-    g.add_argument("--distill-temperature", type=float, default=2.0, help="softmax temperature of the soft targets")

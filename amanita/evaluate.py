@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from amanita.io import UserError, file_sha256, staged_output
+from amanita.io import UserError, check_output_dir, file_sha256, staged_output
 from amanita.metrics import compute_metrics
 from amanita.predictions import read_predictions, write_predictions
 from amanita.report import ReportInputs, base_provenance, extra_sections, make_figures, write_html, write_metrics
@@ -87,7 +87,7 @@ def validate(args: argparse.Namespace) -> Evaluation:
     :func:`evaluate`, written through a staging folder; with ``--store-threshold`` the open-set
     threshold goes into the checkpoint."""
     check_args(args)
-    out = Path(args.output_dir)
+    out = check_output_dir(args.output_dir, "--output-dir")  # a file, read-only or full: said before inference
     preds, obs, tax, prov = load_predictions(args)
     if len(preds) == 0:
         raise UserError("no prediction to evaluate: every image was unreadable or the predictions file is empty")
@@ -108,7 +108,8 @@ def validate(args: argparse.Namespace) -> Evaluation:
         baseline_observation_preds=baseline_obs if both else None, combine=args.combine,
         open_set={"score": args.unknown_score, "target_tpr": args.target_tpr} if args.open_set else None,
         priors=priors_section)
-    with staged_output(out) as stage:  # the previous results stay whole until the new ones are complete
+    # the previous results stay whole until the new ones are complete; no report file replaces an input
+    with staged_output(out, inputs=protected_inputs(args)) as stage:
         save_predictions(stage, tax, preds, obs, prefix="")
         if args.baseline_checkpoint or args.baseline_model:
             save_predictions(stage, tax, baseline, baseline_obs, prefix="baseline_")
@@ -141,6 +142,12 @@ def prior_variants(prov: dict, baseline, baseline_obs, baseline_name):
 def with_metadata_of(preds, metadata):
     from amanita.engine import with_metadata
     return with_metadata(preds, metadata)
+
+
+def protected_inputs(args: argparse.Namespace) -> dict:
+    """validate.py's inputs that no file of the report may replace (``--from-predictions`` may: it is regenerated)."""
+    flags = ("checkpoint", "val_path", "mappings", "training_log", "baseline_checkpoint", "baseline_predictions")
+    return {f"--{f.replace('_', '-')}": getattr(args, f, None) for f in flags}
 
 
 OBSERVATION_FILE = "observation_predictions.csv"  # beside predictions.csv; baseline_ prefix for the baseline

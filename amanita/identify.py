@@ -24,7 +24,7 @@ from amanita.data import IMAGE_ERRORS, DeviceLoader, create_transforms, make_loa
 from amanita.decisions import costs_from_args, make_decoder, poison_probability, poisonous_leaves
 from amanita.distributed import resolve_device
 from amanita.engine import BatchPredictor, Readout
-from amanita.io import UserError
+from amanita.io import UserError, check_output_file
 from amanita.observations import pool_observations
 from amanita.openset import score_column, unknown_scores
 from amanita.taxonomy import LEAF, RANKS, Taxonomy
@@ -166,6 +166,16 @@ def printable(path: Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def terminal_safe(text: str) -> str:
+    """``text`` with control and format characters escaped (``\\x1b``, ``\\u202e``), as ``--json`` escapes them.
+
+    A taxon name or file name holding an ANSI escape then cannot recolour or rewrite a terminal.
+    """
+    import unicodedata
+    return "".join(c if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp") else
+                   (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in text)
+
+
 def find_of(path: Path, inputs: list[str]) -> str:
     """The find a file belongs to with --observation: the folder given that holds it, else all named files."""
     for text in inputs:
@@ -253,7 +263,8 @@ def identify_finds(args, predictor: BatchPredictor, kept: list, unknown: tuple, 
 
 # ---------------------------------------------------------------------- output
 def format_human(record: dict, top_k: int, backoff: float) -> str:
-    """The record as a few aligned lines for a person."""
+    """The record as a few aligned lines for a person, control characters escaped (:func:`terminal_safe`)."""
+    record = _safe_names(record)
     width = max(len(step["name"]) for step in record["lineage"])
     lines = [record["path"] + (f"  (one find, {record['n_images']} images)" if "n_images" in record else "")]
     lines += [f"  {s['rank']:<8} {s['name']:<{width}}  {s['confidence']:.3f}" for s in record["lineage"]]
@@ -282,8 +293,24 @@ def format_human(record: dict, top_k: int, backoff: float) -> str:
     return "\n".join(lines)
 
 
+def _safe_names(record: dict) -> dict:
+    """A copy of ``record`` whose path, names and answer are :func:`terminal_safe`."""
+    out = dict(record, path=terminal_safe(record["path"]))
+    out["lineage"] = [dict(s, name=terminal_safe(s["name"])) for s in record["lineage"]]
+    out["topk"] = [dict(t, species=terminal_safe(t["species"]), scientificName=terminal_safe(t["scientificName"]))
+                   for t in record["topk"]]
+    if record.get("backoff"):
+        out["backoff"] = dict(record["backoff"], name=terminal_safe(record["backoff"]["name"]))
+    if "answer" in record:
+        out["answer"] = terminal_safe(record["answer"])
+    return out
+
+
 def identify(args) -> int:
     """test.py: print a record per image (or a JSON line); returns the exit code (1: some image failed)."""
+    if args.submission:  # before any work: never onto an input, and into a folder that takes a file
+        check_output_file(args.submission, "--submission", {"--checkpoint": args.checkpoint,
+                          "--test-path": args.test_path, "--mappings": args.mappings})
     loaded = load_model(args)  # first, so a bad checkpoint is exit code 2 whatever the images
     info = loaded[3]
     kind = {"multitask": "multi-task", "single": "single-head"}.get(info["kind"], info["kind"])
@@ -306,7 +333,7 @@ def identify(args) -> int:
     def on_error(path: Path, reason: str, bar) -> None:
         nonlocal failed
         failed += 1
-        bar.write(f"error: {printable(path)}: {reason}", file=sys.stderr)
+        bar.write(f"error: {terminal_safe(printable(path))}: {reason}", file=sys.stderr)
 
     if paths:
         identify_files(args, loaded, paths, on_result, on_error)

@@ -67,36 +67,168 @@ def _write_reason(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def staged_output(out: str | os.PathLike, prefix: str = ".staging-"):
+def staged_output(out: str | os.PathLike, prefix: str = ".staging-", inputs: dict | None = None):
     """A temporary folder inside ``out``; its files replace those in ``out`` only when the block succeeds.
 
-    So a run that fails half-way leaves the previous results whole. Staging folders of
-    processes that no longer run (killed runs) are deleted on entry.
+    So a run that fails half-way leaves the previous results whole. A run holds an ``fcntl``
+    lock on ``.lock`` in its staging folder for as long as it lives; folders whose lock nobody
+    holds (killed runs, on any host or PID namespace sharing the file system) are deleted on
+    entry. ``inputs`` (``{flag: path}``): files the staged ones must not replace (see
+    :func:`check_not_inputs`). A write that fails (disk full, read-only) names ``out``.
     """
     import shutil
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out, create=True)
     for old in out.glob(f"{prefix}*-*"):
-        pid = old.name[len(prefix):].split("-")[0]
-        if old.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir() and not old.is_symlink():
+            _remove_if_abandoned(old)
     stage = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=out))
     try:
-        yield stage
-        for f in sorted(stage.iterdir()):
-            os.replace(f, out / f.name)
+        with _held_lock(stage):
+            try:
+                yield stage
+            except OSError as e:
+                if e.errno in _FULL or e.errno == errno.EROFS or (e.filename and str(stage) in str(e.filename)):
+                    raise UserError(f"cannot write into {out}: {_write_reason(e)}; "
+                                    "the previous results there are intact") from None
+                raise
+            staged = sorted(f for f in stage.iterdir() if f.name != _LOCK)
+            for f in staged:
+                check_not_inputs({"output": out / f.name}, inputs or {})
+            for f in staged:
+                os.replace(f, out / f.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _process_alive(pid: int) -> bool:
+_LOCK = ".lock"  # in a staging folder: locked (fcntl) by the run that writes there, for its whole life
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@contextlib.contextmanager
+def _held_lock(folder: Path):
+    """An exclusive ``fcntl`` lock on ``folder/.lock`` for the block; the kernel drops it when the process dies."""
+    import fcntl
+    fd = os.open(folder / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:  # a file system without locks: no one else can lock it either, so it is kept
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_if_abandoned(folder: Path, grace_s: float = 60.0) -> bool:
+    """Delete a staging folder whose lock no process holds; returns whether it was deleted.
+
+    A live run's lock fails our non-blocking attempt, whatever host or PID namespace it runs in
+    (the PID in the name is only informative). A folder without a lock file is a run between
+    ``mkdtemp`` and taking its lock, unless it is older than ``grace_s`` seconds.
+    """
+    import fcntl
+    import shutil
+    import time
+    try:
+        fd = os.open(folder / _LOCK, os.O_RDWR)
+    except FileNotFoundError:
+        try:
+            young = time.time() - folder.stat().st_mtime < grace_s
+        except OSError:
+            return False
+        if not young:
+            shutil.rmtree(folder, ignore_errors=True)
+        return not young
+    except OSError:
         return False
-    except PermissionError:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: the run is alive
+        return False
+    else:
+        shutil.rmtree(folder, ignore_errors=True)  # still holding the lock, so no one revives it meanwhile
         return True
-    return True
+    finally:
+        os.close(fd)
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def check_not_inputs(outputs: dict, inputs: dict) -> None:
+    """Refuse an output that is one of the inputs, before anything is written.
+
+    ``outputs`` and ``inputs`` map a flag (``--submission``) to its path (None: not given).
+    Hard links and symbolic links to an input count as the input.
+    """
+    for out_flag, out_path in outputs.items():
+        if out_path is None:
+            continue
+        for in_flag, in_path in inputs.items():
+            if in_path is not None and _same_file(out_path, in_path):
+                raise UserError(f"{out_flag} {out_path} is the {in_flag} file {in_path}: refusing to overwrite "
+                                "an input; choose another output path")
+
+
+def check_output_dir(folder: str | os.PathLike, flag: str = "output folder", create: bool = False) -> Path:
+    """``folder`` checked writable before any work (created with ``create``); a :class:`UserError` otherwise.
+
+    So a file in its place, a read-only or a full disk stops the script at once, not after an hour
+    of inference. Without ``create`` a missing folder is not made: its nearest existing parent is probed.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {folder} is a file, not a folder")
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{flag} {folder} cannot be made: {probe} is a file, not a folder")
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder
+        with tempfile.TemporaryFile(prefix=".probe-", dir=probe) as f:
+            f.write(b"x")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise UserError(f"cannot write into {flag} {folder}: {_write_reason(e)}") from None
+    return folder
+
+
+def check_output_file(path: str | os.PathLike, flag: str, inputs: dict | None = None) -> Path:
+    """An output file's path checked before any work: not a folder, not an input, its folder writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name")
+    check_not_inputs({flag: path}, inputs or {})
+    check_output_dir(path.parent, f"the folder of {flag}")
+    return path
+
+
+def open_regular(path: str | os.PathLike):
+    """``open(path, "rb")`` for a regular file only: a named pipe, device or socket is an ``OSError``, never a hang.
+
+    Opened non-blocking first (a FIFO without a writer would block ``open`` itself), then checked with ``fstat``.
+    """
+    import stat
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a named pipe" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode)
+                    else "a device or socket")
+            raise OSError(errno.EINVAL, f"not a regular file ({kind})", str(path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

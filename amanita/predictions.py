@@ -107,13 +107,34 @@ def read_predictions(path: str | os.PathLike, taxonomy: Taxonomy | None = None) 
         raise UserError(f"{path} is not a predictions file: missing column(s) {shown}")
     for key in KEYS:
         for c in int_columns(key):
-            values = pd.to_numeric(df[c], errors="coerce")
-            if values.isna().any():
-                raise UserError(f"{path}: column {c} has missing or non-integer values")
-            df[c] = values.astype(np.int64)
+            df[c] = _checked_column(df[c], path, c, integer=True, low=0 if c == f"{key}_pred" else -1)
+        for c in (f"{key}_conf", f"{key}_ptrue", f"{key}_lconf"):
+            if c in df.columns:
+                df[c] = _checked_column(df[c], path, c, integer=False, low=0, missing_ok=c != f"{key}_conf")
     if taxonomy is not None:
         check_predictions(df, taxonomy, str(path))
     return df
+
+
+def _checked_column(values: pd.Series, path, column: str, integer: bool, low: int,
+                    missing_ok: bool = False) -> pd.Series:
+    """A class column as int64 (whole numbers ≥ ``low``) or a probability column as float64 (in [0, 1]).
+
+    The first bad cell is a :class:`UserError` naming the file, line and column.
+    """
+    number = pd.to_numeric(values, errors="coerce")
+    if integer:
+        bad = number.isna() | ~np.isfinite(number) | (number != number.round()) | (number < low)
+        rule = f"a whole class index ≥ {low}" + (" (-1: unknown or padding)" if low < 0 else "")
+    else:
+        bad = (number.isna() & (values.notna() | (not missing_ok))) | (number < 0) | (number > 1) | np.isinf(number)
+        rule = "a probability between 0 and 1" + (" (or empty)" if missing_ok else "")
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        shown = "empty or NaN" if pd.isna(values.iloc[i]) else repr(str(values.iloc[i]))
+        more = f" ({int(bad.sum()) - 1} more such rows)" if bad.sum() > 1 else ""
+        raise UserError(f"{path} line {i + 2}, column {column}: {shown}, expected {rule}{more}")
+    return number.astype(np.int64) if integer else number.astype(np.float64)
 
 
 def check_predictions(df: pd.DataFrame, taxonomy: Taxonomy, what: str = "predictions") -> None:

@@ -173,7 +173,9 @@ class Taxonomy:
                 "leaves": leaves, "counts": self.counts}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Taxonomy":
+    def from_dict(cls, d: dict, source: str = "the taxonomy") -> "Taxonomy":
+        """The taxonomy of a mappings document; its structure is checked first (:func:`check_mappings`)."""
+        check_mappings(d, source)
         leaves = d["leaves"]
         anc = np.array([[lf["ancestors"][r] for r in RANKS] for lf in leaves], dtype=np.int64)
         anc = anc.reshape(len(leaves), len(RANKS))
@@ -190,14 +192,24 @@ class Taxonomy:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Taxonomy":
+        """Read and check a mappings JSON; any problem is one :class:`TaxonomyError` line naming ``path``."""
         try:
-            with open(path, encoding="utf-8") as f:
-                return cls.from_dict(json.load(f))
+            with open(path, "rb") as f:
+                raw = f.read()
         except FileNotFoundError:
             raise FileNotFoundError(f"taxonomic mappings not found: {path} "
                                     "(make them with create_taxonomic_mappings.py)") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            raise TaxonomyError(f"{path} is UTF-16 text; save it as UTF-8 "
+                                "(or rebuild it with create_taxonomic_mappings.py)")
+        try:
+            d = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise TaxonomyError(f"{path} is not a taxonomic_mappings.json file (not UTF-8 text: byte "
+                                f"{e.start} is 0x{raw[e.start]:02x})") from None
+        except json.JSONDecodeError as e:
             raise TaxonomyError(f"{path} is not a taxonomic_mappings.json file ({e})") from None
+        return cls.from_dict(d, str(path))
 
     def sha256(self) -> str:
         """Digest of the tree (names, leaves, ancestors): checkpoints refuse another taxonomy."""
@@ -209,6 +221,41 @@ class Taxonomy:
     def summary(self) -> str:
         parts = [f"{r}: {len(self.classes[r])}" for r in RANKS]
         return f"{self.n_leaves} leaves (category_id); " + ", ".join(parts)
+
+
+def check_mappings(d, source: str = "the taxonomy") -> None:
+    """Raise a one-line :class:`TaxonomyError` naming ``source`` unless ``d`` is a well-formed mappings document.
+
+    Checked: the ``classes`` of every rank (non-empty lists of names), the ``leaves`` (a unique
+    integer ``category_id``, a name, and at every rank an ancestor index inside that rank or -1).
+    """
+    def bad(why: str) -> TaxonomyError:
+        return TaxonomyError(f"{source} is not a valid taxonomic_mappings.json: {why}")
+    if not isinstance(d, dict) or not isinstance(d.get("classes"), dict) or not isinstance(d.get("leaves"), list):
+        raise bad("expected a JSON object with 'classes' (names per rank) and 'leaves'")
+    sizes = {}
+    for r in RANKS:
+        names = d["classes"].get(r)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise bad(f"classes.{r} is not a list of names")
+        if not names:
+            raise bad(f"rank {r} has no classes")
+        sizes[r] = len(names)
+    if not d["leaves"]:
+        raise bad("no leaves (category_ids)")
+    seen = set()
+    for i, lf in enumerate(d["leaves"]):
+        anc = lf.get("ancestors") if isinstance(lf, dict) else None
+        cid = lf.get("category_id") if isinstance(lf, dict) else None
+        if not isinstance(anc, dict) or type(cid) is not int or not isinstance(lf.get("scientificName"), str):
+            raise bad(f"leaves[{i}] needs an integer category_id, a scientificName and ancestors")
+        if cid in seen:
+            raise bad(f"category_id {cid} appears twice (leaves[{i}])")
+        seen.add(cid)
+        for r in RANKS:
+            a = anc.get(r)
+            if type(a) is not int or not -1 <= a < sizes[r]:
+                raise bad(f"leaves[{i}] (category_id {cid}) has {r} ancestor {a!r}, outside -1..{sizes[r] - 1}")
 
 
 # ---------------------------------------------------------------------- building
@@ -249,6 +296,15 @@ def _conflicts(df: pd.DataFrame) -> list[str]:
             errors.append(f"{child} '{name}' has {len(g)} different parents at rank {parent}: "
                           f"{vals} ({where(g, parent, vals)})")
     return errors
+
+
+def _check_no_empty_rank(classes: dict[str, list[str]], df: pd.DataFrame) -> None:
+    """A rank empty in every row would make a head of 0 classes (an ``IndexError`` in training): refused."""
+    empty = [r for r in RANKS if not classes[r]]
+    if empty:
+        sources = sorted({w.split(" line ")[0] for w in df["_where"].unique()})
+        raise TaxonomyError(f"{', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty in every row of "
+                            f"{', '.join(sources)}: each of the six ranks needs at least one name")
 
 
 def build_taxonomy(frames: Iterable[pd.DataFrame], count_frame: pd.DataFrame | None = None) -> Taxonomy:
@@ -297,6 +353,7 @@ def build_taxonomy(frames: Iterable[pd.DataFrame], count_frame: pd.DataFrame | N
         keyed = {tuple(l[: i + 1]) for l in lineages if l[i] is not None}
         names = [k[-1] for k in sorted(keyed, key=lambda t: tuple(x or "" for x in t))]
         classes[r] = list(dict.fromkeys(names))
+    _check_no_empty_rank(classes, df)
     index = {r: {n: j for j, n in enumerate(classes[r])} for r in RANKS}
     ancestors = np.array([[index[r][n] if n is not None else -1 for r, n in zip(RANKS, lin)]
                           for lin in lineages], dtype=np.int64).reshape(len(lineages), len(RANKS))

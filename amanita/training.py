@@ -29,7 +29,7 @@ from amanita.distributed import (DistInfo, ResumableDistributedSampler, ShardSam
 from amanita.engine import amp_dtype, finite_or_raise, predict, reduce_mean, summarize, train_one_epoch, \
     updates_per_epoch
 from amanita.heads import init_from_stock
-from amanita.io import UserError, atomic_write_text, git_sha, load_tensor_file
+from amanita.io import UserError, atomic_write_text, check_not_inputs, git_sha, load_tensor_file
 from amanita.lora import LoraSpec, adapt, freeze, frozen_digest, trainable_parameters
 from amanita.losses import MultiTaskLoss, compute_class_weights
 from amanita.model import create_multitask_model, create_single_head_model, describe
@@ -126,7 +126,7 @@ def _model_from_checkpoint(path, tax: Taxonomy, multitask: bool, args) -> tuple[
     """``--init-from``: a single-head checkpoint seeds the heads as the stock model would.
 
     Returns the model to train and the source checkpoint's spec (architecture, data config)."""
-    src = ck.load_checkpoint(path)
+    src = ck.load_checkpoint(path, for_model=True)
     spec = ck.model_spec(src)
     if not multitask and spec.kind == "multitask":
         raise UserError(f"--init-from {path} holds a multi-task model; train_minimal.py starts from a single-head one")
@@ -285,11 +285,23 @@ def train(args, multitask: bool) -> int:
     """Train (or resume) and evaluate; returns the process exit code."""
     check_train_args(args)
     apply_cluster_environment(args)
+    check_run_outputs(args)
     dist = init_distributed(args.device)
     try:
         return _run(args, multitask, dist)
     finally:
         cleanup()
+
+
+RUN_FILES = ("last.pth", "best_model.pth", "metrics.jsonl", "args.json", "test_metrics.json")  # in --save-dir
+
+
+def check_run_outputs(args) -> None:
+    """No file a run writes in ``--save-dir`` may be one of its inputs (a ``--teacher``, an ``--init-from``, a CSV)."""
+    flags = ("train_path", "val_path", "test_path", "mappings", "class_weights", "init_from", "teacher")
+    inputs = {f"--{f.replace('_', '-')}": getattr(args, f, None) for f in flags}
+    for name in RUN_FILES:
+        check_not_inputs({"--save-dir": Path(args.save_dir) / name}, inputs)
 
 
 def _run(args, multitask: bool, dist: DistInfo) -> int:

@@ -142,3 +142,33 @@ def write_hub_cache_model(cache_dir: str | os.PathLike, model, config: dict,
     (snap / "config.json").write_text(json.dumps(config, indent=1))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(snap / "model.safetensors"))
     return snap
+
+
+# ---------------------------------------------------------------------- scripts in this process
+def in_process(work):
+    """A script's ``main`` that runs ``work(argv)`` in this process through :func:`amanita.cli.cli_main`."""
+    from amanita import cli
+    return cli.cli_main(lambda: work(sys.argv[1:]))
+
+
+def call_main(main, argv) -> tuple[int, str, str]:
+    """``main()`` with ``argv`` as the command line, in this process: (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+    from unittest import mock
+    out, err = io.StringIO(), io.StringIO()
+    with mock.patch.object(sys, "argv", ["prog", *map(str, argv)]), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = int(e.code or 0)
+    return code, out.getvalue(), err.getvalue()
+
+
+def one_line(text: str) -> str:
+    """The message, checked to be a single line."""
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text
+    return lines[0]

@@ -270,19 +270,6 @@ def test_full_disk_keeps_the_old_file_and_says_so(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]
 
 
-def test_staging_folders_of_dead_runs_are_removed_and_live_ones_kept(tmp_path):
-    import os
-    from amanita.io import staged_output
-    dead, live = tmp_path / ".staging-999999999-ab12", tmp_path / f".staging-{os.getppid()}-cd34"
-    for d in (dead, live):
-        d.mkdir()
-        (d / "metrics.json").write_text("{}")
-    with staged_output(tmp_path) as stage:
-        (stage / "predictions.csv").write_text("new")
-    assert not dead.exists() and live.is_dir()
-    assert (tmp_path / "predictions.csv").read_text() == "new" and not stage.exists()
-
-
 def test_stale_temporaries_of_this_run_only_are_removed(tmp_path):
     stale = [".last.pth.a1b2c3d4.tmp", ".best_model.pth.zz_9yy8x.tmp"]
     kept = ["last.pth", ".last.pth.tmp", ".other.pth.a1b2c3d4.tmp", "notes.tmp", ".last.pth.a1b2c3d4.tmp.bak"]

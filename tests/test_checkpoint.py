@@ -34,7 +34,9 @@ def _multitask_checkpoint(tax) -> tuple[torch.nn.Module, dict]:
     return model, {"format_version": ck.CHECKPOINT_VERSION, "model": model.state_dict(), "model_ema": None,
                    "kind": "multitask", "architecture": "beit_base_patch16_224", "model_kwargs": SMALL,
                    "head_sizes": tax.head_sizes(), "head_mode": "residual", "taxonomy": tax.to_dict(),
-                   "taxonomy_sha256": tax.sha256(), "data_config": {"input_size": (3, 16, 16)},
+                   "taxonomy_sha256": tax.sha256(),
+                   "data_config": {"input_size": (3, 16, 16), "interpolation": "bicubic", "mean": (0.5,) * 3,
+                                   "std": (0.5,) * 3, "crop_pct": 1.0},
                    "history": [{"epoch": 0, "train/leaf/loss": 1.5, "val/species/f1": 0.25}]}
 
 

@@ -92,3 +92,67 @@ def test_bad_checkpoint_is_one_line_exit_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
     assert not (tmp_path / "o" / "model.onnx").exists()
+
+
+# ---------------------------------------------------------------------- stage, check, then replace (issue 17, item 10)
+@pytest.fixture
+def previous_export(tmp_path):
+    """A checkpoint and an output folder holding a previous export's three files."""
+    tax = build_taxonomy([rows(TRAIN_IDS)])
+    tiny_checkpoint(tmp_path / "model.pth", tax)
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("model.onnx", "model.json", "taxonomic_mappings.json"):
+        (out / name).write_text(f"previous {name}")
+    return tmp_path / "model.pth", out
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def _export(argv):
+    import export
+    from tests.helpers import call_main
+    return call_main(export.main, argv)
+
+
+def test_a_failing_check_leaves_the_previous_export_untouched(previous_export, monkeypatch):
+    ckpt, out = previous_export
+    before = _files(out)
+
+    def fake_bundle(folder, *a, **k):  # the export itself is checked by the slow tests above
+        for name in ("model.onnx", "model.json", "taxonomic_mappings.json"):
+            (folder / name).write_text("new, unverified")
+        return {"output_sizes": {}}
+
+    def failing_check(model, onnx_path, images, atol):
+        assert open(onnx_path).read() == "new, unverified"  # the check reads the staged file
+        raise UserError(f"{onnx_path}: onnxruntime differs from PyTorch by more than {atol}: {{'leaf': 0.1}}")
+    monkeypatch.setattr("amanita.export.write_bundle", fake_bundle)
+    monkeypatch.setattr("amanita.export.check_export", failing_check)
+    code, _, err = _export(["--checkpoint", ckpt, "--output-dir", out, "--atol", "1e-30"])
+    assert code == 2 and f"{out} keeps its previous files" in err and "differs from PyTorch" in err
+    assert _files(out) == before  # no new file, no staging folder left
+
+
+def test_an_empty_check_csv_stops_before_anything_is_written(previous_export, tmp_path, monkeypatch):
+    ckpt, out = previous_export
+    before = _files(out)
+    (tmp_path / "empty.csv").write_text("filename,category_id,phylum,class,order,family,genus,species\n")
+    monkeypatch.setattr("amanita.export.write_bundle", lambda *a, **k: pytest.fail("exported before checking"))
+    code, _, err = _export(["--checkpoint", ckpt, "--output-dir", out, "--check-csv", tmp_path / "empty.csv"])
+    assert code == 2 and "empty.csv" in err and "no rows" in err
+    assert _files(out) == before
+
+
+@pytest.mark.slow
+def test_a_real_export_failing_its_tolerance_replaces_nothing(exported, tmp_path):
+    import shutil
+    out = tmp_path / "out"
+    shutil.copytree(exported["out"], out)
+    before = _files(out)
+    code, _, err = _export(["--checkpoint", exported["root"] / "teacher.pth", "--output-dir", out,
+                            "--check-images", 2, "--atol", "1e-30"])
+    assert code == 2 and "failed its check" in err
+    assert _files(out) == before

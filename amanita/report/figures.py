@@ -280,9 +280,19 @@ def _counts_panel(ax, items: list[dict], title: str) -> None:
     ax.set_xlabel("images (red: poisonous, green: not poisonous)")
 
 
+SLUG_MAX = 80  # characters: with a prefix and suffix, far below the usual 255-byte file-name limit
+
+
 def slug(name: str) -> str:
-    """File-name-safe lower-case version of a name."""
-    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_") or "species"
+    """File-name-safe lower-case version of a name, at most :data:`SLUG_MAX` ASCII characters.
+
+    A longer (or non-ASCII) name is cut and given 8 hex digits of its digest, so two names stay two files.
+    """
+    import hashlib
+    s = "".join(c if c.isascii() and c.isalnum() else "_" for c in name.lower()).strip("_") or "species"
+    if len(s) <= SLUG_MAX and s == "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_"):
+        return s
+    return f"{s[:SLUG_MAX - 9]}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 # ---------------------------------------------------------------------- specimens
