@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from amanita.decode import Decoder, roll_up
-from amanita.taxonomy import LEAF, RANKS, Taxonomy
+from amanita.decode import Decoder
+from amanita.taxonomy import LEAF, RANKS, Taxonomy, roll_up
 
 DECISIONS = ("argmax", "min-cost", "min-severity")
 DEFAULT_DECISION = "argmax"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from amanita.checkpoint import load_checkpoint
 from amanita.data import FungiTasticDataset, create_transforms, to_model_input
 from amanita.io import UserError
 from amanita.taxonomy import Taxonomy, build_taxonomy
@@ -156,3 +157,18 @@ def test_a_real_export_failing_its_tolerance_replaces_nothing(exported, tmp_path
                             "--check-images", 2, "--atol", "1e-30"])
     assert code == 2 and "failed its check" in err
     assert _files(out) == before
+
+
+def test_a_model_file_that_fails_its_check_leaves_the_previous_one_untouched(previous_export):
+    """--format pth is staged like the ONNX bundle: bf16 weights checked at --atol 1e-30 fail, and the
+    previous model.pth (and nothing new) stays in the folder."""
+    ckpt, out = previous_export
+    (out / "model.pth").write_text("previous model.pth")
+    before = _files(out)
+    code, _, err = _export(["--format", "pth", "--dtype", "bfloat16", "--checkpoint", ckpt, "--output-dir", out,
+                            "--check-images", "2", "--atol", "1e-30"])
+    assert code == 2 and f"{out} keeps its previous files" in err and "differs from its checkpoint" in err
+    assert _files(out) == before
+    code, _, err = _export(["--format", "pth", "--checkpoint", ckpt, "--output-dir", out, "--check-images", "2"])
+    assert code == 0, err
+    assert load_checkpoint(out / "model.pth")["file"] == "inference"
