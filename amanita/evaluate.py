@@ -110,6 +110,8 @@ def validate(args: argparse.Namespace) -> Evaluation:
     result.report = out / result.report.name
     if args.store_threshold:
         store_threshold(args, result.metrics)
+    elif args.calibrate:
+        refit_threshold(args, main_preds, result.metrics)
     if getattr(args, "log_wandb", False) or getattr(args, "log_tensorboard", None):
         from amanita.tracking import log_validation
         log_validation(args, out / "metrics.json", out)
@@ -127,16 +129,42 @@ def save_predictions(folder: Path, tax: Taxonomy, preds, obs, prefix: str) -> No
 
 
 def store_threshold(args: argparse.Namespace, doc: dict) -> None:
-    """Write the unknown-species threshold into --checkpoint for test.py (key ``open_set``)."""
-    from amanita.checkpoint import update_checkpoint
+    """Write the unknown-species threshold into --checkpoint for test.py (key ``open_set``), with the
+    temperatures and TTA its scores were computed under (test.py refuses it under others)."""
     d = doc["open_set"]["detection"][args.unknown_score]
     if d["threshold"] is None:
         raise UserError(f"{args.val_path} has no known-species image: no threshold to store")
+    write_threshold(args, doc, args.unknown_score, d, args.target_tpr)
+
+
+def write_threshold(args: argparse.Namespace, doc: dict, score: str, d: dict, target_tpr: float) -> None:
+    """``open_set`` in --checkpoint: the threshold of detection ``d`` and what it was fitted under."""
+    from amanita.checkpoint import update_checkpoint
+    from amanita.openset import readout_conditions
+    temperatures = None if args.no_temperatures else doc["provenance"].get("temperatures")
     update_checkpoint(args.checkpoint, open_set={
-        "score": args.unknown_score, "threshold": d["threshold"], "target_tpr": args.target_tpr,
-        "tpr": d["tpr"], "tnr": d["tnr_at_tpr"], "auroc": d["auroc"], "val_path": str(args.val_path)})
+        "score": score, "threshold": d["threshold"], "target_tpr": target_tpr,
+        "tpr": d["tpr"], "tnr": d["tnr_at_tpr"], "auroc": d["auroc"], "val_path": str(args.val_path)}
+        | readout_conditions(temperatures, args.tta))
     print(f"stored in {args.checkpoint}: unknown-species threshold {d['threshold']:.4g} "
-          f"({args.unknown_score}, {100 * d['tpr']:.1f}% of known images accepted)")
+          f"({score}, {100 * d['tpr']:.1f}% of known images accepted)")
+
+
+def refit_threshold(args: argparse.Namespace, preds: pd.DataFrame, doc: dict) -> None:
+    """After --calibrate: a threshold stored earlier was fitted under the old temperatures; refit it at
+    its target TPR on this run's known images (now scored under the new ones)."""
+    from amanita.openset import FLAG_COLUMN, detection_metrics, score_column
+    stored = doc["provenance"].get("open_set") or {}
+    if stored.get("threshold") is None:
+        return
+    score, target = stored.get("score", "msp"), float(stored.get("target_tpr", args.target_tpr))
+    d = detection_metrics(preds[score_column(score)].to_numpy(), preds[FLAG_COLUMN].to_numpy(dtype=bool), target)
+    if d["threshold"] is None:
+        raise UserError(f"{args.val_path} has no known-species image: the unknown-species threshold stored in "
+                        f"{args.checkpoint} cannot be refitted for the new temperatures")
+    print(f"the new temperatures change the unknown-species scores: refitting the stored threshold "
+          f"({float(stored['threshold']):.4g})")
+    write_threshold(args, doc, score, d, target)
 
 
 def load_model(args: argparse.Namespace, device, spec: str | None = None, taxonomy: Taxonomy | None = None):

@@ -25,7 +25,8 @@ from amanita.distributed import resolve_device
 from amanita.engine import BatchPredictor, Readout
 from amanita.io import UserError
 from amanita.observations import pool_observations
-from amanita.openset import score_column, unknown_scores
+from amanita.openset import is_unknown, readout_conditions, score_column, unknown_scores
+from amanita.openset import unknown_rule as openset_rule
 from amanita.taxonomy import LEAF, RANKS, Taxonomy
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -108,14 +109,11 @@ def summarise(predictor: BatchPredictor, logp: dict, energy: torch.Tensor, top_k
 
 
 def unknown_rule(args, info: dict) -> tuple[str, float | None]:
-    """``(score, threshold)``: the flags, else what validate.py stored in the checkpoint (threshold None: off)."""
-    stored = info.get("open_set") or {}
-    score = args.unknown_score or stored.get("score", "msp")
-    if args.unknown_threshold is not None:
-        return score, args.unknown_threshold
-    if stored.get("threshold") is not None and score == stored.get("score"):
-        return score, float(stored["threshold"])
-    return score, None
+    """``(score, threshold)`` of :func:`amanita.openset.unknown_rule` for test.py's flags and the checkpoint
+    (threshold None: no verdict); the submission applies the same rule."""
+    temperatures = None if args.no_temperatures else info.get("temperatures")
+    return openset_rule(info.get("open_set"), args.unknown_score, args.unknown_threshold,
+                        readout_conditions(temperatures, args.tta))
 
 
 def unknown_answer(record: dict, score: float, threshold: float | None, backoff: float) -> None:
@@ -124,7 +122,7 @@ def unknown_answer(record: dict, score: float, threshold: float | None, backoff:
     record["unknown_score"] = score
     if threshold is None:
         return
-    record["unknown_species"] = bool(score > threshold)
+    record["unknown_species"] = bool(is_unknown(score, threshold))
     if record["unknown_species"]:
         known = [s for s in record["lineage"][:-1] if s["confidence"] >= backoff]
         record["answer"] = (f"an unknown species of {known[-1]['rank']} {known[-1]['name']}" if known
@@ -255,9 +253,10 @@ def identify(args) -> int:
           f"{', EMA weights' if info['ema'] else ''}; decode {args.decode}, tta {args.tta}, "
           f"{'calibrated' if info.get('temperatures') and not args.no_temperatures else 'uncalibrated'} confidences",
           file=sys.stderr)
+    rule = unknown_rule(args, info)  # before any image: a stored threshold that does not apply is refused
     if args.submission:
         from amanita.submission import submit
-        return submit(args, loaded)
+        return submit(args, loaded, rule)
     paths, errors = expand_inputs(args.inputs)
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
