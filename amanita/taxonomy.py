@@ -326,6 +326,30 @@ def encode_labels(tax: Taxonomy, df: pd.DataFrame) -> np.ndarray:
     return out
 
 
+def lineage_conflicts(tax: Taxonomy, df: pd.DataFrame, labels: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """Rows whose rank columns contradict the taxonomy's lineage of their ``category_id``.
+
+    ``labels`` is :func:`encode_labels` of ``df``. A row conflicts when it names a class at a rank
+    (any name, known to the taxonomy or not) and its leaf's ancestor there is another class; a
+    missing name, an unknown ancestor or a row without a known leaf is not a conflict. Returns
+    ``(bool mask per row, a description of the first conflict or None)``.
+    """
+    leaf = labels[:, LABEL_COLUMN[LEAF]]
+    known = leaf >= 0
+    bad = np.zeros(len(df), dtype=bool)
+    first, what = None, None
+    for j, r in enumerate(RANKS):
+        named = map_distinct(df[r], _clean).notna().to_numpy()
+        anc = np.where(known, tax.ancestors[np.clip(leaf, 0, None), j], -1)
+        wrong = known & named & (anc >= 0) & (labels[:, LABEL_COLUMN[r]] != anc)
+        if wrong.any() and (first is None or np.flatnonzero(wrong)[0] < first):
+            first = int(np.flatnonzero(wrong)[0])
+            what = (f"{r} is {_clean(df[r].iloc[first])!r}, but category_id {tax.category_ids[leaf[first]]} "
+                    f"({tax.scientific_names[leaf[first]]}) is in {r} {tax.classes[r][anc[first]]!r} in the mappings")
+        bad |= wrong
+    return bad, what
+
+
 def map_distinct(values: pd.Series, fn) -> pd.Series:
     """``values.map(fn)`` calling ``fn`` once per distinct value (433,701 rows hold a few thousand names)."""
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
