@@ -20,7 +20,7 @@ from amanita.io import UserError, file_sha256, staged_output
 from amanita.metrics import compute_metrics
 from amanita.predictions import read_predictions, write_predictions
 from amanita.report import ReportInputs, base_provenance, extra_sections, make_figures, write_html, write_metrics
-from amanita.taxonomy import DISPLAY_ORDER, Taxonomy
+from amanita.taxonomy import DISPLAY_ORDER, Taxonomy, use_mappings
 
 
 @dataclass
@@ -195,8 +195,9 @@ def run_inference(args: argparse.Namespace, spec: str | None = None, taxonomy: T
     from amanita.observations import ObservationPooler
     device = resolve_device(args.device)
     model, tax, data_config, info = load_model(args, device, spec, taxonomy)
-    expected = taxonomy if taxonomy is not None else Taxonomy.load(args.mappings) if args.mappings else None
-    check_same_taxonomy(tax, expected, spec or args.checkpoint)
+    if spec is None and args.mappings:  # checked against the checkpoint's tree, then used (its poisonous flags)
+        tax = use_mappings(tax, args.mappings, args.checkpoint)
+    check_same_taxonomy(tax, taxonomy, spec or args.checkpoint)
     metadata = read_split(args.val_path, open_set=args.open_set)  # for the filename/observationID columns
     dataset = FungiTasticDataset(args.val_path, tax, transform=create_transforms(data_config, train=False),
                                  image_root=args.image_root, input_size=data_config["input_size"], metadata=metadata)
@@ -256,10 +257,16 @@ def load_predictions(args: argparse.Namespace):
         preds = read_predictions(args.from_predictions, tax)
         obs = read_beside(args.from_predictions, OBSERVATION_FILE, tax)
         prov = {"predictions": args.from_predictions, "predictions_sha256": file_sha256(args.from_predictions),
-                "mappings": args.mappings}
+                **mappings_provenance(args.mappings)}
         return preds, obs, tax, prov | earlier_provenance(Path(args.from_predictions).parent / "metrics.json")
     preds, obs, tax, info = run_inference(args)
-    return preds, obs, tax, model_provenance(args.checkpoint, info) | {"decode": args.decode, "tta": args.tta}
+    return preds, obs, tax, (model_provenance(args.checkpoint, info) | {"decode": args.decode, "tta": args.tta}
+                             | mappings_provenance(args.mappings))
+
+
+def mappings_provenance(path) -> dict:
+    """``mappings`` and its file digest: the file given (None: the taxonomy stored in the checkpoint)."""
+    return {"mappings": str(path) if path else None, "mappings_sha256": file_sha256(path) if path else None}
 
 
 def read_beside(path, name: str, tax: Taxonomy):

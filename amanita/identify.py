@@ -27,7 +27,7 @@ from amanita.io import UserError
 from amanita.observations import pool_observations
 from amanita.openset import is_unknown, readout_conditions, score_column, unknown_scores
 from amanita.openset import unknown_rule as openset_rule
-from amanita.taxonomy import LEAF, RANKS, Taxonomy
+from amanita.taxonomy import LEAF, RANKS, Taxonomy, use_mappings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -74,12 +74,7 @@ def load_model(args):
     device = resolve_device(args.device)
     model, tax, data_config, info = load_for_eval(args.checkpoint, device, use_ema=not args.no_ema)
     if args.mappings is not None:
-        given = Taxonomy.load(args.mappings)
-        if given.sha256() != tax.sha256():
-            raise UserError(f"--mappings {args.mappings} is not the taxonomy {args.checkpoint} was trained with "
-                            f"(sha256 {given.sha256()[:12]}… vs {tax.sha256()[:12]}…); "
-                            "leave --mappings out to use the one stored in the checkpoint")
-        tax = given
+        tax = use_mappings(tax, args.mappings, args.checkpoint)
     return model, tax, data_config, info, device
 
 
@@ -251,7 +246,8 @@ def identify(args) -> int:
     kind = {"multitask": "multi-task", "single": "single-head"}.get(info["kind"], info["kind"])
     print(f"{info['path']}: {kind} model, epoch {info['epoch']}, update {info['step']}"
           f"{', EMA weights' if info['ema'] else ''}; decode {args.decode}, tta {args.tta}, "
-          f"{'calibrated' if info.get('temperatures') and not args.no_temperatures else 'uncalibrated'} confidences",
+          f"{'calibrated' if info.get('temperatures') and not args.no_temperatures else 'uncalibrated'} confidences"
+          f"{f'; taxonomy and poisonous flags from --mappings {args.mappings}' if args.mappings else ''}",
           file=sys.stderr)
     rule = unknown_rule(args, info)  # before any image: a stored threshold that does not apply is refused
     if args.submission:

@@ -211,6 +211,17 @@ class Taxonomy:
         return f"{self.n_leaves} leaves (category_id); " + ", ".join(parts)
 
 
+def use_mappings(stored: Taxonomy, path: str | os.PathLike, checkpoint: str | os.PathLike) -> Taxonomy:
+    """The mappings file at ``path`` in place of the taxonomy ``checkpoint`` holds (``stored``): it must be
+    the same tree (names, leaves, ancestors); what it adds, the poisonous flags, is then what counts."""
+    given = Taxonomy.load(path)
+    if given.sha256() != stored.sha256():
+        raise TaxonomyError(f"--mappings {path} is not the taxonomy {checkpoint} was trained with "
+                            f"(sha256 {given.sha256()[:12]}… vs {stored.sha256()[:12]}…); "
+                            "leave --mappings out to use the one stored in the checkpoint")
+    return given
+
+
 # ---------------------------------------------------------------------- building
 def _clean(value) -> str | None:
     if value is None or (isinstance(value, float) and np.isnan(value)):
