@@ -102,9 +102,9 @@ def validate(args: argparse.Namespace) -> Evaluation:
         training_log=training_log(args), observation_preds=obs if both else None,
         baseline_observation_preds=baseline_obs if both else None, combine=args.combine,
         open_set={"score": args.unknown_score, "target_tpr": args.target_tpr} if args.open_set else None)
-    with staged_output(out) as stage:  # the previous results stay whole until the new ones are complete
+    with staged_output(out, known=RESULT_FILES) as stage:  # the previous results stay whole until the new ones are complete
         save_predictions(stage, tax, preds, obs, prefix="")
-        if args.baseline_checkpoint or args.baseline_model:
+        if baseline is not None:  # also when read from a file: the folder's result set is this run's (and whole)
             save_predictions(stage, tax, baseline, baseline_obs, prefix="baseline_")
         result = evaluate(main_preds, tax, stage, inputs)
     result.report = out / result.report.name
@@ -119,6 +119,8 @@ def validate(args: argparse.Namespace) -> Evaluation:
 
 
 OBSERVATION_FILE = "observation_predictions.csv"  # beside predictions.csv; baseline_ prefix for the baseline
+# what an earlier run left in a folder without a manifest (amanita.io.MANIFEST) and this run may not rewrite
+RESULT_FILES = tuple(f"{p}{n}" for p in ("", "baseline_") for n in ("predictions.csv", OBSERVATION_FILE))
 
 
 def save_predictions(folder: Path, tax: Taxonomy, preds, obs, prefix: str) -> None:
