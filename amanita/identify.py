@@ -34,19 +34,26 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 # ---------------------------------------------------------------------- inputs
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Image paths (folders expanded, sorted, recursive) and error lines for missing inputs."""
-    paths, errors = [], []
+    """Image paths (folders expanded, sorted, recursive) and error lines for missing inputs.
+
+    Each file once, at its first appearance (a folder inside another folder given, a file named
+    twice), so no image is predicted or pooled twice."""
+    paths, errors, seen = [], [], set()
     for text in inputs:
         path = Path(text)
         if path.is_dir():
             found = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            paths += found
             if not found:
                 errors.append(f"{path}: no image files ({' '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
         elif path.is_file():
-            paths.append(path)  # named explicitly: tried whatever its extension
+            found = [path]  # named explicitly: tried whatever its extension
         else:
+            found = []
             errors.append(f"{path}: no such file or folder")
+        for f in found:
+            if f.resolve() not in seen:
+                seen.add(f.resolve())
+                paths.append(f)
     return paths, errors
 
 
@@ -155,11 +162,10 @@ def printable(path: Path) -> str:
 
 
 def find_of(path: Path, inputs: list[str]) -> str:
-    """The find a file belongs to with --observation: the folder given that holds it, else all named files."""
-    for text in inputs:
-        if Path(text).is_dir() and Path(text) in path.parents:
-            return str(Path(text))
-    return "files given by name"
+    """The find a file belongs to with --observation: the innermost folder given that holds it (a folder
+    inside another is a find of its own), else all files given by name."""
+    holders = [Path(t) for t in inputs if Path(t).is_dir() and Path(t).resolve() in path.resolve().parents]
+    return str(max(holders, key=lambda d: len(d.resolve().parts))) if holders else "files given by name"
 
 
 def identify_files(args, loaded, paths: list[Path], on_result, on_error) -> None:
@@ -176,12 +182,13 @@ def identify_files(args, loaded, paths: list[Path], on_result, on_error) -> None
     folders = any(Path(p).is_dir() for p in args.inputs)
     # disable=None: a bar only on a terminal, so logs and pipes stay clean; always on stderr
     bar = tqdm(total=len(paths), disable=None if folders else True, desc="images", unit="img", file=sys.stderr)
-    start, kept = 0, []
+    start, kept, unreadable = 0, [], []
     for images, errors in loader:
         batch = identify_batch(predictor, images, args.top_k, score)
         for i, error in enumerate(errors):
             if error:
                 on_error(paths[start + i], error, bar)
+                unreadable.append(paths[start + i])
             elif args.observation:
                 kept.append((paths[start + i], {k: v[i:i + 1].cpu() for k, v in batch["logp"].items()},
                              batch["energy"][i:i + 1].cpu()))
@@ -194,6 +201,21 @@ def identify_files(args, loaded, paths: list[Path], on_result, on_error) -> None
     bar.close()
     if kept:
         identify_finds(args, predictor, kept, (score, threshold), on_result)
+    if args.observation:
+        unanswered_finds(args.inputs, kept, unreadable, on_result)
+
+
+def unanswered_finds(inputs: list[str], kept: list, unreadable: list[Path], on_result) -> None:
+    """A record for each find none of whose images could be read: it gets no answer, and says so."""
+    answered = {find_of(path, inputs) for path, _, _ in kept}
+    finds: dict[str, list[Path]] = {}
+    for path in unreadable:
+        finds.setdefault(find_of(path, inputs), []).append(path)
+    for find, files in finds.items():
+        if find not in answered:
+            on_result({"path": printable(Path(find)), "n_images": 0, "images": [],
+                       "unreadable": [printable(p) for p in files],
+                       "error": f"no answer: none of its {len(files)} image(s) could be read"})
 
 
 def identify_finds(args, predictor: BatchPredictor, kept: list, unknown: tuple, on_result) -> None:
@@ -216,6 +238,8 @@ def identify_finds(args, predictor: BatchPredictor, kept: list, unknown: tuple, 
 # ---------------------------------------------------------------------- output
 def format_human(record: dict, top_k: int, backoff: float) -> str:
     """The record as a few aligned lines for a person."""
+    if "error" in record:
+        return f"{record['path']}  (one find, no readable image): {record['error']}"
     width = max(len(step["name"]) for step in record["lineage"])
     lines = [record["path"] + (f"  (one find, {record['n_images']} images)" if "n_images" in record else "")]
     lines += [f"  {s['rank']:<8} {s['name']:<{width}}  {s['confidence']:.3f}" for s in record["lineage"]]
