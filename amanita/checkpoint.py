@@ -222,6 +222,8 @@ def checkpoint_state(run) -> dict:
         "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "epoch": s.epoch, "step": s.step,
+        "epoch_progress": {"loss_sums": {k: float(v) for k, v in s.epoch_sums.items()}, "batches": s.epoch_batches,
+                           "images": s.epoch_images, "seconds": s.epoch_seconds},  # the epoch's log record so far
         "sampler": {"epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch,
                     "batch_size": run.args.batch_size, "world_size": run.dist.world_size},
         "rng": capture_rng(), "args": plain_args(run.args), "kind": spec.kind,
@@ -259,6 +261,10 @@ def restore_state(run, ckpt: dict, path: str | os.PathLike) -> None:
     run.tracking = dict(ckpt.get("tracking") or {})
     same_layout = (s["batch_size"], s["world_size"]) == (run.args.batch_size, dist.world_size)
     state.batch_in_epoch = s["batch_in_epoch"] if same_layout else 0
+    progress = (ckpt.get("epoch_progress") or {}) if state.batch_in_epoch else {}
+    state.epoch_sums = dict(progress.get("loss_sums", {}))
+    state.epoch_batches, state.epoch_images = progress.get("batches", 0), progress.get("images", 0)
+    state.epoch_seconds = progress.get("seconds", 0.0)
     if not same_layout and s["batch_in_epoch"] and dist.is_main:
         print(f"warning: {path} was saved with batch {s['batch_size']} × {s['world_size']} processes; "
               f"epoch {ckpt['epoch'] + 1} restarts from its beginning", flush=True)
