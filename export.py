@@ -65,8 +65,9 @@ def main() -> int:
     record = write_bundle(args.output_dir, model, taxonomy, data_config, info, args.opset)
     print(f"wrote {args.output_dir}/model.onnx with outputs {record['output_sizes']}")
     if args.check_images > 0:
-        diffs = check_export(model, f"{args.output_dir}/model.onnx", check_batch(args, taxonomy, data_config), args.atol)
-        print(f"onnxruntime = PyTorch on {args.check_images} images, largest difference per output: "
+        images = check_batch(args, taxonomy, data_config)  # --check-images or fewer: the CSV's rows
+        diffs = check_export(model, f"{args.output_dir}/model.onnx", images, args.atol)
+        print(f"onnxruntime = PyTorch on {len(images)} images, largest difference per output: "
               + json.dumps({k: float(f"{v:.2e}") for k, v in diffs.items()}))
     return 0
 
