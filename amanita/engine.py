@@ -50,10 +50,7 @@ def train_one_epoch(run: Run, loader) -> dict[str, float]:
     """
     model, cfg, state, device = run.trained, run.config, run.state, run.dist.device
     model.train()
-    if state.batch_in_epoch == 0:  # a fresh epoch
-        state.epoch_sums, state.epoch_batches, state.epoch_images, state.epoch_seconds = {}, 0, 0, 0.0
-    # the epoch's running sums live in the state (and the checkpoint): a resumed epoch's means cover all of it
-    state.epoch_sums = sums = {k: torch.as_tensor(v, device=device) for k, v in state.epoch_sums.items()}
+    sums = _epoch_sums(state, device)
     window: dict[str, torch.Tensor] = {}  # losses since the last log_interval, for the tracker
     n_batches, n_images, t0, seconds0 = 0, 0, time.perf_counter(), state.epoch_seconds
     bad_count = torch.zeros((), dtype=torch.long, device=device)
@@ -100,6 +97,15 @@ def train_one_epoch(run: Run, loader) -> dict[str, float]:
     out = {k: (v / max(state.epoch_batches, 1)).item() for k, v in sums.items()}
     out["images_per_s"] = state.epoch_images / max(state.epoch_seconds, 1e-9)
     return out
+
+
+def _epoch_sums(state, device) -> dict[str, torch.Tensor]:
+    """The epoch's running loss sums on the device, kept in ``state`` (and so in the checkpoint): a resumed
+    epoch's means cover all of it. A fresh epoch (no batch done) starts them, and its counts, at zero."""
+    if state.batch_in_epoch == 0:
+        state.epoch_sums, state.epoch_batches, state.epoch_images, state.epoch_seconds = {}, 0, 0, 0.0
+    state.epoch_sums = {k: torch.as_tensor(v, device=device) for k, v in state.epoch_sums.items()}
+    return state.epoch_sums
 
 
 def update_record(run: Run, window: dict[str, torch.Tensor], n_batches: int, images_per_s: float) -> dict:
