@@ -23,7 +23,6 @@ from amanita.checkpoint import load_for_eval
 from amanita.data import IMAGE_ERRORS, DeviceLoader, create_transforms, make_loader, read_image
 from amanita.distributed import resolve_device
 from amanita.engine import BatchPredictor, Readout
-from amanita.io import UserError
 from amanita.observations import pool_observations
 from amanita.openset import is_unknown, readout_conditions, score_column, unknown_scores
 from amanita.openset import unknown_rule as openset_rule
