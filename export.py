@@ -83,7 +83,7 @@ def export_pth(args) -> int:
     model, taxonomy, data_config, _ = load_for_eval(args.checkpoint, "cpu", use_ema=not args.no_ema)
     images = check_batch(args, taxonomy, data_config) if args.check_images > 0 else None  # bad CSV: nothing written
     path = Path(args.output_dir) / "model.pth"
-    with staged_output(args.output_dir, inputs=inputs) as stage:
+    with staged_output(args.output_dir, inputs=inputs, owns=False) as stage:
         write_model_file(args.checkpoint, stage / "model.pth", use_ema=not args.no_ema, dtype=args.dtype)
         if images is not None:
             try:
@@ -108,7 +108,7 @@ def main() -> int:
     check_not_inputs({"--output-dir": args.output_dir}, inputs)
     model, taxonomy, data_config, info = load_for_eval(args.checkpoint, "cpu", use_ema=not args.no_ema)
     images = check_batch(args, taxonomy, data_config) if args.check_images > 0 else None  # bad CSV: nothing written
-    with staged_output(args.output_dir, inputs=inputs) as stage:  # the previous export stays until this one passes
+    with staged_output(args.output_dir, inputs=inputs, owns=False) as stage:  # the previous export stays until this one passes
         record = write_bundle(stage, model, taxonomy, data_config, info, args.opset)
         if images is not None:
             try:

@@ -299,6 +299,8 @@ def checkpoint_state(run) -> dict:
         "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "epoch": s.epoch, "step": s.step,
+        "epoch_progress": {"loss_sums": {k: float(v) for k, v in s.epoch_sums.items()}, "batches": s.epoch_batches,
+                           "images": s.epoch_images, "seconds": s.epoch_seconds},  # the epoch's log record so far
         "sampler": {"epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch, "batch_size": run.args.batch_size,
                     "world_size": run.dist.world_size, "accum_steps": run.config.accum_steps},
         "rng": capture_rng(), "args": plain_args(run.args), "kind": spec.kind,
@@ -354,9 +356,19 @@ def restore_state(run, ckpt: dict, path: str | os.PathLike) -> None:
     state.batch_in_epoch = s["batch_in_epoch"]
     if not same_layout:
         adopt_layout(run, ckpt, path)
+    restore_epoch_progress(state, ckpt)
     restore_rng(ckpt["rng"])  # rank 0's streams; the other ranks draw their own from seed + rank
     if dist.rank:
         seed_everything(run.args.seed + dist.rank + 7919 * ckpt["step"])
+
+
+def restore_epoch_progress(state, ckpt: dict) -> None:
+    """The interrupted epoch's running loss sums, batch and image counts and seconds (its log record so far);
+    nothing when the epoch restarts from its beginning (a finished epoch, or another layout)."""
+    progress = (ckpt.get("epoch_progress") or {}) if state.batch_in_epoch else {}
+    state.epoch_sums = dict(progress.get("loss_sums", {}))
+    state.epoch_batches, state.epoch_images = progress.get("batches", 0), progress.get("images", 0)
+    state.epoch_seconds = progress.get("seconds", 0.0)
 
 
 def saved_layout(ckpt: dict) -> tuple[int, int, int]:

@@ -17,10 +17,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from amanita.io import UserError, open_regular, read_metadata_csv
-from amanita.taxonomy import LABEL_COLUMN, LEAF, REQUIRED_COLUMNS, Taxonomy, encode_labels, label_column
+from amanita.taxonomy import (LABEL_COLUMN, LEAF, REQUIRED_COLUMNS, Taxonomy, encode_labels, label_column,
+                              lineage_conflicts)
 
 log = logging.getLogger(__name__)
 
+MAX_CATEGORY_ID = 2 ** 53  # the largest whole number a float64 column holds exactly
 BAD_IMAGE = -2  # leaf label of a sample whose image could not be read (other labels -1)
 SPLITS = ("train", "val", "test")  # the split folder named by a word of the CSV file name
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -47,7 +49,19 @@ def read_split(path: str | os.PathLike, open_set: bool = False, columns: tuple[s
         raise UserError(f"{path} has a header but no rows: nothing to train or evaluate on")
     df["category_id"] = check_category_ids(df["category_id"], path, open_set)
     df.attrs["source"] = str(path)
+    warn_duplicates(df, path)
     return df
+
+
+def warn_duplicates(df: pd.DataFrame, path) -> None:
+    """Say aloud when an image (``filename``) is listed more than once: it is trained and scored once per row."""
+    dup = df["filename"].duplicated(keep=False).to_numpy()
+    if dup.any():
+        first = df["filename"].iloc[int(np.flatnonzero(dup)[0])]
+        lines = [int(i) + 2 for i in df.index[(df["filename"] == first).to_numpy()][:2]]
+        n = int(df["filename"].duplicated().sum())
+        log.warning("%s: %d row(s) repeat an image listed earlier (first: %s on lines %d and %d); each row counts "
+                    "in training and in the metrics", path, n, first, *lines)
 
 
 def check_category_ids(values: pd.Series, path, open_set: bool = False) -> pd.Series:
@@ -55,17 +69,30 @@ def check_category_ids(values: pd.Series, path, open_set: bool = False) -> pd.Se
     number = pd.to_numeric(values, errors="coerce")
     whole = number.notna() & np.isfinite(number) & (number == number.round())
     low = -1 if open_set else 0
-    bad = ~whole | (number < low)
+    bad = ~whole | (number < low) | (number > MAX_CATEGORY_ID)  # beyond: not exact in float64, wraps in int64
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         value = values.iloc[i]
         shown = "empty" if pd.isna(value) else repr(str(value))
-        rule = "a whole number ≥ 0" + (" (or -1: unknown species)" if open_set else
+        rule = f"a whole number from 0 to 2^53 = {MAX_CATEGORY_ID}" + (" (or -1: unknown species)" if open_set else
                                        " (-1, an unknown species, only with validate.py --open-set)"
                                        if str(value).strip() in ("-1", "-1.0") else "")
         more = f" ({int(bad.sum()) - 1} more such rows)" if bad.sum() > 1 else ""
         raise UserError(f"{path} line {values.index[i] + 2}: category_id is {shown}, expected {rule}{more}")
     return number.astype(np.int64)
+
+
+def check_lineages(tax: Taxonomy, df: pd.DataFrame, labels: np.ndarray, path, index: pd.Index) -> None:
+    """A row whose ranks contradict the mappings' lineage of its ``category_id`` is a :class:`UserError`
+    naming the file and line (``index``: each row's position in the file): its rank labels would
+    train and score classes the leaf is not under."""
+    bad, what = lineage_conflicts(tax, df, labels)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        line = (int(index[first]) if pd.api.types.is_integer_dtype(index) else first) + 2  # 1-based, after the header
+        more = f" ({int(bad.sum()) - 1} more such rows)" if bad.sum() > 1 else ""
+        raise UserError(f"{path or 'metadata'} line {line}: {what}{more}; fix the row or rebuild "
+                        "the mappings from this CSV (create_taxonomic_mappings.py reports every conflict)")
 
 
 def default_image_root(csv_path: str | os.PathLike, size: str = "300p") -> Path:
@@ -168,7 +195,9 @@ class FungiTasticDataset(Dataset):
         self.input_size = tuple(input_size)
         self.paths = np.array([os.fsencode(p) for p in image_paths(df, csv_path, image_root, image_size_folder)],
                               dtype=np.bytes_)  # (n,) fixed-width bytes: one buffer, no Python objects
-        self.labels = torch.from_numpy(encode_labels(taxonomy, df))  # (n, 7)
+        labels = encode_labels(taxonomy, df)  # (n, 7)
+        check_lineages(taxonomy, df, labels, csv_path, metadata.index if metadata is not None else df.index)
+        self.labels = torch.from_numpy(labels)
         cid = pd.to_numeric(df["category_id"], errors="coerce").to_numpy()
         # category_ids of the rows outside the mappings (-1: an open-set unknown, not counted); see check_labels
         self.foreign_ids = cid[(label_column(self.labels, LEAF) == -1).numpy() & (cid != -1)]

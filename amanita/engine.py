@@ -43,15 +43,18 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 def train_one_epoch(run: Run, loader) -> dict[str, float]:
     """One epoch of ``run`` (or its remainder after a resume); returns mean losses and images/s.
 
+    Both cover the whole epoch: the sums, batches, images and seconds before a resume come from
+    ``run.state`` (restored from the checkpoint; under DDP, rank 0's share stands for every rank's).
+
     Gradients are accumulated over ``run.config.accum_steps`` batches; after each update the
     EMA, the scheduler and the checkpointer (``after_update``) follow. Losses stay on the device
     and are read back only every ``log_interval`` batches.
     """
     model, cfg, state, device = run.trained, run.config, run.state, run.dist.device
     model.train()
-    sums: dict[str, torch.Tensor] = {}
+    sums = _epoch_sums(state, device)
     window: dict[str, torch.Tensor] = {}  # losses since the last log_interval, for the tracker
-    n_batches, n_images, t0 = 0, 0, time.perf_counter()
+    n_batches, n_images, t0, seconds0 = 0, 0, time.perf_counter(), state.epoch_seconds
     bad_count = torch.zeros((), dtype=torch.long, device=device)
     total = len(loader) + state.batch_in_epoch
     bar = tqdm(loader, total=total, initial=state.batch_in_epoch, disable=not run.dist.is_main,
@@ -75,7 +78,10 @@ def train_one_epoch(run: Run, loader) -> dict[str, float]:
         n_batches += 1
         n_images += images.shape[0]
         state.batch_in_epoch += 1
+        state.epoch_batches += 1
+        state.epoch_images += images.shape[0]
         if boundary:
+            state.epoch_seconds = seconds0 + time.perf_counter() - t0  # what a checkpoint of this update records
             _update(run)
         if n_batches % cfg.log_interval == 0:
             _count_bad(run, bad_count)
@@ -84,16 +90,25 @@ def train_one_epoch(run: Run, loader) -> dict[str, float]:
                                 state.step)
             window = {}
             if run.dist.is_main:
-                bar.set_postfix(loss=f"{(sums['loss'] / n_batches).item():.3f}",
+                bar.set_postfix(loss=f"{(sums['loss'] / state.epoch_batches).item():.3f}",
                                 lr=f"{run.optimizer.param_groups[-1]['lr']:.2e}",
                                 img_s=f"{n_images / (time.perf_counter() - t0):.0f}")
     _count_bad(run, bad_count)
     sync_batchnorm(run.model, run.ema.module if run.ema is not None else None)  # ranks' statistics drift apart
     bar.close()
-    elapsed = time.perf_counter() - t0
-    out = {k: (v / max(n_batches, 1)).item() for k, v in sums.items()}
-    out["images_per_s"] = n_images / max(elapsed, 1e-9)
+    state.epoch_seconds = seconds0 + time.perf_counter() - t0
+    out = {k: (v / max(state.epoch_batches, 1)).item() for k, v in sums.items()}
+    out["images_per_s"] = state.epoch_images / max(state.epoch_seconds, 1e-9)
     return out
+
+
+def _epoch_sums(state, device) -> dict[str, torch.Tensor]:
+    """The epoch's running loss sums on the device, kept in ``state`` (and so in the checkpoint): a resumed
+    epoch's means cover all of it. A fresh epoch (no batch done) starts them, and its counts, at zero."""
+    if state.batch_in_epoch == 0:
+        state.epoch_sums, state.epoch_batches, state.epoch_images, state.epoch_seconds = {}, 0, 0, 0.0
+    state.epoch_sums = {k: torch.as_tensor(v, device=device) for k, v in state.epoch_sums.items()}
+    return state.epoch_sums
 
 
 def update_record(run: Run, window: dict[str, torch.Tensor], n_batches: int, images_per_s: float) -> dict:

@@ -20,7 +20,7 @@ from amanita.io import UserError, check_output_dir, file_sha256, staged_output
 from amanita.metrics import compute_metrics
 from amanita.predictions import read_predictions, write_predictions
 from amanita.report import ReportInputs, base_provenance, extra_sections, make_figures, write_html, write_metrics
-from amanita.taxonomy import DISPLAY_ORDER, Taxonomy
+from amanita.taxonomy import DISPLAY_ORDER, Taxonomy, use_mappings
 
 
 @dataclass
@@ -109,14 +109,16 @@ def validate(args: argparse.Namespace) -> Evaluation:
         open_set={"score": args.unknown_score, "target_tpr": args.target_tpr} if args.open_set else None,
         priors=priors_section)
     # the previous results stay whole until the new ones are complete; no report file replaces an input
-    with staged_output(out, inputs=protected_inputs(args)) as stage:
+    with staged_output(out, inputs=protected_inputs(args), known=RESULT_FILES) as stage:
         save_predictions(stage, tax, preds, obs, prefix="")
-        if args.baseline_checkpoint or args.baseline_model:
+        if baseline is not None:  # also when read from a file: the folder's result set is this run's (and whole)
             save_predictions(stage, tax, baseline, baseline_obs, prefix="baseline_")
         result = evaluate(main_preds, tax, stage, inputs)
     result.report = out / result.report.name
     if args.store_threshold:
         store_threshold(args, result.metrics)
+    elif args.calibrate:
+        refit_threshold(args, main_preds, result.metrics)
     if getattr(args, "log_wandb", False) or getattr(args, "log_tensorboard", None):
         from amanita.tracking import log_validation
         log_validation(args, out / "metrics.json", out)
@@ -151,6 +153,8 @@ def protected_inputs(args: argparse.Namespace) -> dict:
 
 
 OBSERVATION_FILE = "observation_predictions.csv"  # beside predictions.csv; baseline_ prefix for the baseline
+# what an earlier run left in a folder without a manifest (amanita.io.MANIFEST) and this run may not rewrite
+RESULT_FILES = tuple(f"{p}{n}" for p in ("", "baseline_") for n in ("predictions.csv", OBSERVATION_FILE))
 
 
 def save_predictions(folder: Path, tax: Taxonomy, preds, obs, prefix: str) -> None:
@@ -161,16 +165,42 @@ def save_predictions(folder: Path, tax: Taxonomy, preds, obs, prefix: str) -> No
 
 
 def store_threshold(args: argparse.Namespace, doc: dict) -> None:
-    """Write the unknown-species threshold into --checkpoint for test.py (key ``open_set``)."""
-    from amanita.checkpoint import update_checkpoint
+    """Write the unknown-species threshold into --checkpoint for test.py (key ``open_set``), with the
+    temperatures and TTA its scores were computed under (test.py refuses it under others)."""
     d = doc["open_set"]["detection"][args.unknown_score]
     if d["threshold"] is None:
         raise UserError(f"{args.val_path} has no known-species image: no threshold to store")
+    write_threshold(args, doc, args.unknown_score, d, args.target_tpr)
+
+
+def write_threshold(args: argparse.Namespace, doc: dict, score: str, d: dict, target_tpr: float) -> None:
+    """``open_set`` in --checkpoint: the threshold of detection ``d`` and what it was fitted under."""
+    from amanita.checkpoint import update_checkpoint
+    from amanita.openset import readout_conditions
+    temperatures = None if args.no_temperatures else doc["provenance"].get("temperatures")
     update_checkpoint(args.checkpoint, open_set={
-        "score": args.unknown_score, "threshold": d["threshold"], "target_tpr": args.target_tpr,
-        "tpr": d["tpr"], "tnr": d["tnr_at_tpr"], "auroc": d["auroc"], "val_path": str(args.val_path)})
+        "score": score, "threshold": d["threshold"], "target_tpr": target_tpr,
+        "tpr": d["tpr"], "tnr": d["tnr_at_tpr"], "auroc": d["auroc"], "val_path": str(args.val_path)}
+        | readout_conditions(temperatures, args.tta))
     print(f"stored in {args.checkpoint}: unknown-species threshold {d['threshold']:.4g} "
-          f"({args.unknown_score}, {100 * d['tpr']:.1f}% of known images accepted)")
+          f"({score}, {100 * d['tpr']:.1f}% of known images accepted)")
+
+
+def refit_threshold(args: argparse.Namespace, preds: pd.DataFrame, doc: dict) -> None:
+    """After --calibrate: a threshold stored earlier was fitted under the old temperatures; refit it at
+    its target TPR on this run's known images (now scored under the new ones)."""
+    from amanita.openset import FLAG_COLUMN, detection_metrics, score_column
+    stored = doc["provenance"].get("open_set") or {}
+    if stored.get("threshold") is None:
+        return
+    score, target = stored.get("score", "msp"), float(stored.get("target_tpr", args.target_tpr))
+    d = detection_metrics(preds[score_column(score)].to_numpy(), preds[FLAG_COLUMN].to_numpy(dtype=bool), target)
+    if d["threshold"] is None:
+        raise UserError(f"{args.val_path} has no known-species image: the unknown-species threshold stored in "
+                        f"{args.checkpoint} cannot be refitted for the new temperatures")
+    print(f"the new temperatures change the unknown-species scores: refitting the stored threshold "
+          f"({float(stored['threshold']):.4g})")
+    write_threshold(args, doc, score, d, target)
 
 
 def load_model(args: argparse.Namespace, device, spec: str | None = None, taxonomy: Taxonomy | None = None):
@@ -201,8 +231,9 @@ def run_inference(args: argparse.Namespace, spec: str | None = None, taxonomy: T
     from amanita.observations import ObservationPooler
     device = resolve_device(args.device)
     model, tax, data_config, info = load_model(args, device, spec, taxonomy)
-    expected = taxonomy if taxonomy is not None else Taxonomy.load(args.mappings) if args.mappings else None
-    check_same_taxonomy(tax, expected, spec or args.checkpoint)
+    if spec is None and args.mappings:  # checked against the checkpoint's tree, then used (its poisonous flags)
+        tax = use_mappings(tax, args.mappings, args.checkpoint)
+    check_same_taxonomy(tax, taxonomy, spec or args.checkpoint)
     metadata = read_split(args.val_path, open_set=args.open_set)  # for the filename/observationID columns
     dataset = FungiTasticDataset(args.val_path, tax, transform=create_transforms(data_config, train=False),
                                  image_root=args.image_root, input_size=data_config["input_size"], metadata=metadata)
@@ -277,10 +308,16 @@ def load_predictions(args: argparse.Namespace):
         preds = read_predictions(args.from_predictions, tax)
         obs = read_beside(args.from_predictions, OBSERVATION_FILE, tax)
         prov = {"predictions": args.from_predictions, "predictions_sha256": file_sha256(args.from_predictions),
-                "mappings": args.mappings}
+                **mappings_provenance(args.mappings)}
         return preds, obs, tax, prov | earlier_provenance(Path(args.from_predictions).parent / "metrics.json")
     preds, obs, tax, info = run_inference(args)
-    return preds, obs, tax, model_provenance(args.checkpoint, info) | {"decode": args.decode, "tta": args.tta}
+    return preds, obs, tax, (model_provenance(args.checkpoint, info) | {"decode": args.decode, "tta": args.tta}
+                             | mappings_provenance(args.mappings))
+
+
+def mappings_provenance(path) -> dict:
+    """``mappings`` and its file digest: the file given (None: the taxonomy stored in the checkpoint)."""
+    return {"mappings": str(path) if path else None, "mappings_sha256": file_sha256(path) if path else None}
 
 
 def read_beside(path, name: str, tax: Taxonomy):

@@ -26,27 +26,35 @@ from amanita.distributed import resolve_device
 from amanita.engine import BatchPredictor, Readout
 from amanita.io import UserError, check_output_file
 from amanita.observations import pool_observations
-from amanita.openset import score_column, unknown_scores
-from amanita.taxonomy import LEAF, RANKS, Taxonomy
+from amanita.openset import is_unknown, readout_conditions, score_column, unknown_scores
+from amanita.openset import unknown_rule as openset_rule
+from amanita.taxonomy import LEAF, RANKS, Taxonomy, use_mappings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 # ---------------------------------------------------------------------- inputs
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Image paths (folders expanded, sorted, recursive) and error lines for missing inputs."""
-    paths, errors = [], []
+    """Image paths (folders expanded, sorted, recursive) and error lines for missing inputs.
+
+    Each file once, at its first appearance (a folder inside another folder given, a file named
+    twice), so no image is predicted or pooled twice."""
+    paths, errors, seen = [], [], set()
     for text in inputs:
         path = Path(text)
         if path.is_dir():
             found = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            paths += found
             if not found:
                 errors.append(f"{path}: no image files ({' '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
         elif path.is_file():
-            paths.append(path)  # named explicitly: tried whatever its extension
+            found = [path]  # named explicitly: tried whatever its extension
         else:
+            found = []
             errors.append(f"{path}: no such file or folder")
+        for f in found:
+            if f.resolve() not in seen:
+                seen.add(f.resolve())
+                paths.append(f)
     return paths, errors
 
 
@@ -74,12 +82,7 @@ def load_model(args):
     device = resolve_device(args.device)
     model, tax, data_config, info = load_for_eval(args.checkpoint, device, use_ema=not args.no_ema)
     if args.mappings is not None:
-        given = Taxonomy.load(args.mappings)
-        if given.sha256() != tax.sha256():
-            raise UserError(f"--mappings {args.mappings} is not the taxonomy {args.checkpoint} was trained with "
-                            f"(sha256 {given.sha256()[:12]}… vs {tax.sha256()[:12]}…); "
-                            "leave --mappings out to use the one stored in the checkpoint")
-        tax = given
+        tax = use_mappings(tax, args.mappings, args.checkpoint)
     return model, tax, data_config, info, device
 
 
@@ -114,14 +117,11 @@ def summarise(predictor: BatchPredictor, logp: dict, energy: torch.Tensor, top_k
 
 
 def unknown_rule(args, info: dict) -> tuple[str, float | None]:
-    """``(score, threshold)``: the flags, else what validate.py stored in the checkpoint (threshold None: off)."""
-    stored = info.get("open_set") or {}
-    score = args.unknown_score or stored.get("score", "msp")
-    if args.unknown_threshold is not None:
-        return score, args.unknown_threshold
-    if stored.get("threshold") is not None and score == stored.get("score"):
-        return score, float(stored["threshold"])
-    return score, None
+    """``(score, threshold)`` of :func:`amanita.openset.unknown_rule` for test.py's flags and the checkpoint
+    (threshold None: no verdict); the submission applies the same rule."""
+    temperatures = None if args.no_temperatures else info.get("temperatures")
+    return openset_rule(info.get("open_set"), args.unknown_score, args.unknown_threshold,
+                        readout_conditions(temperatures, args.tta))
 
 
 def unknown_answer(record: dict, score: float, threshold: float | None, backoff: float) -> None:
@@ -130,7 +130,7 @@ def unknown_answer(record: dict, score: float, threshold: float | None, backoff:
     record["unknown_score"] = score
     if threshold is None:
         return
-    record["unknown_species"] = bool(score > threshold)
+    record["unknown_species"] = bool(is_unknown(score, threshold))
     if record["unknown_species"]:
         known = [s for s in record["lineage"][:-1] if s["confidence"] >= backoff]
         record["answer"] = (f"an unknown species of {known[-1]['rank']} {known[-1]['name']}" if known
@@ -177,11 +177,10 @@ def terminal_safe(text: str) -> str:
 
 
 def find_of(path: Path, inputs: list[str]) -> str:
-    """The find a file belongs to with --observation: the folder given that holds it, else all named files."""
-    for text in inputs:
-        if Path(text).is_dir() and Path(text) in path.parents:
-            return str(Path(text))
-    return "files given by name"
+    """The find a file belongs to with --observation: the innermost folder given that holds it (a folder
+    inside another is a find of its own), else all files given by name."""
+    holders = [Path(t) for t in inputs if Path(t).is_dir() and Path(t).resolve() in path.resolve().parents]
+    return str(max(holders, key=lambda d: len(d.resolve().parts))) if holders else "files given by name"
 
 
 def identify_files(args, loaded, paths: list[Path], on_result, on_error) -> None:
@@ -200,12 +199,13 @@ def identify_files(args, loaded, paths: list[Path], on_result, on_error) -> None
     folders = any(Path(p).is_dir() for p in args.inputs)
     # disable=None: a bar only on a terminal, so logs and pipes stay clean; always on stderr
     bar = tqdm(total=len(paths), disable=None if folders else True, desc="images", unit="img", file=sys.stderr)
-    start, kept = 0, []
+    start, kept, unreadable = 0, [], []
     for images, errors in loader:
         batch = identify_batch(predictor, images, args.top_k, score, priors)
         for i, error in enumerate(errors):
             if error:
                 on_error(paths[start + i], error, bar)
+                unreadable.append(paths[start + i])
             elif args.observation:
                 kept.append((paths[start + i], {k: v[i:i + 1].cpu() for k, v in batch["logp"].items()},
                              batch["energy"][i:i + 1].cpu()))
@@ -219,6 +219,21 @@ def identify_files(args, loaded, paths: list[Path], on_result, on_error) -> None
     bar.close()
     if kept:
         identify_finds(args, predictor, kept, (score, threshold), on_result)
+    if args.observation:
+        unanswered_finds(args.inputs, kept, unreadable, on_result)
+
+
+def unanswered_finds(inputs: list[str], kept: list, unreadable: list[Path], on_result) -> None:
+    """A record for each find none of whose images could be read: it gets no answer, and says so."""
+    answered = {find_of(path, inputs) for path, _, _ in kept}
+    finds: dict[str, list[Path]] = {}
+    for path in unreadable:
+        finds.setdefault(find_of(path, inputs), []).append(path)
+    for find, files in finds.items():
+        if find not in answered:
+            on_result({"path": printable(Path(find)), "n_images": 0, "images": [],
+                       "unreadable": [printable(p) for p in files],
+                       "error": f"no answer: none of its {len(files)} image(s) could be read"})
 
 
 def metadata_priors(args, tax: Taxonomy, info: dict):
@@ -265,6 +280,8 @@ def identify_finds(args, predictor: BatchPredictor, kept: list, unknown: tuple, 
 def format_human(record: dict, top_k: int, backoff: float) -> str:
     """The record as a few aligned lines for a person, control characters escaped (:func:`terminal_safe`)."""
     record = _safe_names(record)
+    if "error" in record:
+        return f"{record['path']}  (one find, no readable image): {record['error']}"
     width = max(len(step["name"]) for step in record["lineage"])
     lines = [record["path"] + (f"  (one find, {record['n_images']} images)" if "n_images" in record else "")]
     lines += [f"  {s['rank']:<8} {s['name']:<{width}}  {s['confidence']:.3f}" for s in record["lineage"]]
@@ -296,9 +313,11 @@ def format_human(record: dict, top_k: int, backoff: float) -> str:
 def _safe_names(record: dict) -> dict:
     """A copy of ``record`` whose path, names and answer are :func:`terminal_safe`."""
     out = dict(record, path=terminal_safe(record["path"]))
-    out["lineage"] = [dict(s, name=terminal_safe(s["name"])) for s in record["lineage"]]
+    out["lineage"] = [dict(s, name=terminal_safe(s["name"])) for s in record.get("lineage", [])]
     out["topk"] = [dict(t, species=terminal_safe(t["species"]), scientificName=terminal_safe(t["scientificName"]))
-                   for t in record["topk"]]
+                   for t in record.get("topk", [])]
+    if "error" in record:  # a find with no readable image
+        out["error"] = terminal_safe(record["error"])
     if record.get("backoff"):
         out["backoff"] = dict(record["backoff"], name=terminal_safe(record["backoff"]["name"]))
     if "answer" in record:
@@ -316,11 +335,13 @@ def identify(args) -> int:
     kind = {"multitask": "multi-task", "single": "single-head"}.get(info["kind"], info["kind"])
     print(f"{info['path']}: {kind} model, epoch {info['epoch']}, update {info['step']}"
           f"{', EMA weights' if info['ema'] else ''}; decode {args.decode}, tta {args.tta}, "
-          f"{'calibrated' if info.get('temperatures') and not args.no_temperatures else 'uncalibrated'} confidences",
+          f"{'calibrated' if info.get('temperatures') and not args.no_temperatures else 'uncalibrated'} confidences"
+          f"{f'; taxonomy and poisonous flags from --mappings {args.mappings}' if args.mappings else ''}",
           file=sys.stderr)
+    rule = unknown_rule(args, info)  # before any image: a stored threshold that does not apply is refused
     if args.submission:
         from amanita.submission import submit
-        return submit(args, loaded)
+        return submit(args, loaded, rule)
     paths, errors = expand_inputs(args.inputs)
     for line in errors:
         print(f"error: {line}", file=sys.stderr)

@@ -67,7 +67,8 @@ def _write_reason(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def staged_output(out: str | os.PathLike, prefix: str = ".staging-", inputs: dict | None = None):
+def staged_output(out: str | os.PathLike, prefix: str = ".staging-", inputs: dict | None = None,
+                  known: Iterable[str] = (), owns: bool = True):
     """A temporary folder inside ``out``; its files replace those in ``out`` only when the block succeeds.
 
     So a run that fails half-way leaves the previous results whole. A run holds an ``fcntl``
@@ -75,6 +76,11 @@ def staged_output(out: str | os.PathLike, prefix: str = ".staging-", inputs: dic
     holds (killed runs, on any host or PID namespace sharing the file system) are deleted on
     entry. ``inputs`` (``{flag: path}``): files the staged ones must not replace (see
     :func:`check_not_inputs`). A write that fails (disk full, read-only) names ``out``.
+    The run owns the folder's result set: files an earlier run wrote through here (listed in
+    :data:`MANIFEST`; in a folder from before manifests, the names in ``known``) that this run
+    did not write are removed, so no stale file joins the new results (see :func:`replace_result_set`).
+    ``owns=False`` (a folder several kinds of output share, e.g. export.py's ONNX bundle and
+    model.pth): only the staged files are replaced, nothing else is removed.
     """
     import shutil
     out = check_output_dir(out, create=True)
@@ -94,10 +100,47 @@ def staged_output(out: str | os.PathLike, prefix: str = ".staging-", inputs: dic
             staged = sorted(f for f in stage.iterdir() if f.name != _LOCK)
             for f in staged:
                 check_not_inputs({"output": out / f.name}, inputs or {})
-            for f in staged:
-                os.replace(f, out / f.name)
+            if owns:
+                replace_result_set(stage, out, known)
+            else:
+                for f in staged:
+                    os.replace(f, out / f.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+MANIFEST = ".amanita-results.json"  # in an output folder: the names of the result files a run wrote there
+
+
+def _manifest(out: Path) -> set[str]:
+    """The names a manifest lists (plain file names only: nothing outside ``out`` is ever named)."""
+    import json
+    try:
+        names = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    return {n for n in names if isinstance(n, str) and n == Path(n).name and n not in ("", ".", "..")} \
+        if isinstance(names, list) else set()
+
+
+def replace_result_set(stage: Path, out: Path, known: Iterable[str] = ()) -> None:
+    """Move the files of ``stage`` into ``out``, then remove the earlier result files this run did not write.
+
+    Each file is replaced atomically. The manifest lists, at every instant, every result file in
+    ``out`` (first the union of old and new, at the end the new set), so a run killed between
+    two steps leaves the next one what it needs to finish the clean-up.
+    """
+    import json
+    new = sorted(f.name for f in stage.iterdir() if f.name != _LOCK)
+    old = _manifest(out) | {n for n in known if (out / n).is_file()}
+    stale = sorted(old - set(new) - {MANIFEST})
+    atomic_write_text(out / MANIFEST, json.dumps(sorted(set(new) | set(stale))))
+    for name in new:
+        os.replace(stage / name, out / name)
+    for name in stale:
+        if (out / name).is_file() and not (out / name).is_symlink():
+            (out / name).unlink()
+    atomic_write_text(out / MANIFEST, json.dumps(new))
 
 
 _LOCK = ".lock"  # in a staging folder: locked (fcntl) by the run that writes there, for its whole life

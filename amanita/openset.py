@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from amanita.io import UserError
 from amanita.taxonomy import LEAF, RANKS
 
 SCORES = ("msp", "entropy", "energy")
@@ -44,6 +45,64 @@ def unknown_scores(leaf_logp: torch.Tensor, energy: torch.Tensor) -> dict[str, t
 def leaf_energy(leaf_logits: torch.Tensor) -> torch.Tensor:
     """−logsumexp of the leaf logits, (B,) float32."""
     return -torch.logsumexp(leaf_logits.float(), dim=1)
+
+
+# ---------------------------------------------------------------------- the unknown-species rule
+def readout_conditions(temperatures: dict | None, tta: str) -> dict:
+    """What an unknown score depends on besides the weights, recorded beside a stored threshold:
+    the temperatures applied (None: uncalibrated) and the test-time augmentation."""
+    return {"temperatures": {k: float(v) for k, v in temperatures.items()} if temperatures else None, "tta": tta}
+
+
+def _score_inputs(score: str, conditions: dict) -> tuple:
+    """The part of ``conditions`` that ``score`` depends on: the leaf temperature (not for energy,
+    which is taken before any temperature) and the TTA."""
+    leaf_t = float((conditions.get("temperatures") or {}).get(LEAF, 1.0))
+    return (conditions.get("tta", "none"),) + (() if score == "energy" else (leaf_t,))
+
+
+def unknown_rule(stored: dict | None, score: str | None, threshold: float | None,
+                 applied: dict) -> tuple[str, float | None]:
+    """The one unknown-species rule of test.py and the submission: ``(score, threshold)``.
+
+    ``score``/``threshold`` are the flags (None: not given), ``stored`` the checkpoint's
+    ``open_set`` entry (``validate.py --store-threshold``), ``applied`` the
+    :func:`readout_conditions` of this run. A threshold flag wins (score: the flag's, else the
+    stored one's, else msp). A stored threshold is used only for the score it was fitted on and
+    under the temperatures and TTA it was fitted under; otherwise a :class:`UserError` says so
+    (a threshold of another score or scale would call every image unknown, or none). None: no
+    threshold anywhere, no verdict. An image is unknown when its score is above the threshold
+    (:func:`is_unknown`).
+    """
+    stored = stored or {}
+    if threshold is not None:
+        return score or stored.get("score", "msp"), float(threshold)
+    if stored.get("threshold") is None:
+        return score or "msp", None
+    fitted = stored.get("score", "msp")
+    if score is not None and score != fitted:
+        raise UserError(f"the stored unknown-species threshold is for the {fitted} score, not {score}; pass "
+                        f"--unknown-threshold for {score}, leave --unknown-score out, or store one with "
+                        f"validate.py --open-set --store-threshold --unknown-score {score}")
+    fitted_under = stored if "tta" in stored else readout_conditions(None, "none")  # older files: the defaults
+    if _score_inputs(fitted, fitted_under) != _score_inputs(fitted, applied):
+        raise UserError(f"the stored unknown-species threshold ({fitted}) was fitted under {_describe(fitted_under)}"
+                        f"{'' if 'tta' in stored else ' (not recorded: an older file)'}, this run applies "
+                        f"{_describe(applied)}; refit it with validate.py --open-set --store-threshold (validate.py "
+                        "--calibrate refits it), or pass the matching --tta/--no-temperatures, or --unknown-threshold")
+    return fitted, float(stored["threshold"])
+
+
+def _describe(conditions: dict) -> str:
+    """``leaf temperature 1.3, tta flip`` or ``no temperatures, tta none``."""
+    t = (conditions.get("temperatures") or {}).get(LEAF)
+    temperature = f"leaf temperature {float(t):.4g}" if t is not None else "no temperatures"
+    return f"{temperature}, tta {conditions.get('tta', 'none')}"
+
+
+def is_unknown(scores, threshold: float) -> np.ndarray:
+    """The verdict of :func:`unknown_rule`'s threshold: True where the score is above it."""
+    return np.asarray(scores, dtype=np.float64) > threshold
 
 
 # ---------------------------------------------------------------------- detection

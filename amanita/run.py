@@ -32,6 +32,11 @@ class TrainState:
     history: list = field(default_factory=list)  # one record per finished epoch (metrics.jsonl)
     best_metric: float | None = None   # best --early-stopping-metric so far
     bad_epochs: int = 0                # epochs since it last improved
+    # the epoch so far, kept across a kill and resume so its record covers the whole epoch
+    epoch_sums: dict = field(default_factory=dict)  # loss name → sum over the epoch's batches (this process)
+    epoch_batches: int = 0
+    epoch_images: int = 0
+    epoch_seconds: float = 0.0         # training time of the epoch so far
 
 
 @dataclass

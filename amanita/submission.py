@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from amanita.io import UserError, atomic_to_csv, read_metadata_csv
+from amanita.openset import is_unknown
 
 COLUMNS = ("observationID", "class_id")
 UNKNOWN = -1
@@ -121,19 +122,17 @@ def answer_rule(args, taxonomy, info: dict, device) -> tuple:
             make_decoder(taxonomy, device, args.decode, args.decision, costs_from_args(args)))
 
 
-def unknown_mask(obs_preds: pd.DataFrame, open_set: dict | None, threshold: float | None = None,
-                 score: str | None = None) -> np.ndarray | None:
-    """Observations answered -1: unknown score above the threshold (the flag's, else the checkpoint's
-    ``open_set`` entry stored by ``validate.py --store-threshold``); None without a threshold."""
-    open_set = open_set or {}
-    threshold = threshold if threshold is not None else open_set.get("threshold")
+def unknown_mask(obs_preds: pd.DataFrame, rule: tuple[str, float | None]) -> np.ndarray | None:
+    """Observations answered -1 under ``rule`` = ``(score, threshold)`` of :func:`amanita.identify.unknown_rule`
+    (the one rule test.py applies too); None without a threshold."""
+    score, threshold = rule
     if threshold is None:
         return None
-    column = f"unknown_{score or open_set.get('score', 'msp')}"
+    column = f"unknown_{score}"
     if column not in obs_preds.columns:
         raise UserError(f"unknown-species score {column!r} is not computed (one of "
                         f"{sorted(c for c in obs_preds.columns if c.startswith('unknown_'))})")
-    return obs_preds[column].to_numpy() > threshold
+    return is_unknown(obs_preds[column].to_numpy(), threshold)
 
 
 def add_submission_args(p) -> None:
@@ -148,8 +147,9 @@ def add_submission_args(p) -> None:
     s.add_argument("--image-size-folder", default="300p", help="FungiTastic image-size folder (300p, 500p, 720p, fullsize)")
 
 
-def submit(args, loaded) -> int:
-    """--submission: pooled observation answers → a checked FungiCLEF CSV."""
+def submit(args, loaded, rule: tuple[str, float | None]) -> int:
+    """--submission: pooled observation answers → a checked FungiCLEF CSV; ``rule`` is test.py's
+    ``(score, threshold)`` (:func:`amanita.identify.unknown_rule`)."""
     from amanita.engine import Readout
     model, tax, data_config, info, device = loaded
     metadata = read_test_metadata(args.test_path)
@@ -160,8 +160,7 @@ def submit(args, loaded) -> int:
         from amanita.data import default_image_root
         root = args.image_root or default_image_root(args.test_path, args.image_size_folder)
         raise UserError(f"no image of {args.test_path} could be read from {root}; pass --image-root")
-    open_set = info.get("open_set")  # read with the model: the file is not loaded twice
-    unknown = unknown_mask(obs, open_set, args.unknown_threshold, args.unknown_score)
+    unknown = unknown_mask(obs, rule)
     sub = submission_frame(obs, tax.category_ids, metadata, unknown)
     write_submission(args.submission, sub, metadata, tax.category_ids)
     n_unknown = int((sub["class_id"] == -1).sum())

@@ -258,6 +258,17 @@ def check_mappings(d, source: str = "the taxonomy") -> None:
                 raise bad(f"leaves[{i}] (category_id {cid}) has {r} ancestor {a!r}, outside -1..{sizes[r] - 1}")
 
 
+def use_mappings(stored: Taxonomy, path: str | os.PathLike, checkpoint: str | os.PathLike) -> Taxonomy:
+    """The mappings file at ``path`` in place of the taxonomy ``checkpoint`` holds (``stored``): it must be
+    the same tree (names, leaves, ancestors); what it adds, the poisonous flags, is then what counts."""
+    given = Taxonomy.load(path)
+    if given.sha256() != stored.sha256():
+        raise TaxonomyError(f"--mappings {path} is not the taxonomy {checkpoint} was trained with "
+                            f"(sha256 {given.sha256()[:12]}… vs {stored.sha256()[:12]}…); "
+                            "leave --mappings out to use the one stored in the checkpoint")
+    return given
+
+
 # ---------------------------------------------------------------------- building
 def _clean(value) -> str | None:
     if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -381,6 +392,30 @@ def encode_labels(tax: Taxonomy, df: pd.DataFrame) -> np.ndarray:
         idx = tax.index(r)
         out[:, LABEL_COLUMN[r]] = map_distinct(df[r], lambda v: idx.get(_clean(v), -1) if _clean(v) else -1).to_numpy()
     return out
+
+
+def lineage_conflicts(tax: Taxonomy, df: pd.DataFrame, labels: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """Rows whose rank columns contradict the taxonomy's lineage of their ``category_id``.
+
+    ``labels`` is :func:`encode_labels` of ``df``. A row conflicts when it names a class at a rank
+    (any name, known to the taxonomy or not) and its leaf's ancestor there is another class; a
+    missing name, an unknown ancestor or a row without a known leaf is not a conflict. Returns
+    ``(bool mask per row, a description of the first conflict or None)``.
+    """
+    leaf = labels[:, LABEL_COLUMN[LEAF]]
+    known = leaf >= 0
+    bad = np.zeros(len(df), dtype=bool)
+    first, what = None, None
+    for j, r in enumerate(RANKS):
+        named = map_distinct(df[r], _clean).notna().to_numpy()
+        anc = np.where(known, tax.ancestors[np.clip(leaf, 0, None), j], -1)
+        wrong = known & named & (anc >= 0) & (labels[:, LABEL_COLUMN[r]] != anc)
+        if wrong.any() and (first is None or np.flatnonzero(wrong)[0] < first):
+            first = int(np.flatnonzero(wrong)[0])
+            what = (f"{r} is {_clean(df[r].iloc[first])!r}, but category_id {tax.category_ids[leaf[first]]} "
+                    f"({tax.scientific_names[leaf[first]]}) is in {r} {tax.classes[r][anc[first]]!r} in the mappings")
+        bad |= wrong
+    return bad, what
 
 
 def map_distinct(values: pd.Series, fn) -> pd.Series:

@@ -400,7 +400,7 @@ def build_run(args, multitask: bool, dist: DistInfo) -> Run:
 def train_epoch(run: Run) -> bool:
     """Train the rest of one epoch, validate, log, save; True when early stopping says stop."""
     args, state, dist = run.args, run.state, run.dist
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - state.epoch_seconds  # a resumed epoch: its training time before the kill counts
     train = reduce_mean(train_one_epoch(run, epoch_loader(run)), dist.device)
     finite_or_raise(train, state.epoch)
     val = summarize(evaluate_split(run, run.eval_model, "val"), run.taxonomy)
@@ -410,6 +410,7 @@ def train_epoch(run: Run) -> bool:
     improved = update_best(run, val)
     state.epoch += 1
     state.batch_in_epoch = 0
+    state.epoch_sums, state.epoch_batches, state.epoch_images, state.epoch_seconds = {}, 0, 0, 0.0
     log_record(run, record)
     run.checkpointer.save(run, "last.pth", also=("best_model.pth",) if improved else ())
     barrier()

@@ -22,7 +22,7 @@ def exported(tmp_path_factory):
     tax = build_taxonomy([rows(TRAIN_IDS)])
     model, cfg = tiny_checkpoint(root / "teacher.pth", tax)
     proc = run_script("export.py", "--checkpoint", root / "teacher.pth", "--output-dir", root / "out",
-                      "--check-csv", data["val"], "--check-images", 4, "--atol", 1e-4)
+                      "--check-csv", data["val"], "--check-images", 100000, "--atol", 1e-4)  # more than its 6 rows
     return dict(root=root, data=data, tax=tax, model=model, cfg=cfg, out=root / "out", stdout=proc.stdout)
 
 
@@ -40,7 +40,7 @@ def test_bundle_holds_six_outputs_data_config_and_taxonomy(exported):
     proto = onnx.load(str(out / "model.onnx"))
     props = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(props["amanita_outputs"]) == meta["outputs"]
-    assert "onnxruntime = PyTorch on 4 images" in exported["stdout"]
+    assert "onnxruntime = PyTorch on 6 images" in exported["stdout"]  # the images checked, not the flag
 
 
 @pytest.mark.slow
@@ -172,3 +172,14 @@ def test_a_model_file_that_fails_its_check_leaves_the_previous_one_untouched(pre
     code, _, err = _export(["--format", "pth", "--checkpoint", ckpt, "--output-dir", out, "--check-images", "2"])
     assert code == 0, err
     assert load_checkpoint(out / "model.pth")["file"] == "inference"
+
+
+def test_a_model_file_export_keeps_the_onnx_bundle_beside_it(previous_export):
+    """export.py does not own its folder's result set: model.pth written into a folder that holds an
+    ONNX bundle leaves the bundle's files where they are."""
+    ckpt, out = previous_export
+    before = _files(out)
+    code, _, err = _export(["--format", "pth", "--checkpoint", ckpt, "--output-dir", out, "--check-images", "0"])
+    assert code == 0, err
+    after = _files(out)
+    assert {k: after[k] for k in before} == before and "model.pth" in after

@@ -127,3 +127,43 @@ def test_observation_truth_is_the_first_image_like_fungiclef():
     _, obs = _run(meta, _leaf_logits({CAMPESTRIS: 1.0}, {CAMPESTRIS: 1.0}))
     assert obs[f"{LEAF}_true"].tolist() == [PHALLOIDES]
     assert poison_metrics(obs, TAX)["psc"] == 1
+
+
+# ---------------------------------------------------------------------- test.py --observation: finds in folders
+@pytest.mark.slow
+def test_nested_folders_are_finds_of_their_own_and_an_unreadable_find_still_gets_a_record(tmp_path, capsys):
+    import json
+    import shutil
+
+    from amanita.cli import cli_main, parse_identify_args
+    from amanita.identify import identify
+    from amanita.taxonomy import build_taxonomy
+    from tests.helpers import TRAIN_IDS, make_image_dataset, rows, tiny_checkpoint
+    make_image_dataset(tmp_path / "data", n_train=6, n_val=4)
+    tiny_checkpoint(tmp_path / "m.pth", build_taxonomy([rows(TRAIN_IDS)]))
+    images = sorted((tmp_path / "data" / "FungiTastic" / "val" / "300p").iterdir())
+    outer, inner, bad = tmp_path / "outer", tmp_path / "outer" / "inner", tmp_path / "bad"
+    for folder, files in ((outer, images[:2]), (inner, images[2:])):
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            shutil.copy(f, folder / f.name)
+    bad.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (bad / name).write_text("not a photo")
+
+    def test_py(*args):
+        with pytest.raises(SystemExit) as e:
+            cli_main(lambda: identify(parse_identify_args("test.py", [str(a) for a in args])))()
+        out, _ = capsys.readouterr()
+        return e.value.code, [json.loads(line) for line in out.splitlines()]
+
+    code, finds = test_py("--checkpoint", tmp_path / "m.pth", "--workers", 0, "--json", "--observation",
+                          outer, inner, bad)
+    assert code == 1  # some files could not be read
+    by_path = {r["path"]: r for r in finds}
+    assert sorted(by_path) == sorted(map(str, (outer, inner, bad)))
+    assert by_path[str(outer)]["n_images"] == 2 and by_path[str(inner)]["n_images"] == 2
+    assert sorted(by_path[str(outer)]["images"]) == [str(outer / f.name) for f in images[:2]]
+    assert by_path[str(bad)]["n_images"] == 0 and "none of its 2 image(s) could be read" in by_path[str(bad)]["error"]
+    code, each = test_py("--checkpoint", tmp_path / "m.pth", "--workers", 0, "--json", outer, inner)
+    assert code == 0 and len(each) == 4  # per image: the inner folder's images once, not twice
