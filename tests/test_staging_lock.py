@@ -7,7 +7,7 @@ import fcntl
 import os
 import time
 
-from amanita.io import staged_output
+from amanita.io import MANIFEST, staged_output
 
 
 def _run_folder(parent, name: str):
@@ -59,7 +59,7 @@ def test_the_running_stage_holds_its_lock_and_the_lock_file_stays_behind(tmp_pat
         finally:
             os.close(fd)
         assert held
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST, "report.html"]  # no .lock, no staging folder
 
 
 def test_a_folder_without_a_lock_file_is_left_alone_while_young(tmp_path):
