@@ -8,6 +8,9 @@ import pytest
 from tests.helpers import ROOT, run_script
 
 BENCHMARKS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
+# Benchmarks whose --smoke run a test of their own module makes (with assertions on what it prints):
+# run once there, not twice; test_smoke_runs_elsewhere_exist checks that the run is really there.
+SMOKE_TESTED_ELSEWHERE = {"bench_lora.py": "test_lora.py", "bench_model_file.py": "test_modelfile.py"}
 
 
 def last_json(stdout: str):
@@ -26,8 +29,14 @@ def test_every_benchmark_is_found():
     assert len(BENCHMARKS) >= 8 and "bench_validate_scale.py" in BENCHMARKS and "ablation.py" in BENCHMARKS
 
 
+def test_smoke_runs_elsewhere_exist():
+    for bench, module in SMOKE_TESTED_ELSEWHERE.items():
+        text = (ROOT / "tests" / module).read_text()
+        assert f'"benchmarks/{bench}", "--smoke"' in text, f"{module} no longer runs {bench} --smoke"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", BENCHMARKS)
+@pytest.mark.parametrize("name", [b for b in BENCHMARKS if b not in SMOKE_TESTED_ELSEWHERE])
 def test_benchmark_smoke_runs_and_prints_json(name, tmp_path):
     t0 = time.perf_counter()
     proc = run_script(f"benchmarks/{name}", "--smoke", check=False, cwd=tmp_path, timeout=300,
