@@ -73,28 +73,49 @@ def check_batch(args, taxonomy, data_config) -> torch.Tensor:
     return to_model_input(images, torch.device("cpu"), data_config["mean"], data_config["std"])
 
 
-def export_pth(args) -> int:
-    """--format pth: write model.pth, check that it answers as the checkpoint does, then put it in place.
+def staged_and_checked(args, write, check, what: str):
+    """``write(stage)`` into a staging folder, ``check(stage)`` there, and only then replace the folder's files.
 
-    Staged like the ONNX bundle: a file that fails its check never replaces a previous model.pth."""
-    from amanita.modelfile import check_model_file, write_model_file
+    So a file that fails its check never replaces a good previous export (the folder is shared by
+    the ONNX bundle and model.pth: nothing else in it is touched). Returns ``(written, diffs)``."""
     inputs = {"--checkpoint": args.checkpoint, "--check-csv": args.check_csv}
-    check_not_inputs({"--output-dir": Path(args.output_dir) / "model.pth"}, inputs)
-    model, taxonomy, data_config, _ = load_for_eval(args.checkpoint, "cpu", use_ema=not args.no_ema)
-    images = check_batch(args, taxonomy, data_config) if args.check_images > 0 else None  # bad CSV: nothing written
-    path = Path(args.output_dir) / "model.pth"
     with staged_output(args.output_dir, inputs=inputs, owns=False) as stage:
-        write_model_file(args.checkpoint, stage / "model.pth", use_ema=not args.no_ema, dtype=args.dtype)
-        if images is not None:
+        written, diffs = write(stage), None
+        if check is not None:
             try:
-                diffs = check_model_file(model, stage / "model.pth", images, args.atol)
+                diffs = check(stage)
             except UserError as e:
-                raise UserError(f"the new model file failed its check, so {args.output_dir} keeps its previous files: "
+                raise UserError(f"the new {what} failed its check, so {args.output_dir} keeps its previous files: "
                                 f"{str(e).split(': ', 1)[-1]}") from None
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.dtype} weights)")
+    return written, diffs
+
+
+def load_checked_inputs(args, output: Path):
+    """The model to export and the check's images, read before anything is written (a bad CSV: nothing written)."""
+    check_not_inputs({"--output-dir": output}, {"--checkpoint": args.checkpoint, "--check-csv": args.check_csv})
+    model, taxonomy, data_config, info = load_for_eval(args.checkpoint, "cpu", use_ema=not args.no_ema)
+    images = check_batch(args, taxonomy, data_config) if args.check_images > 0 else None
+    return model, taxonomy, data_config, info, images
+
+
+def print_diffs(label: str, images, diffs) -> None:
     if images is not None:
-        print(f"model.pth = checkpoint on {len(images)} images, largest difference per output: "
+        print(f"{label} on {len(images)} images, largest difference per output: "
               + json.dumps({k: float(f"{v:.2e}") for k, v in diffs.items()}))
+
+
+def export_pth(args) -> int:
+    """--format pth: write model.pth, check that it answers as the checkpoint does, then put it in place."""
+    from amanita.modelfile import check_model_file, write_model_file
+    path = Path(args.output_dir) / "model.pth"
+    model, _, _, _, images = load_checked_inputs(args, path)
+    _, diffs = staged_and_checked(
+        args, lambda stage: write_model_file(args.checkpoint, stage / "model.pth", use_ema=not args.no_ema,
+                                             dtype=args.dtype),
+        None if images is None else lambda stage: check_model_file(model, stage / "model.pth", images, args.atol),
+        "model file")
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.dtype} weights)")
+    print_diffs("model.pth = checkpoint", images, diffs)
     return 0
 
 
@@ -104,22 +125,13 @@ def main() -> int:
     if args.format == "pth":
         return export_pth(args)
     from amanita.export import check_export, write_bundle
-    inputs = {"--checkpoint": args.checkpoint, "--check-csv": args.check_csv}
-    check_not_inputs({"--output-dir": args.output_dir}, inputs)
-    model, taxonomy, data_config, info = load_for_eval(args.checkpoint, "cpu", use_ema=not args.no_ema)
-    images = check_batch(args, taxonomy, data_config) if args.check_images > 0 else None  # bad CSV: nothing written
-    with staged_output(args.output_dir, inputs=inputs, owns=False) as stage:  # the previous export stays until this one passes
-        record = write_bundle(stage, model, taxonomy, data_config, info, args.opset)
-        if images is not None:
-            try:
-                diffs = check_export(model, stage / "model.onnx", images, args.atol or 1e-3)
-            except UserError as e:
-                raise UserError(f"the new export failed its check, so {args.output_dir} keeps its previous files: "
-                                f"{str(e).split(': ', 1)[-1]}") from None
+    model, taxonomy, data_config, info, images = load_checked_inputs(args, Path(args.output_dir))
+    record, diffs = staged_and_checked(
+        args, lambda stage: write_bundle(stage, model, taxonomy, data_config, info, args.opset),
+        None if images is None else lambda stage: check_export(model, stage / "model.onnx", images, args.atol or 1e-3),
+        "export")
     print(f"wrote {args.output_dir}/model.onnx with outputs {record['output_sizes']}")
-    if images is not None:
-        print(f"onnxruntime = PyTorch on {len(images)} images, largest difference per output: "
-              + json.dumps({k: float(f"{v:.2e}") for k, v in diffs.items()}))
+    print_diffs("onnxruntime = PyTorch", images, diffs)
     return 0
 
 
