@@ -306,6 +306,7 @@ def preds_dir(tmp_path_factory):
     return root, tax, preds
 
 
+@pytest.mark.slow  # a whole report with figures: seconds
 def test_focus_species_without_images_does_not_crash(preds_dir, tmp_path):
     root, tax, preds = preds_dir
     name = tax.classes["species"][int(preds["species_true"].max()) + 1 if preds["species_true"].max() + 1 < 8 else 0]

@@ -30,6 +30,7 @@ def saved(tmp_path_factory):
     return root, preds, obs
 
 
+@pytest.mark.slow  # a whole report with figures: seconds
 def test_report_has_both_levels_and_the_open_set_section(saved, tmp_path):
     root, preds, obs = saved
     code, out, err = run_validate("--from-predictions", root / "predictions.csv", "--mappings", root / "m.json",
@@ -49,6 +50,7 @@ def test_report_has_both_levels_and_the_open_set_section(saved, tmp_path):
     assert "per observation (150 observations" in out and "open set (" in out
 
 
+@pytest.mark.slow  # a whole report with figures: seconds
 def test_observation_only_report_and_missing_observation_file(saved, tmp_path):
     root, preds, obs = saved
     code, _, err = run_validate("--from-predictions", root / "predictions.csv", "--mappings", root / "m.json",
