@@ -31,13 +31,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from amanita import checkpoint as ck
+from amanita.backbone import resolve_data_config
+from amanita.demo.predictions import synthetic_taxonomy
+from amanita.model import create_multitask_model
+from amanita.modelfile import write_model_file
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from amanita import checkpoint as ck  # noqa: E402
-from amanita.backbone import resolve_data_config  # noqa: E402
-from amanita.demo.predictions import synthetic_taxonomy  # noqa: E402
-from amanita.model import create_multitask_model  # noqa: E402
-from amanita.modelfile import write_model_file  # noqa: E402
 
 FULL = ("beit_base_patch16_224", {})
 SMOKE = ("beit_base_patch16_224", {"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 8})
