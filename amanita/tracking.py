@@ -194,7 +194,8 @@ def log_validation(args, metrics_json: str | os.PathLike, figures_dir: str | os.
     numbers land beside the training curves, at the checkpoint's update; the flags override.
     """
     from amanita.checkpoint import load_checkpoint
-    ckpt = load_checkpoint(args.checkpoint) if getattr(args, "checkpoint", None) else {}
+    # mapped, not read: only "step" and "tracking" are used, never the weights or optimizer state
+    ckpt = load_checkpoint(args.checkpoint, mmap=True) if getattr(args, "checkpoint", None) else {}
     step = int(ckpt.get("step") or 0)
     config = {"validate_args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool))}}
     tracker = create_tracker(args, True, config, previous=ckpt.get("tracking"), step=0)
