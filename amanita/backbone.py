@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from amanita.io import UserError, load_tensor_file
 
-STOCK_MODEL = "hf-hub:BVRA/beit_base_patch16_224.in1k_ft_fungitastic_224"
+from amanita.config import STOCK_MODEL  # noqa: F401
 
 # The FungiTastic validation transform: squash-resize to 224x224 (no crop), mean = std = 0.5.
 # The hub config.json of these models has no mean/std, so timm alone would give ImageNet's

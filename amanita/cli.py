@@ -10,16 +10,10 @@ from typing import Callable
 import json
 import math
 
-from amanita.backbone import STOCK_MODEL
-from amanita.decode import DECODE_HELP, DECODE_MODES, DEFAULT_DECODE
-from amanita.io import UserError
-from amanita.lora import DEFAULT_TARGETS
-from amanita.losses import WEIGHT_METHODS
-from amanita.submission import add_submission_args
-from amanita.taxonomy import DISPLAY_ORDER, HEADS
-from amanita.tracking import add_tracking_args
-
-METRIC_NAMES = [f"{k}/{m}" for k in DISPLAY_ORDER for m in ("acc1", "f1")]
+from amanita.config import (AMP_MODES, COMBINE, DECISION_HELP, DECISIONS, DECODE_HELP, DECODE_MODES,
+                             DEFAULT_DECISION, DEFAULT_DECODE, DEFAULT_FOCUS, HEADS, LORA_TARGETS, METRIC_NAMES,
+                             PRIOR_FIELDS, SCORES, STOCK_MODEL, TENSORBOARD_HINT, TTA_MODES, WANDB_HINT,
+                             WEIGHT_METHODS, UserError)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -148,8 +142,6 @@ def json_object(text: str) -> str:
     return text
 
 
-AMP_MODES = ("auto", "bf16", "fp16", "none")
-
 
 def add_inference_args(g: argparse._ArgumentGroup) -> None:
     """``--decode``, ``--amp`` and ``--device``: declared once, with the same defaults in every script."""
@@ -161,7 +153,6 @@ def add_inference_args(g: argparse._ArgumentGroup) -> None:
 
 def add_readout_args(g: argparse._ArgumentGroup) -> None:
     """``--tta`` and ``--no-temperatures``: how validation and test.py turn outputs into probabilities."""
-    from amanita.engine import TTA_MODES
     g.add_argument("--tta", choices=TTA_MODES, default="none",
                    help="test-time augmentation: flip = mean logits of each image and its mirror image (2× the time)")
     g.add_argument("--no-temperatures", action="store_true",
@@ -170,7 +161,6 @@ def add_readout_args(g: argparse._ArgumentGroup) -> None:
 
 def add_priors_args(g: argparse._ArgumentGroup) -> None:
     """``--priors``, ``--prior-fields`` and ``--prior-weight``: metadata priors (see amanita/priors.py)."""
-    from amanita.priors import PRIOR_FIELDS
     g.add_argument("--priors", default=None, metavar="FILE",
                    help="metadata priors from compute_metadata_priors.py, applied to every key; None: no priors")
     g.add_argument("--prior-fields", nargs="+", choices=PRIOR_FIELDS, default=None,
@@ -182,7 +172,6 @@ def add_priors_args(g: argparse._ArgumentGroup) -> None:
 
 def add_decision_args(g: argparse._ArgumentGroup) -> None:
     """``--decision`` and the FungiCLEF cost flags (see amanita/decisions.py), the same in every script."""
-    from amanita.decisions import DECISION_HELP, DECISIONS, DEFAULT_DECISION
     g.add_argument("--decision", choices=DECISIONS, default=DEFAULT_DECISION, help=DECISION_HELP)
     g.add_argument("--poisonous-as-edible-cost", type=nonneg_float, default=100.0,
                    help="min-cost: cost of naming a poisonous species as an edible one (FungiCLEF: 100)")
@@ -323,7 +312,7 @@ def add_run_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (timm ModelEmaV3) and validate it")
     g.add_argument("--model-ema-decay", type=probability, default=0.9998, help="EMA decay")
     g.add_argument("--early-stopping-patience", type=nonneg_int, default=0, help="stop after N epochs without improvement (0: off)")
-    g.add_argument("--early-stopping-metric", default="species/f1", choices=METRIC_NAMES,
+    g.add_argument("--early-stopping-metric", default="species/f1", choices=list(METRIC_NAMES),
                    help="validation metric for best_model.pth and early stopping: <leaf|rank>/<acc1|f1>")
     add_inference_args(g)
     g.add_argument("--log-interval", type=positive_int, default=20, help="batches between progress-bar updates")
@@ -338,7 +327,7 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora-alpha", type=positive_float, default=16.0, help="LoRA alpha: the update is scaled by alpha / rank")
     g.add_argument("--lora-dropout", type=probability, default=0.0,
                    help="dropout on the adapted layers' input (PEFT adapters; BEiT's qkv adapter has none)")
-    g.add_argument("--lora-targets", nargs="+", default=list(DEFAULT_TARGETS), metavar="NAME",
+    g.add_argument("--lora-targets", nargs="+", default=list(LORA_TARGETS), metavar="NAME",
                    help="names of the linear layers that get adapters (attention qkv and proj, MLP fc1 and fc2)")
     g.add_argument("--lora-save", choices=("full", "adapters"), default="full",
                    help="what a LoRA run's checkpoints hold: full (every weight) or adapters (adapters and heads "
@@ -349,7 +338,6 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
 
 def check_train_args(args: argparse.Namespace) -> None:
     """Combinations of training flags that no single ``type=`` can check, as one-line errors."""
-    from amanita.io import UserError
     scale = getattr(args, "scale", None) or (0, 1)
     if scale[0] > scale[1]:
         raise UserError(f"--scale {scale[0]:g} {scale[1]:g}: give the smaller crop fraction first")
@@ -377,7 +365,6 @@ def build_train_parser(description: str, multitask: bool) -> argparse.ArgumentPa
 
 def build_validate_parser(description: str) -> argparse.ArgumentParser:
     """validate.py's flags."""
-    from amanita.metrics import DEFAULT_FOCUS
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("Model parameters")
     src = g.add_mutually_exclusive_group()
@@ -431,8 +418,6 @@ def build_validate_parser(description: str) -> argparse.ArgumentParser:
 
 def add_level_args(p: argparse.ArgumentParser) -> None:
     """validate.py's observation and open-set flag groups."""
-    from amanita.observations import COMBINE
-    from amanita.openset import SCORES
     o = p.add_argument_group("Observation parameters")
     o.add_argument("--aggregate", nargs="+", choices=("image", "observation"), default=["image", "observation"],
                    help="levels to report: per image, per observation (observationID: its images' outputs "
@@ -516,6 +501,31 @@ def add_distill_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--distill-temperature", type=number(float, 0, 100, low_open=True, what="a temperature with "
                    "0 < value ≤ 100"), default=2.0, help="softmax temperature of the soft targets")
 
+def add_submission_args(p) -> None:
+    """test.py's ``Submission parameters`` group."""
+    s = p.add_argument_group("Submission parameters (FungiCLEF: one line per observation)")
+    s.add_argument("--submission", default=None, metavar="OUT.csv",
+                   help="write observationID,class_id for every observation of --test-path (class_id -1: unknown "
+                        "species, when --unknown-threshold is given or a threshold is stored in the checkpoint; "
+                        "--combine and --unknown-score apply)")
+    s.add_argument("--test-path", default=None, help="the test metadata CSV (filename, observationID; labels not needed)")
+    s.add_argument("--image-root", default=None, help="folder of the test images (default: the FungiTastic layout beside the CSV)")
+    s.add_argument("--image-size-folder", default="300p", help="FungiTastic image-size folder (300p, 500p, 720p, fullsize)")
+
+
+def add_tracking_args(parser) -> None:
+    """The ``Tracking parameters`` flag group (training scripts and validate.py)."""
+    g = parser.add_argument_group("Tracking parameters")
+    g.add_argument("--log-wandb", action="store_true",
+                   help=f"log to Weights & Biases (rank 0; WANDB_MODE=offline works without a network; {WANDB_HINT})")
+    g.add_argument("--wandb-project", default=None, help="W&B project (default: the resumed run's, else 'amanita')")
+    g.add_argument("--wandb-name", default=None, help="W&B run name (default: W&B's)")
+    g.add_argument("--wandb-group", default=None, help="W&B run group, e.g. one per experiment")
+    g.add_argument("--wandb-run-id", default=None,
+                   help="W&B run id to continue (default: the one stored in the resumed checkpoint)")
+    g.add_argument("--wandb-dir", default=None, help="folder for W&B's local files (default: W&B's, ./wandb)")
+    g.add_argument("--log-tensorboard", default=None, metavar="DIR",
+                   help=f"write TensorBoard events to DIR ('auto': the resumed checkpoint's folder; {TENSORBOARD_HINT})")
 
 def cli_main(fn: Callable[[], int | None]) -> Callable[[], None]:
     """Run a script's ``main``: user errors become one line on stderr and exit code 2."""

@@ -26,11 +26,7 @@ import torch
 from amanita.decode import Decoder
 from amanita.taxonomy import LEAF, RANKS, Taxonomy, roll_up
 
-DECISIONS = ("argmax", "min-cost", "min-severity")
-DEFAULT_DECISION = "argmax"
-DECISION_HELP = ("argmax: the decoding as it is; min-cost: the species of minimum expected FungiCLEF cost "
-                 "(--poisonous-as-edible-cost, --edible-as-poisonous-cost, --mistake-cost); min-severity: the "
-                 "leaf of minimum expected tree distance (Karthik et al., ICLR 2021)")
+from amanita.config import DECISION_HELP, DECISIONS, DEFAULT_DECISION  # noqa: F401
 SPECIES_COL = RANKS.index("species")
 
 

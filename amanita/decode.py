@@ -12,10 +12,7 @@ import torch.nn.functional as F
 
 from amanita.taxonomy import COARSE_RANKS, LEAF, RANKS, Taxonomy, log_roll_up
 
-DECODE_MODES = ("consistent", "independent")
-DEFAULT_DECODE = "consistent"  # every script, validation during training and predict() alike
-DECODE_HELP = ("consistent: the best real root-to-leaf lineage over all heads (every rank is the "
-               "predicted leaf's ancestor); independent: argmax per rank")
+from amanita.config import DECODE_HELP, DECODE_MODES, DEFAULT_DECODE  # noqa: F401
 
 
 def rank_log_probs(outputs: dict[str, torch.Tensor], taxonomy: Taxonomy,

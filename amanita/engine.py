@@ -20,6 +20,7 @@ from amanita.distributed import all_gather_objects, all_reduce_sum, is_main_proc
 from amanita.run import Run
 from amanita.taxonomy import KEYS, LEAF, Taxonomy, label_column
 from amanita.openset import FLAG_COLUMN, SCORES, leaf_energy, score_column, unknown_scores
+from amanita.config import TTA_MODES  # noqa: F401
 
 
 def as_outputs(out) -> dict[str, torch.Tensor]:
@@ -166,8 +167,6 @@ def _update(run: Run) -> None:
         run.checkpointer.after_update(run)
     fault_point("update", state.step, settle=run.checkpointer.wait if run.checkpointer is not None else None)
 
-
-TTA_MODES = ("none", "flip")
 
 
 def forward_tta(model: nn.Module, images: torch.Tensor, tta: str = "none") -> dict[str, torch.Tensor]:

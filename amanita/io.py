@@ -14,8 +14,7 @@ from typing import Callable, Iterable
 import pandas as pd
 
 
-class UserError(Exception):
-    """A problem with the user's input: scripts print its one-line message, not a traceback."""
+from amanita.config import UserError  # noqa: F401  (defined with the contract; raised everywhere)
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[object], None], mode: str) -> None:

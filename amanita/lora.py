@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-DEFAULT_TARGETS = ("qkv", "proj", "fc1", "fc2")
+from amanita.config import LORA_TARGETS as DEFAULT_TARGETS  # noqa: F401
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from amanita.taxonomy import COARSE_RANKS, HEADS, LEAF, RANKS, Taxonomy, label_column, roll_up
 
-WEIGHT_METHODS = ("inverse", "sqrt_inverse", "effective_number")
+from amanita.config import WEIGHT_METHODS  # noqa: F401
 
 
 def class_weights_from_counts(counts, method: str = "sqrt_inverse", beta: float = 0.999) -> torch.Tensor:

@@ -38,7 +38,7 @@ from amanita.taxonomy import DISPLAY_ORDER, KEYS, LEAF, RANKS, Taxonomy
 ECE_BINS = 15
 RELATIONS = ("same species", "same genus", "same family", "same order", "same class",
              "same phylum", "different phylum")
-DEFAULT_FOCUS = ("Amanita phalloides",)
+from amanita.config import DEFAULT_FOCUS  # noqa: F401
 
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-COMBINE = ("mean-prob", "mean-logp")
+from amanita.config import COMBINE  # noqa: F401
 
 
 def observation_codes(observation_ids) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ import torch
 from amanita.io import UserError
 from amanita.taxonomy import LEAF, RANKS
 
-SCORES = ("msp", "entropy", "energy")
+from amanita.config import SCORES  # noqa: F401
 FLAG_COLUMN = "unknown_species"  # True where the CSV's category_id is -1
 
 

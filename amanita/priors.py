@@ -45,8 +45,7 @@ from amanita.taxonomy import KEYS, LEAF, Taxonomy, map_distinct
 
 FORMAT = "amanita-metadata-priors"
 VERSION = 1
-PRIOR_FIELDS = ("habitat", "substrate", "month", "metaSubstrate", "landcover", "biogeographicalRegion",
-                "countryCode")
+from amanita.config import PRIOR_FIELDS  # noqa: F401
 DEFAULT_FIELDS = ("habitat", "substrate", "month")
 MONTHS = tuple(str(m) for m in range(1, 13))
 DEFAULT_SMOOTHING = 10.0

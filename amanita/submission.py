@@ -135,17 +135,6 @@ def unknown_mask(obs_preds: pd.DataFrame, rule: tuple[str, float | None]) -> np.
     return is_unknown(obs_preds[column].to_numpy(), threshold)
 
 
-def add_submission_args(p) -> None:
-    """test.py's ``Submission parameters`` group."""
-    s = p.add_argument_group("Submission parameters (FungiCLEF: one line per observation)")
-    s.add_argument("--submission", default=None, metavar="OUT.csv",
-                   help="write observationID,class_id for every observation of --test-path (class_id -1: unknown "
-                        "species, when --unknown-threshold is given or a threshold is stored in the checkpoint; "
-                        "--combine and --unknown-score apply)")
-    s.add_argument("--test-path", default=None, help="the test metadata CSV (filename, observationID; labels not needed)")
-    s.add_argument("--image-root", default=None, help="folder of the test images (default: the FungiTastic layout beside the CSV)")
-    s.add_argument("--image-size-folder", default="300p", help="FungiTastic image-size folder (300p, 500p, 720p, fullsize)")
-
 
 def submit(args, loaded, rule: tuple[str, float | None]) -> int:
     """--submission: pooled observation answers → a checked FungiCLEF CSV; ``rule`` is test.py's

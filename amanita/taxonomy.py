@@ -23,17 +23,12 @@ import torch
 
 from amanita.io import UserError, atomic_write_text
 
-RANKS = ("phylum", "class", "order", "family", "genus", "species")
+from amanita.config import COARSE_RANKS, DISPLAY_ORDER, HEADS, KEYS, LEAF, RANKS  # noqa: F401 (the vocabulary)
 REQUIRED_COLUMNS = ("filename", "category_id") + RANKS
 FORMAT_VERSION = 1
 
-# The vocabulary, defined once. ``leaf`` is the ``category_id`` head (one output per
-# scientificName); ``species`` is only the accepted-name rank (synonymous leaves summed).
-LEAF = "leaf"
-COARSE_RANKS = RANKS[:-1]        # ranks with a head of their own besides the leaf head
-KEYS = (LEAF,) + RANKS           # label columns and prediction keys, in this order
-HEADS = COARSE_RANKS + (LEAF,)   # the multi-task model's heads (and its loss terms), in this order
-DISPLAY_ORDER = RANKS + (LEAF,)  # tables: coarse to fine, then the leaf
+# The vocabulary is defined once, in amanita/config.py; ``leaf`` is the ``category_id`` head,
+# ``species`` only the accepted-name rank (synonymous leaves summed).
 KEY_LABEL = {LEAF: "leaf (category_id)"} | {r: r for r in RANKS}
 LABEL_COLUMN = {k: j for j, k in enumerate(KEYS)}  # column of each key in the (n, 7) label arrays
 

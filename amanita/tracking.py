@@ -16,8 +16,7 @@ from pathlib import Path
 
 from amanita.io import import_optional
 
-WANDB_HINT = "pip install wandb==0.31.0 (or pip install -r requirements-test.txt)"
-TENSORBOARD_HINT = "pip install tensorboard==2.21.0 (or pip install -r requirements-test.txt)"
+from amanita.config import TENSORBOARD_HINT, WANDB_HINT
 
 
 def scalars(record: dict) -> dict[str, float]:
@@ -156,20 +155,6 @@ def create_tracker(args, is_main: bool, config: dict, previous: dict | None = No
         backends.append(TensorBoardBackend(tb or "runs", config, purge_step=step + 1 if step else None))
     return Tracker(backends)
 
-
-def add_tracking_args(parser) -> None:
-    """The ``Tracking parameters`` flag group (training scripts and validate.py)."""
-    g = parser.add_argument_group("Tracking parameters")
-    g.add_argument("--log-wandb", action="store_true",
-                   help=f"log to Weights & Biases (rank 0; WANDB_MODE=offline works without a network; {WANDB_HINT})")
-    g.add_argument("--wandb-project", default=None, help="W&B project (default: the resumed run's, else 'amanita')")
-    g.add_argument("--wandb-name", default=None, help="W&B run name (default: W&B's)")
-    g.add_argument("--wandb-group", default=None, help="W&B run group, e.g. one per experiment")
-    g.add_argument("--wandb-run-id", default=None,
-                   help="W&B run id to continue (default: the one stored in the resumed checkpoint)")
-    g.add_argument("--wandb-dir", default=None, help="folder for W&B's local files (default: W&B's, ./wandb)")
-    g.add_argument("--log-tensorboard", default=None, metavar="DIR",
-                   help=f"write TensorBoard events to DIR ('auto': the resumed checkpoint's folder; {TENSORBOARD_HINT})")
 
 
 def headline_numbers(metrics: dict, prefix: str = "validate/") -> dict[str, float]:
