@@ -53,16 +53,30 @@ TENSORBOARD_HINT = "pip install tensorboard==2.21.0 (or pip install -r requireme
 
 
 # ------------------------------------------------------------------------------- configs
-@dataclass(frozen=True)
+# One frozen config per script (training, evaluation, identification, distillation, export), built
+# once by ``cli`` from the parsed flags. A config has one field per flag, named as argparse names
+# it (``--lr-base`` → ``lr_base``), and no defaults: the parser is the one place a flag's default is
+# written. Flag groups that several scripts share are mixins (``TrackingConfig``), so a function
+# that needs only one group takes that type and accepts every script's config. Values the scripts
+# resolve from the flags (the lr from the global batch, folders) are further fields, computed once
+# when the config is built, never written back into it.
+@dataclass(frozen=True, kw_only=True)
 class Config:
-    """Base of the scripts' configs: frozen, built once from the parsed flags, plain values only."""
+    """Base of the configs: frozen, plain values only (tuples, not lists)."""
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
     def from_flags(cls, flags: dict, **resolved):
-        """The config of ``flags`` (``vars(namespace)``; keys that are not fields are ignored);
-        lists become tuples so that nothing in a config can change after it is built."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        given = {k: tuple(v) if isinstance(v, list) else v for k, v in flags.items() if k in names}
+        """The config of ``flags`` (``vars(namespace)``) plus the ``resolved`` values. A flag that
+        has no field is a programming error (ValueError), so no flag is dropped on the way."""
+        names = set(cls.field_names())
+        extra = sorted(set(flags) - names)
+        if extra:
+            raise ValueError(f"{cls.__name__} has no field for {', '.join(extra)}")
+        given = {k: tuple(v) if isinstance(v, list) else v for k, v in flags.items()}
         return cls(**(given | resolved))
 
     def replace(self, **changes):
@@ -71,3 +85,15 @@ class Config:
     def to_dict(self) -> dict:
         """Plain JSON/YAML values (tuples as lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackingConfig(Config):
+    """The ``Tracking parameters`` group (training scripts and validate.py): W&B and TensorBoard."""
+    log_wandb: bool
+    wandb_project: str | None
+    wandb_name: str | None
+    wandb_group: str | None
+    wandb_run_id: str | None
+    wandb_dir: str | None
+    log_tensorboard: str | None

@@ -120,8 +120,10 @@ def validate(args: argparse.Namespace) -> Evaluation:
     elif args.calibrate:
         refit_threshold(args, main_preds, result.metrics)
     if getattr(args, "log_wandb", False) or getattr(args, "log_tensorboard", None):
+        from amanita.config import TrackingConfig
         from amanita.tracking import log_validation
-        log_validation(args, out / "metrics.json", out)
+        tracking = TrackingConfig.from_flags({k: getattr(args, k) for k in TrackingConfig.field_names()})
+        log_validation(tracking, args.checkpoint, vars(args), out / "metrics.json", out)
     return result
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from amanita.io import import_optional
 
-from amanita.config import TENSORBOARD_HINT, WANDB_HINT
+from amanita.config import TENSORBOARD_HINT, WANDB_HINT, TrackingConfig
 
 
 def scalars(record: dict) -> dict[str, float]:
@@ -131,7 +131,7 @@ class Tracker:
             b.close()
 
 
-def create_tracker(args, is_main: bool, config: dict, previous: dict | None = None,
+def create_tracker(cfg: TrackingConfig, is_main: bool, config: dict, previous: dict | None = None,
                    step: int = 0) -> Tracker:
     """The tracker ``--log-wandb``/``--log-tensorboard`` ask for (rank 0; an empty one elsewhere).
 
@@ -143,12 +143,11 @@ def create_tracker(args, is_main: bool, config: dict, previous: dict | None = No
     backends = []
     if not is_main:
         return Tracker()
-    if getattr(args, "log_wandb", False):
-        run_id = getattr(args, "wandb_run_id", None) or previous.get("wandb_run_id")
-        project = getattr(args, "wandb_project", None) or previous.get("wandb_project") or "amanita"
-        backends.append(WandbBackend(project, getattr(args, "wandb_name", None), config, run_id,
-                                     getattr(args, "wandb_dir", None), getattr(args, "wandb_group", None)))
-    tb = getattr(args, "log_tensorboard", None)
+    if cfg.log_wandb:
+        run_id = cfg.wandb_run_id or previous.get("wandb_run_id")
+        project = cfg.wandb_project or previous.get("wandb_project") or "amanita"
+        backends.append(WandbBackend(project, cfg.wandb_name, config, run_id, cfg.wandb_dir, cfg.wandb_group))
+    tb = cfg.log_tensorboard
     if tb:
         tb = previous.get("tensorboard_dir") if tb == "auto" else tb
         # events past the resumed checkpoint's update came from the killed run: drop them
@@ -172,18 +171,20 @@ def headline_numbers(metrics: dict, prefix: str = "validate/") -> dict[str, floa
     return out
 
 
-def log_validation(args, metrics_json: str | os.PathLike, figures_dir: str | os.PathLike) -> Tracker:
+def log_validation(cfg: TrackingConfig, checkpoint: str | None, flags: dict, metrics_json: str | os.PathLike,
+                   figures_dir: str | os.PathLike) -> Tracker:
     """validate.py: attach the report's headline numbers and figures to the checkpoint's run.
 
-    The W&B run id and TensorBoard folder come from the checkpoint (``tracking``), so the
+    The W&B run id and TensorBoard folder come from ``checkpoint`` (``tracking``), so the
     numbers land beside the training curves, at the checkpoint's update; the flags override.
+    ``flags`` (validate.py's config as a dict) is stored with the run.
     """
     from amanita.checkpoint import load_checkpoint
     # mapped, not read: only "step" and "tracking" are used, never the weights or optimizer state
-    ckpt = load_checkpoint(args.checkpoint, mmap=True) if getattr(args, "checkpoint", None) else {}
+    ckpt = load_checkpoint(checkpoint, mmap=True) if checkpoint else {}
     step = int(ckpt.get("step") or 0)
-    config = {"validate_args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool))}}
-    tracker = create_tracker(args, True, config, previous=ckpt.get("tracking"), step=0)
+    config = {"validate_args": {k: v for k, v in flags.items() if isinstance(v, (str, int, float, bool))}}
+    tracker = create_tracker(cfg, True, config, previous=ckpt.get("tracking"), step=0)
     metrics = json.loads(Path(metrics_json).read_text(encoding="utf-8"))
     numbers = headline_numbers(metrics)
     tracker.log(numbers, step)

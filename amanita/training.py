@@ -23,6 +23,7 @@ from amanita.data import (BadImageCounter, DeviceLoader, FungiTasticDataset, che
                           create_transforms, make_loader, read_split)
 from amanita.distill import load_teacher
 from amanita.faults import dump_rank_state, fault_point
+from amanita.config import TrackingConfig
 from amanita.tracking import create_tracker, epoch_scalars
 from amanita.distributed import (DistInfo, ResumableDistributedSampler, ShardSampler, barrier,
                                  broadcast_from_main, cleanup, init_distributed, wrap_for_training)
@@ -317,7 +318,8 @@ def _run(args, multitask: bool, dist: DistInfo) -> int:
     if dist.is_main:
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(args.save_dir) / "args.json", json.dumps(plain_args(args), indent=1))
-    run.tracker = create_tracker(args, dist.is_main, tracking_config(run), run.tracking, run.state.step)
+    tracking = TrackingConfig.from_flags({k: getattr(args, k) for k in TrackingConfig.field_names()})
+    run.tracker = create_tracker(tracking, dist.is_main, tracking_config(run), run.tracking, run.state.step)
     run.checkpointer.start(run)
     try:
         train_and_test(run)

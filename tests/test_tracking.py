@@ -1,10 +1,10 @@
 """amanita.tracking: W&B (offline) and TensorBoard backends, resume into the same run, rank 0 only."""
 import sys
 import types
-from argparse import Namespace
 
 import pytest
 
+from amanita.config import TrackingConfig
 from amanita.io import UserError
 from amanita.tracking import Tracker, create_tracker, scalars
 
@@ -12,7 +12,7 @@ from amanita.tracking import Tracker, create_tracker, scalars
 def args(**kw):
     base = dict(log_wandb=False, wandb_project=None, wandb_name=None, wandb_group=None, wandb_run_id=None,
                 wandb_dir=None, log_tensorboard=None)
-    return Namespace(**(base | kw))
+    return TrackingConfig(**(base | kw))
 
 
 def test_scalars_keep_finite_numbers_only():
@@ -168,7 +168,7 @@ def test_validation_numbers_and_figures_join_the_checkpoints_run(tmp_path, fake_
                          "hierarchy": {"hierarchical_accuracy": 0.25}, "poison": {"psc": 2, "cost": 0.5}}}
     (out / "metrics.json").write_text(json.dumps(metrics))
     Image.new("RGB", (4, 4)).save(out / "confusion_genus.png")
-    log_validation(args(checkpoint=str(tmp_path / "best.pth"), log_wandb=True, log_tensorboard="auto"),
+    log_validation(args(log_wandb=True, log_tensorboard="auto"), str(tmp_path / "best.pth"), {"decode": "consistent"},
                    out / "metrics.json", out)
     run = fake_wandb[0]
     assert (run.kw["id"], run.kw["project"]) == ("run42", "fungi")
