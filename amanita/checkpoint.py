@@ -223,7 +223,7 @@ def build_from_checkpoint(ckpt: dict, device="cpu") -> tuple[nn.Module, Taxonomy
         with weights_loaded_next():
             model = make(spec.architecture, tax, **kw)
         if spec.lora:  # the run's adapters, folded into plain weights once loaded
-            adapt(model, LoraSpec.from_plain(spec.lora), spec.data_config["input_size"], spec.kind == "multitask")
+            adapt(model, LoraSpec.from_plain(spec.lora), spec.data_config["input_size"])
             if spec.lora.get("adapters_only"):
                 weights = _lora_base(model, spec) | weights
         model.load_state_dict(weights, assign=True)
@@ -241,7 +241,7 @@ def _lora_base(model: nn.Module, spec: ModelSpec) -> dict:
         base, _, _ = build_from_checkpoint(load_checkpoint(path, mmap=True))
     except UserError as e:
         raise UserError(f"this checkpoint holds LoRA adapters only; their frozen weights come from {path}: {e}") from None
-    weights = base_weights(model, base.state_dict(), spec.kind == "multitask")
+    weights = base_weights(model, base.state_dict())
     probe = {n: p for n, p in model.named_parameters()}
     with torch.no_grad():
         for name, value in weights.items():

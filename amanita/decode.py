@@ -1,7 +1,7 @@
 """From a model's outputs to predictions: per-rank log-probabilities, then a decoded class per rank.
 
-A model gives logits for the leaf head (one per ``category_id``, or every stock output) and,
-when multi-task, for the coarse ranks. :func:`rank_log_probs` turns them into log-probabilities
+A model gives ``{head: logits}``: the leaf head over the taxonomy's leaves and, when multi-task,
+the coarse ranks (:mod:`amanita.model`). :func:`rank_log_probs` turns them into log-probabilities
 at the leaf and all six ranks; :func:`decode` picks a class per rank, independently or as the
 best real lineage. :class:`Decoder` does both per batch with its matrices built once.
 """
@@ -16,20 +16,15 @@ from amanita.config import DECODE_HELP, DECODE_MODES, DEFAULT_DECODE  # noqa: F4
 
 
 def rank_log_probs(outputs: dict[str, torch.Tensor], taxonomy: Taxonomy,
-                   leaf_index: torch.Tensor | None = None,
                    ancestors: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Log-probabilities at the leaf and all six ranks from a model's outputs.
 
-    ``outputs`` holds ``"leaf"`` logits over leaves (or over all stock outputs, then
-    ``leaf_index`` picks the leaves' columns) and optionally coarse-rank logits; ranks without
+    ``outputs`` holds ``"leaf"`` logits over leaves and optionally coarse-rank logits; ranks without
     a head (a single-head model) and the species rank are the log of summed leaf probabilities.
     Returns ``{"leaf": (B, n_leaves), rank: (B, n_classes)}`` in float32. Pass ``ancestors``
     (``taxonomy.ancestor_matrix()`` on the device) when calling per batch, to build it once.
     """
-    leaf_logits = outputs[LEAF].float()
-    if leaf_index is not None:
-        leaf_logits = leaf_logits.index_select(1, leaf_index)
-    out = {LEAF: F.log_softmax(leaf_logits, dim=1)}
+    out = {LEAF: F.log_softmax(outputs[LEAF].float(), dim=1)}
     leaf_p = out[LEAF].exp()
     if ancestors is None:
         ancestors = taxonomy.ancestor_matrix().to(leaf_p.device)
@@ -72,9 +67,7 @@ def decode(log_probs: dict[str, torch.Tensor], ancestors: torch.Tensor, mode: st
 class Decoder:
     """Outputs of a batch → log-probabilities → predictions, for one taxonomy on one device.
 
-    The ancestor matrix moves to the device once, here, not per batch. A
-    single-head model with one output per ``category_id`` (0..max id) has the leaves' columns
-    picked by ``category_id``.
+    The ancestor matrix moves to the device once, here, not per batch.
     """
 
     def __init__(self, taxonomy: Taxonomy, device: torch.device | str = "cpu", mode: str = DEFAULT_DECODE):
@@ -82,17 +75,10 @@ class Decoder:
             raise ValueError(f"unknown decoding {mode!r}; choose from {DECODE_MODES}")
         self.taxonomy, self.mode = taxonomy, mode
         self.ancestors = taxonomy.ancestor_matrix().to(device)  # (n_leaves, 6)
-        self.leaf_index = torch.tensor(taxonomy.category_ids, device=device)
-
-    def leaf_logits(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``(B, n_leaves)`` logits of the leaf head (a stock head's leaves picked by ``category_id``)."""
-        leaf = outputs[LEAF]
-        return leaf if leaf.shape[1] == self.taxonomy.n_leaves else leaf.index_select(1, self.leaf_index)
 
     def log_probs(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """:func:`rank_log_probs` of a model's outputs (a stock head's leaves picked by ``category_id``)."""
-        stock = outputs[LEAF].shape[1] != self.taxonomy.n_leaves
-        return rank_log_probs(outputs, self.taxonomy, self.leaf_index if stock else None, self.ancestors)
+        """:func:`rank_log_probs` of a model's outputs."""
+        return rank_log_probs(outputs, self.taxonomy, self.ancestors)
 
     def decode(self, log_probs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """:func:`decode` with this decoder's mode and ancestors."""

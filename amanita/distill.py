@@ -16,10 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from amanita import checkpoint as ck
-from amanita.engine import as_outputs
 from amanita.io import UserError
 from amanita.decode import rank_log_probs
-from amanita.taxonomy import HEADS, LEAF, Taxonomy
+from amanita.taxonomy import HEADS, Taxonomy
 
 TEACHER = "teacher/"  # prefix of the teacher's outputs in the Distiller's output dict
 
@@ -42,9 +41,9 @@ class Distiller(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = as_outputs(self.module(images))
+        out = self.module(images)
         with torch.no_grad():
-            soft = as_outputs(self.teacher(images))
+            soft = self.teacher(images)
         return out | {TEACHER + k: v.detach() for k, v in soft.items()}
 
 
@@ -53,19 +52,17 @@ class DistillationLoss(nn.Module):
 
     ``hard`` is the :class:`~amanita.losses.MultiTaskLoss` of the run, whose head weights also
     weigh the distillation terms. A single-head teacher's coarse targets are its leaf
-    probabilities summed up the tree (``teacher_leaf_index`` picks the leaves' columns).
+    probabilities summed up the tree.
     Returns the hard loss's dict plus ``loss/distill`` and ``loss/distill_<head>``.
     """
 
-    def __init__(self, hard: nn.Module, taxonomy: Taxonomy, alpha: float = 0.5, temperature: float = 2.0,
-                 teacher_leaf_index: torch.Tensor | None = None):
+    def __init__(self, hard: nn.Module, taxonomy: Taxonomy, alpha: float = 0.5, temperature: float = 2.0):
         super().__init__()
         if not 0.0 <= alpha <= 1.0 or temperature <= 0:
             raise UserError(f"--distill-alpha must be in [0, 1] and --distill-temperature > 0 "
                             f"(got {alpha}, {temperature})")
         self.hard, self.taxonomy, self.alpha, self.temperature = hard, taxonomy, alpha, temperature
         self.weights = {k: float(getattr(hard, "head_weights", {}).get(k, 1.0)) for k in HEADS}
-        self.register_buffer("teacher_leaf_index", teacher_leaf_index, persistent=False)
         self.register_buffer("ancestors", taxonomy.ancestor_matrix(), persistent=False)  # (n_leaves, 6)
 
     def forward(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -74,7 +71,7 @@ class DistillationLoss(nn.Module):
         out = self.hard(student, labels)
         if not teacher:  # evaluation or a plain model: the hard loss alone
             return out
-        targets = rank_log_probs(teacher, self.taxonomy, self.teacher_leaf_index, self.ancestors)
+        targets = rank_log_probs(teacher, self.taxonomy, self.ancestors)
         t, total, norm = self.temperature, 0.0, 0.0
         for key in HEADS:
             if self.weights[key] == 0.0:
@@ -93,18 +90,17 @@ class DistillationLoss(nn.Module):
 class Teacher:
     model: nn.Module
     data_config: dict      # the student is fed with it too
-    leaf_index: torch.Tensor | None  # a single-head teacher's leaf columns
     description: str
 
     def criterion(self, hard: nn.Module, taxonomy: Taxonomy, args) -> DistillationLoss:
-        return DistillationLoss(hard, taxonomy, args.distill_alpha, args.distill_temperature, self.leaf_index)
+        return DistillationLoss(hard, taxonomy, args.distill_alpha, args.distill_temperature)
 
     def wrap(self, student: nn.Module) -> Distiller:
         return Distiller(student, self.model)
 
 
 def load_teacher(args, taxonomy: Taxonomy, device) -> Teacher | None:
-    """``--teacher``: the model (EMA weights when present), its data config and leaf columns; None without it.
+    """``--teacher``: the model (EMA weights when present) and its data config; None without it.
 
     Its taxonomy must be the run's: the soft targets are indexed by the same classes.
     """
@@ -115,10 +111,7 @@ def load_teacher(args, taxonomy: Taxonomy, device) -> Teacher | None:
     if tax.sha256() != taxonomy.sha256():
         raise UserError(f"--teacher {path} was trained with another taxonomy (sha256 {tax.sha256()[:12]}…, "
                         f"this run {taxonomy.sha256()[:12]}…); pass its mappings with --mappings")
-    leaf_index = None
-    if info["kind"] != "multitask":  # a single-head teacher has one output per category_id
-        leaf_index = torch.tensor(taxonomy.category_ids, device=device)
     text = (f"teacher {path}: {info['architecture']} ({info['kind']}, epoch {info['epoch']}, "
             f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters); "
             f"alpha {args.distill_alpha}, temperature {args.distill_temperature}")
-    return Teacher(model, dict(data_config), leaf_index, text)
+    return Teacher(model, dict(data_config), text)

@@ -23,11 +23,6 @@ from amanita.openset import FLAG_COLUMN, SCORES, leaf_energy, score_column, unkn
 from amanita.config import TTA_MODES  # noqa: F401
 
 
-def as_outputs(out) -> dict[str, torch.Tensor]:
-    """A model's outputs as ``{head: logits}``: a single-head model's tensor is the leaf head."""
-    return out if isinstance(out, dict) else {LEAF: out}
-
-
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """``auto`` = bf16 on CUDA and none on CPU; ``bf16``/``fp16``/``none`` as asked."""
     if amp == "auto":
@@ -69,7 +64,7 @@ def train_one_epoch(run: Run, loader) -> dict[str, float]:
         sync = contextlib.nullcontext() if boundary or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast(device, cfg.amp):
-                losses = run.criterion(as_outputs(model(images)), labels)
+                losses = run.criterion(model(images), labels)
             loss = losses["loss"] / group
             (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
         for k, v in losses.items():
@@ -171,12 +166,12 @@ def _update(run: Run) -> None:
 
 def forward_tta(model: nn.Module, images: torch.Tensor, tta: str = "none") -> dict[str, torch.Tensor]:
     """``{head: logits}``; with ``tta="flip"`` the mean of the logits of the image and its mirror image."""
-    outputs = as_outputs(model(images))
+    outputs = model(images)
     if tta == "none":
         return outputs
     if tta != "flip":
         raise ValueError(f"unknown test-time augmentation {tta!r} ({' or '.join(TTA_MODES)})")
-    mirrored = as_outputs(model(images.flip(-1)))  # horizontal flip: (B, C, H, W) along W
+    mirrored = model(images.flip(-1))  # horizontal flip: (B, C, H, W) along W
     return {k: (v.float() + mirrored[k].float()) / 2 for k, v in outputs.items()}
 
 
@@ -211,7 +206,7 @@ class BatchPredictor:
         check_normalised(images)
         with autocast(self.device, self.dtype):
             outputs = forward_tta(self.model, images, self.readout.tta)
-        energy = leaf_energy(self.decoder.leaf_logits(outputs))
+        energy = leaf_energy(outputs[LEAF])
         return apply_temperatures(self.decoder.log_probs(outputs), self.readout.temperatures), energy
 
     def __call__(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

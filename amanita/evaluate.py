@@ -208,14 +208,15 @@ def refit_threshold(args: argparse.Namespace, preds: pd.DataFrame, doc: dict) ->
 def load_model(args: argparse.Namespace, device, spec: str | None = None, taxonomy: Taxonomy | None = None):
     """``(model, taxonomy, data_config, info)`` of ``--checkpoint``, or of a baseline ``spec``.
 
-    A baseline checkpoint is loaded like the main one; a ``--baseline-model`` is a stock timm
-    classifier (one output per ``category_id``) evaluated over ``taxonomy``.
+    A baseline checkpoint is loaded like the main one; a ``--baseline-model`` is a timm classifier
+    (one output per ``category_id``, like the stock model) made a single-head model over ``taxonomy``.
     """
     from amanita.checkpoint import load_for_eval
     if spec is None or spec == args.baseline_checkpoint:
         return load_for_eval(spec or args.checkpoint, device)
     from amanita.backbone import create_timm_model, resolve_data_config
-    model = create_timm_model(spec).to(device).eval()
+    from amanita.model import single_head
+    model = single_head(create_timm_model(spec), taxonomy).to(device).eval()
     return model, taxonomy, resolve_data_config(model, spec), {"model": spec, "kind": "single-head (stock)"}
 
 

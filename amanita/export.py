@@ -72,16 +72,14 @@ class HeadTuple(nn.Module):
         self.model, self.names = model, list(names)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        from amanita.engine import as_outputs
-        out = as_outputs(self.model(image))
+        out = self.model(image)
         return tuple(out[n].float() for n in self.names)
 
 
 def output_sizes(model: nn.Module, input_size) -> dict[str, int]:
     """``{head: classes}`` of the model's outputs, in its own order (coarse ranks first, the leaf last)."""
-    from amanita.engine import as_outputs
     with torch.no_grad():
-        return {k: int(v.shape[1]) for k, v in as_outputs(model.eval()(torch.zeros(2, *input_size))).items()}
+        return {k: int(v.shape[1]) for k, v in model.eval()(torch.zeros(2, *input_size)).items()}
 
 
 def export_onnx(model: nn.Module, data_config: dict, path: str | os.PathLike, opset: int = 18) -> list[str]:
@@ -150,9 +148,8 @@ def onnx_session(path: str | os.PathLike, threads: int = 1):
 
 def compare_outputs(model: nn.Module, session, images: torch.Tensor) -> dict[str, float]:
     """Largest absolute difference per output between PyTorch and onnxruntime on ``images``."""
-    from amanita.engine import as_outputs
     with torch.no_grad():
-        ref = {k: v.float().numpy() for k, v in as_outputs(model.eval()(images)).items()}
+        ref = {k: v.float().numpy() for k, v in model.eval()(images).items()}
     names = [o.name for o in session.get_outputs()]
     got = session.run(names, {INPUT_NAME: images.numpy().astype(np.float32)})
     return {n: float(np.abs(ref[n] - g).max()) for n, g in zip(names, got)}

@@ -83,11 +83,12 @@ def add_adapters(backbone: nn.Module, spec: LoraSpec, input_size) -> dict[str, s
     return kinds
 
 
-def adapt(model: nn.Module, spec: LoraSpec, input_size, multitask: bool) -> dict[str, str]:
-    """Adapters on the backbone of ``model`` (a multi-task model, or a timm classifier), which is frozen
-    but them; the heads (the classifier) train. Returns :func:`add_adapters`'s ``{layer: kind}``."""
-    kinds = add_adapters(model.backbone if multitask else model, spec, input_size)
-    for p in (model.heads if multitask else model.get_classifier()).parameters():
+def adapt(model: nn.Module, spec: LoraSpec, input_size) -> dict[str, str]:
+    """Adapters on the backbone of ``model`` (an :mod:`amanita.model` model: a single-head model's backbone is
+    the whole classifier), which is frozen but them; the heads (the classifier) train. Returns
+    :func:`add_adapters`'s ``{layer: kind}``."""
+    kinds = add_adapters(model.backbone, spec, input_size)
+    for p in model.head_parameters():
         p.requires_grad_(True)
     return kinds
 
@@ -196,13 +197,13 @@ def load_partial(model: nn.Module, state: dict, frozen: set[str]) -> None:
         raise RuntimeError(f"adapter weights do not fit: missing {lacking[:3]}, unexpected {unexpected[:3]}")
 
 
-def base_weights(model: nn.Module, base: dict, multitask: bool) -> dict:
+def base_weights(model: nn.Module, base: dict) -> dict:
     """The frozen weights of ``model`` (adapters added) from ``base``, the plain state_dict of the run's
-    start (a single-head start's names lack ``backbone.``)."""
+    start (a single-head start's names lack a multi-task model's ``backbone.``)."""
     out = {}
     for name in frozen_names(model):
         key = plain_name(name)
-        if key not in base and multitask:
+        if key not in base:
             key = key.removeprefix("backbone.")
         if key not in base:
             raise KeyError(f"the base weights have no {key}")

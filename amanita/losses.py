@@ -48,8 +48,8 @@ def compute_class_weights(tax: Taxonomy, method: str = "sqrt_inverse", beta: flo
 class MultiTaskLoss(torch.nn.Module):
     """Sum over heads of head weight × class-weighted, label-smoothed cross-entropy.
 
-    ``outputs`` is ``{head: logits}`` (``"leaf"`` over leaves, or over all stock outputs with
-    ``leaf_index`` selecting the leaves' columns; the coarse ranks over their classes);
+    ``outputs`` is a model's ``{head: logits}`` (``"leaf"`` over leaves, the coarse ranks over their
+    classes; a single-head model has the leaf only);
     ``labels`` is ``(B, 7)`` in :data:`~amanita.taxonomy.KEYS` order, negative = unknown or
     unreadable, ignored. A head with no known label in the batch, or weighted 0, contributes an
     exact zero that still touches its parameters, so DDP needs no ``find_unused_parameters``. With
@@ -60,12 +60,11 @@ class MultiTaskLoss(torch.nn.Module):
 
     def __init__(self, taxonomy: Taxonomy, head_weights: dict[str, float] | None = None,
                  class_weights: dict[str, torch.Tensor] | None = None, label_smoothing: float = 0.0,
-                 consistency_weight: float = 0.0, leaf_index: torch.Tensor | None = None):
+                 consistency_weight: float = 0.0):
         super().__init__()
         self.head_weights = {k: 1.0 for k in HEADS} if head_weights is None else dict(head_weights)
         self.label_smoothing = label_smoothing
         self.consistency_weight = consistency_weight
-        self.register_buffer("leaf_index", leaf_index, persistent=False)
         for key in HEADS:
             w = None if class_weights is None else class_weights[key].float()
             self.register_buffer(f"cw_{key}", w, persistent=False)
@@ -73,18 +72,12 @@ class MultiTaskLoss(torch.nn.Module):
             self.register_buffer("ancestors", taxonomy.ancestor_matrix(), persistent=False)  # (n_leaves, 6)
             self.n_classes = {rank: taxonomy.num_classes(rank) for rank in COARSE_RANKS}
 
-    def _logits(self, outputs: dict, key: str) -> torch.Tensor:
-        x = outputs[key]
-        if key == LEAF and self.leaf_index is not None:
-            x = x.index_select(1, self.leaf_index)
-        return x.float()
-
     def forward(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
         out, total = {}, 0.0
         for key in HEADS:
             if key not in outputs:
                 continue
-            logits = self._logits(outputs, key)
+            logits = outputs[key].float()
             out[f"loss/{key}"] = self._ce(logits, label_column(labels, key), getattr(self, f"cw_{key}"))
             # a head weighted 0 stays in the graph (zero gradients): under DDP every parameter must get one
             total = total + self.head_weights.get(key, 0.0) * out[f"loss/{key}"]
@@ -104,7 +97,7 @@ class MultiTaskLoss(torch.nn.Module):
         return (per_sample * valid).sum() / norm.sum().clamp_min(1e-12)
 
     def _consistency(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        leaf_p = F.softmax(self._logits(outputs, LEAF), dim=1)  # (B, n_leaves)
+        leaf_p = F.softmax(outputs[LEAF].float(), dim=1)  # (B, n_leaves)
         kl = 0.0
         for j, rank in enumerate(COARSE_RANKS):
             if rank not in outputs:

@@ -1,9 +1,13 @@
-"""The models: the multi-task BEiT (a timm backbone with one linear head per rank) and the stock single head.
+"""The models: the multi-task model (a timm backbone with one linear head per rank) and the single-head
+model (a timm classifier with one output per ``category_id``, like the stock FungiTastic BEiT).
 
-Backbones and preprocessing come from :mod:`amanita.backbone`; the heads start from a stock
-classifier through :mod:`amanita.heads`."""
+Every model the package builds or loads answers ``{head: logits}`` (:class:`MultiTaskModel`,
+:class:`SingleHeadModel`), with the leaf head over the taxonomy's leaves, so losses, decoding,
+distillation and export never ask which kind they hold. Backbones and preprocessing come from
+:mod:`amanita.backbone`; the heads start from a single-head classifier through :mod:`amanita.heads`."""
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -73,6 +77,61 @@ class MultiTaskBEiT(nn.Module):
         inner = getattr(self.backbone, "no_weight_decay", lambda: set())()
         return {f"backbone.{n}" for n in inner}
 
+    def head_parameters(self):
+        """The heads' parameters (they train under ``--lora-rank`` and ``--freeze-backbone``)."""
+        return self.heads.parameters()
+
+
+class SingleHeadModel(nn.Module):
+    """A timm classifier with one output per ``category_id`` (0..max id) that answers ``{"leaf": logits}``.
+
+    Not built directly: :func:`single_head` gives a timm model this class as a mixin (the timm
+    class stays its base), so parameter names, state_dict keys (a checkpoint written before the
+    wrapper loads unchanged), LoRA's layer names and timm's ``group_matcher``, ``no_weight_decay``
+    and ``get_classifier`` are the timm model's own; a wrapping module would prefix every name.
+    ``forward`` picks the leaves' columns (``leaf_index``, a buffer not saved; None when the
+    outputs are the leaves already, ``category_id`` 0..n-1), so the leaf logits are
+    ``(B, n_leaves)`` in leaf order like a multi-task model's.
+    """
+    leaf_index: torch.Tensor | None
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = super().forward(x)  # (B, max category_id + 1)
+        return {LEAF: logits if self.leaf_index is None else logits.index_select(1, self.leaf_index)}
+
+    @property
+    def backbone(self) -> nn.Module:
+        """What LoRA adapts and ``--freeze-backbone`` freezes: the whole classifier (its head trains again)."""
+        return self
+
+    def head_parameters(self):
+        """The classifier's parameters (they train under ``--lora-rank`` and ``--freeze-backbone``)."""
+        return self.get_classifier().parameters()
+
+
+@functools.cache
+def _single_head_class(base: type) -> type:
+    return type(f"SingleHead{base.__name__}", (SingleHeadModel, base), {"__module__": __name__})
+
+
+def single_head(model: nn.Module, taxonomy: Taxonomy) -> SingleHeadModel:
+    """``model``, a timm classifier with one output per ``category_id``, made a :class:`SingleHeadModel`
+    over ``taxonomy``'s leaves, in place (see there why not a wrapping module). Returns ``model``."""
+    ids = list(taxonomy.category_ids)
+    n_out = getattr(model.get_classifier(), "out_features", None)
+    if n_out is not None and max(ids) >= n_out:
+        raise UserError(f"the single-head model has {n_out} outputs (category_id 0..{n_out - 1}), but the taxonomy "
+                        f"has category_id {max(ids)}; use the mappings the model was trained with")
+    if not isinstance(model, SingleHeadModel):
+        model.__class__ = _single_head_class(type(model))
+    index = None if ids == list(range(n_out or -1)) else torch.tensor(ids, device=_device(model))
+    model.register_buffer("leaf_index", index, persistent=False)
+    return model
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(iter(model.parameters()), torch.empty(0)).device
+
 
 def feature_size(backbone: nn.Module) -> int:
     """Width of what a timm model with ``num_classes=0`` returns: ``head_hidden_size`` where the model
@@ -115,12 +174,10 @@ def create_multitask_model(name: str, taxonomy: Taxonomy, model_args: dict | Non
 
 def create_single_head_model(name: str, taxonomy: Taxonomy, model_args: dict | None = None,
                              pretrained: bool | None = None, pretrained_file: str | None = None,
-                             drop_path_rate: float = 0.0, drop_rate: float = 0.0) -> nn.Module:
-    """A stock-style timm classifier with one output per ``category_id`` (0..max id)."""
+                             drop_path_rate: float = 0.0, drop_rate: float = 0.0) -> SingleHeadModel:
+    """A single-head model: a timm classifier with one output per ``category_id`` (0..max id), answering
+    ``{"leaf": logits}`` over the taxonomy's leaves (:func:`single_head`)."""
     n_out = max(taxonomy.category_ids) + 1
-    if n_out > max(MAX_SPARSE_OUTPUTS, 10 * taxonomy.n_leaves):
-        raise UserError(f"category_id {n_out - 1} would give the single-head model {n_out:,} outputs for "
-                        f"{taxonomy.n_leaves} classes; number the category_ids 0..{taxonomy.n_leaves - 1}")
     if n_out > max(MAX_SPARSE_OUTPUTS, 10 * taxonomy.n_leaves):
         raise UserError(f"category_id {n_out - 1} would give the single-head model {n_out:,} outputs for "
                         f"{taxonomy.n_leaves} classes; number the category_ids 0..{taxonomy.n_leaves - 1}")
@@ -128,7 +185,7 @@ def create_single_head_model(name: str, taxonomy: Taxonomy, model_args: dict | N
                               drop_path_rate=drop_path_rate, drop_rate=drop_rate)
     if model.get_classifier().out_features != n_out:
         model.reset_classifier(n_out)
-    return model
+    return single_head(model, taxonomy)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -61,10 +61,9 @@ def check_model_file(model: torch.nn.Module, path: str | os.PathLike, images: to
     """Largest absolute difference per output between ``model`` and the model file at ``path`` on
     ``images``; a :class:`UserError` past ``atol`` (default: :func:`tolerance` of the file's dtype)."""
     from amanita.checkpoint import load_for_eval
-    from amanita.engine import as_outputs
     loaded, _, _, info = load_for_eval(path, "cpu")
     with torch.no_grad():
-        ref, got = as_outputs(model.eval()(images)), as_outputs(loaded(images))
+        ref, got = model.eval()(images), loaded(images)
     diffs = {k: float((ref[k].float() - got[k].float()).abs().max()) for k in ref}
     limit = atol if atol is not None else tolerance(info.get("weights_dtype") or "float32")
     bad = {k: v for k, v in diffs.items() if not v <= limit}

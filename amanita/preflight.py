@@ -397,7 +397,7 @@ def build_probe(ctx: Context) -> StepProbe:
     run_args = copy.copy(args)  # the learning rate resolved as training does, without touching the flags
     run_args.lr = resolve_lr(args.lr, args.lr_base, args.lr_base_size, args.lr_base_scale, args.opt,
                              args.batch_size * args.accum_steps * ctx.dist.world_size)["lr"]
-    optimizer = make_optimizer(model, run_args, dev, True)
+    optimizer = make_optimizer(model, run_args, dev)
     ctx.model, ctx.state = model, {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
     train_model = torch.compile(model) if args.compile else model
     probe = StepProbe(train_model, make_criterion(args, ctx.taxonomy, True, dev), optimizer, args, ctx.taxonomy,

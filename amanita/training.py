@@ -82,11 +82,11 @@ def build_model(args, tax: Taxonomy, multitask: bool) -> tuple[nn.Module, ModelS
     else:
         model = create_single_head_model(args.model, tax, **kw)
     arch, arch_kwargs = resolve_architecture(args.model, model_args)
-    cfg = resolve_data_config(model.backbone if multitask else model, args.model)
+    cfg = resolve_data_config(model.backbone, args.model)
     return model, ModelSpec(kind, arch, arch_kwargs, override_data_config(cfg, args), head_mode)
 
 
-def restrict_training(model: nn.Module, spec: ModelSpec, args, multitask: bool) -> ModelSpec:
+def restrict_training(model: nn.Module, spec: ModelSpec, args) -> ModelSpec:
     """``--lora-rank``: LoRA adapters on the frozen backbone; ``--freeze-backbone``: the heads only.
 
     The heads (the classifier of a single-head model) always train. Returns the spec, with the
@@ -94,12 +94,10 @@ def restrict_training(model: nn.Module, spec: ModelSpec, args, multitask: bool) 
     """
     if not getattr(args, "lora_rank", 0) and not getattr(args, "freeze_backbone", False):
         return spec
-    backbone = model.backbone if multitask else model
-    heads = model.heads if multitask else model.get_classifier()
     if args.lora_rank:
         lora = LoraSpec(args.lora_rank, args.lora_alpha, args.lora_dropout, tuple(args.lora_targets))
         try:
-            adapt(model, lora, spec.data_config["input_size"], multitask)
+            adapt(model, lora, spec.data_config["input_size"])
         except ValueError as e:
             raise UserError(f"--lora-targets: {e}") from None
         record = lora.plain()
@@ -108,8 +106,8 @@ def restrict_training(model: nn.Module, spec: ModelSpec, args, multitask: bool) 
                        "base_sha256": frozen_digest(model)}
         spec = dataclasses.replace(spec, lora=record)
     else:
-        freeze(backbone)
-    for p in heads.parameters():
+        freeze(model.backbone)
+    for p in model.head_parameters():
         p.requires_grad_(True)
     return spec
 
@@ -196,10 +194,8 @@ def eval_batch_size(args) -> int:
 
 
 def make_criterion(args, tax: Taxonomy, multitask: bool, device) -> MultiTaskLoss:
-    if not multitask:  # single head over category_id outputs
-        leaf_index = torch.tensor(tax.category_ids)
-        return MultiTaskLoss(tax, {LEAF: 1.0}, label_smoothing=args.label_smoothing,
-                             leaf_index=leaf_index).to(device)
+    if not multitask:  # the single head: the leaf alone
+        return MultiTaskLoss(tax, {LEAF: 1.0}, label_smoothing=args.label_smoothing).to(device)
     weights = None
     if args.use_class_weights:
         weights = (load_tensor_file(args.class_weights, "a class_weights.pt from compute_class_weights.py")
@@ -214,7 +210,7 @@ def make_criterion(args, tax: Taxonomy, multitask: bool, device) -> MultiTaskLos
                          args.consistency_weight).to(device)
 
 
-def make_optimizer(model: nn.Module, args, device, multitask: bool):
+def make_optimizer(model: nn.Module, args, device):
     """timm optimizer over layer-decay groups; the heads get ``--head-lr-scale`` on top."""
     from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
     nwd = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
@@ -222,8 +218,7 @@ def make_optimizer(model: nn.Module, args, device, multitask: bool):
         groups = param_groups_layer_decay(model, args.weight_decay, nwd, layer_decay=args.layer_decay)
     else:
         groups = [dict(g, lr_scale=1.0) for g in param_groups_weight_decay(model, args.weight_decay, no_weight_decay_list=nwd)]
-    heads = model.heads if multitask else model.get_classifier()
-    head_ids = {id(p) for p in heads.parameters()}
+    head_ids = {id(p) for p in model.head_parameters()}
     split = []
     for g in groups:
         body = [p for p in g["params"] if id(p) not in head_ids]
@@ -361,7 +356,7 @@ def build_run(args, multitask: bool, dist: DistInfo) -> Run:
     torch.backends.cudnn.allow_tf32 = True
     tax = load_taxonomy(args, dist)
     model, spec = build_model(args, tax, multitask)
-    spec = restrict_training(model, spec, args, multitask)
+    spec = restrict_training(model, spec, args)
     teacher = load_teacher(args, tax, dist.device)  # distill.py only
     if teacher is not None:  # one batch feeds the student and the teacher
         spec = dataclasses.replace(spec, data_config=teacher.data_config)
@@ -376,7 +371,7 @@ def build_run(args, multitask: bool, dist: DistInfo) -> Run:
     lr_scaling = resolve_lr(args.lr, args.lr_base, args.lr_base_size, args.lr_base_scale, args.opt,
                             args.batch_size * max(args.accum_steps, 1) * dist.world_size)
     args.lr = lr_scaling["lr"]  # resolved once: the optimizer, args.json and the checkpoint agree
-    optimizer = make_optimizer(model, args, dist.device, multitask)
+    optimizer = make_optimizer(model, args, dist.device)
     n_updates = updates_per_epoch(-(-len(sampler) // args.batch_size), max(args.accum_steps, 1))
     from timm.scheduler import create_scheduler_v2
     scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=args.epochs, min_lr=args.min_lr,

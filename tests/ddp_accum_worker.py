@@ -14,12 +14,13 @@ from amanita.distributed import cleanup, init_distributed
 from amanita.engine import train_one_epoch
 from amanita.run import Run, StepConfig
 from amanita.taxonomy import label_column
+from tests.helpers import LeafModel
 
 
 def main(out_path: str, accum: int, n_batches: int) -> None:
     dist = init_distributed("cpu")
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
+    model = LeafModel(nn.Flatten(), nn.Linear(12, 5))
     ddp = nn.parallel.DistributedDataParallel(model)
     g = torch.Generator().manual_seed(100 + dist.rank)  # different data on every rank
     loader = [(torch.randn(4, 3, 2, 2, generator=g), torch.randint(0, 5, (4, 1), generator=g), list(range(4)))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from amanita.backbone import STOCK_MODEL
 
@@ -99,6 +100,14 @@ def make_image_dataset(root, n_train=48, n_val=21, seed=0):
 
 
 TINY_BEIT = ("beit_base_patch16_224", {"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 8})
+
+
+class LeafModel(torch.nn.Sequential):
+    """A toy single-head model for step-level tests: ``nn.Sequential`` that answers ``{"leaf": logits}``
+    like every model the package builds (its state_dict keys are the ``nn.Sequential``'s)."""
+
+    def forward(self, x):
+        return {"leaf": super().forward(x)}
 
 
 def tiny_checkpoint(path, taxonomy, arch=TINY_BEIT[0], model_args=TINY_BEIT[1], seed=0, **extra):

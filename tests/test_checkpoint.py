@@ -18,7 +18,7 @@ from amanita.losses import MultiTaskLoss
 from amanita.model import create_multitask_model
 from amanita.run import Run
 from amanita.taxonomy import LEAF, build_taxonomy
-from tests.helpers import TRAIN_IDS, rows
+from tests.helpers import TRAIN_IDS, LeafModel, rows
 
 SMALL = {"depth": 1, "embed_dim": 32, "num_heads": 2, "img_size": 16, "patch_size": 8}
 
@@ -104,10 +104,10 @@ def _tiny_run(tax, save_dir, every_steps: int, init_seed: int = 0) -> Run:
     """A single-head run small enough to train in milliseconds, with dropout (so RNG matters)."""
     from timm.scheduler import CosineLRScheduler
     torch.manual_seed(init_seed)
-    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(12, 6))
+    model = LeafModel(nn.Flatten(), nn.Dropout(0.3), nn.Linear(12, 6))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sched = CosineLRScheduler(opt, t_initial=6, warmup_t=2, warmup_lr_init=0.01, t_in_epochs=False)
-    crit = MultiTaskLoss(tax, {LEAF: 1.0}, leaf_index=torch.arange(6))
+    crit = MultiTaskLoss(tax, {LEAF: 1.0})
     return Run(model, opt, crit, scheduler=sched, checkpointer=Checkpointer(save_dir, "auto", every_steps),
                args=argparse.Namespace(batch_size=2, seed=0), taxonomy=tax,
                spec=ModelSpec("single", "tiny", {}, {"input_size": (3, 2, 2)}))
@@ -351,7 +351,7 @@ def test_saves_ask_git_for_the_commit_once_per_process(tax, tmp_path, monkeypatc
 
 def test_the_buffers_are_reserved_after_the_first_update_once_adamws_state_exists(tax, tmp_path):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 6))
+    model = LeafModel(nn.Flatten(), nn.Linear(12, 6))
     run = _tiny_run(tax, tmp_path, every_steps=0)
     run.model, run.scheduler = model, None
     run.optimizer = torch.optim.AdamW(model.parameters())  # its state appears at the first step

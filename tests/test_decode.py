@@ -28,10 +28,9 @@ def test_consistent_decoding_picks_the_best_real_lineage(tax):
 
 
 def test_rank_log_probs_sum_leaves_for_a_single_head_model(tax):
-    logits = torch.tensor([[2.0, 0.0, 1.0, -1.0, -1.0, 0.5, 9.0]])  # 7 stock outputs, 6 leaves
-    idx = torch.tensor([0, 1, 2, 3, 4, 5])
-    lp = rank_log_probs({"leaf": logits}, tax, idx)
-    p = torch.softmax(logits[:, :6], 1)
+    logits = torch.tensor([[2.0, 0.0, 1.0, -1.0, -1.0, 0.5]])  # a single-head model's {leaf: logits}: 6 leaves
+    lp = rank_log_probs({"leaf": logits}, tax)
+    p = torch.softmax(logits, 1)
     torch.testing.assert_close(lp[LEAF].exp(), p)
     torch.testing.assert_close(lp["genus"].exp(), p @ tax.rollup_matrix("genus"))
     torch.testing.assert_close(lp["species"].exp()[0, 4], p[0, 3] + p[0, 4])  # the two Phlebia synonyms

@@ -55,13 +55,12 @@ def test_student_equal_to_teacher_has_no_distillation_term(tax):
 
 
 def test_single_head_teacher_gives_coarse_targets_summed_up_the_tree(tax):
-    """A stock-style teacher (one output per category_id): its coarse targets are summed leaf probabilities."""
-    loss = DistillationLoss(MultiTaskLoss(tax), tax, alpha=1.0, temperature=1.0,
-                            teacher_leaf_index=torch.tensor(tax.category_ids))
-    stock = torch.randn(3, max(tax.category_ids) + 1, generator=torch.Generator().manual_seed(2))
-    leaf_p = stock[:, tax.category_ids].softmax(1).numpy()
+    """A single-head teacher (its outputs are the leaf alone): its coarse targets are summed leaf probabilities."""
+    loss = DistillationLoss(MultiTaskLoss(tax), tax, alpha=1.0, temperature=1.0)
+    leaf = torch.randn(3, tax.n_leaves, generator=torch.Generator().manual_seed(2))
+    leaf_p = leaf.softmax(1).numpy()
     student = random_outputs(tax, batch=3, seed=3)
-    out = loss(student | {"teacher/leaf": stock}, torch.full((3, 7), -1))
+    out = loss(student | {"teacher/leaf": leaf}, torch.full((3, 7), -1))
     for rank in COARSE_RANKS:
         target = leaf_p @ tax.rollup_matrix(rank).numpy()
         log_s = torch.log_softmax(student[rank], 1).numpy()

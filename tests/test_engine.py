@@ -6,6 +6,7 @@ import torch.nn as nn
 from amanita.engine import accumulation_group, finite_or_raise, train_one_epoch, updates_per_epoch
 from amanita.io import UserError
 from amanita.run import Run, StepConfig
+from tests.helpers import LeafModel
 
 
 def test_accumulation_groups_end_on_the_epochs_last_batch():
@@ -30,7 +31,7 @@ def _mse(out, labels):
 
 def _run(batches, accum):
     torch.manual_seed(0)
-    model = nn.Linear(3, 1)
+    model = LeafModel(nn.Linear(3, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = _CountingScheduler()
     run = Run(model, opt, _mse, config=StepConfig(accum_steps=accum), scheduler=sched)
@@ -66,7 +67,7 @@ class _LeafLinear(nn.Module):
 
     def forward(self, x):
         self.modes.append(torch.is_inference_mode_enabled())
-        return self.fc(x.flatten(1))
+        return {"leaf": self.fc(x.flatten(1))}
 
 
 def test_predict_keeps_results_on_the_device_and_copies_once_per_split(monkeypatch):
@@ -114,7 +115,7 @@ def test_a_compiled_model_is_not_recompiled_for_the_epochs_short_last_batch():
     torch._dynamo.reset()
     g = torch.Generator().manual_seed(3)
     batches = [(torch.randn(n, 3, generator=g), torch.randn(n, 1, generator=g), None) for n in (4, 4, 3)]
-    model = nn.Linear(3, 1)
+    model = LeafModel(nn.Linear(3, 1))
     run = Run(model, torch.optim.SGD(model.parameters(), lr=0.1), _mse,
               train_model=torch.compile(model, backend=counting_backend))
     train_one_epoch(run, batches)

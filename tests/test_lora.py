@@ -93,7 +93,7 @@ def _scales(model) -> dict:
     """``{parameter name: lr scale}`` of what ``make_optimizer`` puts in the optimizer."""
     from amanita.training import make_optimizer
     ids = {id(p): n for n, p in model.named_parameters()}
-    opt = make_optimizer(model, _args(), torch.device("cpu"), True)
+    opt = make_optimizer(model, _args(), torch.device("cpu"))
     return {ids[id(p)]: g["lr_scale"] for g in opt.param_groups for p in g["params"]}
 
 
@@ -127,12 +127,12 @@ def test_resume_with_adapters_continues_exactly(tax):
     (other random adapters), then 2 more updates = 4 updates straight."""
     from amanita.training import make_optimizer
     straight, _ = _model("beit_base_patch16_224", tax)
-    opt = make_optimizer(straight, _args(), torch.device("cpu"), True)
+    opt = make_optimizer(straight, _args(), torch.device("cpu"))
     _steps(straight, opt, 2, seed=1)
     saved = copy.deepcopy({"model": straight.state_dict(), "optimizer": opt.state_dict()})
     _steps(straight, opt, 2, seed=2)
     resumed, _ = _model("beit_base_patch16_224", tax, seed=7)
-    opt2 = make_optimizer(resumed, _args(), torch.device("cpu"), True)
+    opt2 = make_optimizer(resumed, _args(), torch.device("cpu"))
     resumed.load_state_dict(saved["model"])
     opt2.load_state_dict(saved["optimizer"])
     _steps(resumed, opt2, 2, seed=2)

@@ -91,7 +91,7 @@ def test_layer_decay_groups_for_beit_base():
     model = MultiTaskBEiT(backbone, {"phylum": 7, "genus": 10, "leaf": 20})
     args = argparse.Namespace(layer_decay=0.75, weight_decay=0.05, head_lr_scale=1.0, opt="adamw", lr=1e-4,
                               momentum=0.9)
-    opt = make_optimizer(model, args, torch.device("cpu"), multitask=True)
+    opt = make_optimizer(model, args, torch.device("cpu"))
     scale_of = {id(p): g["lr_scale"] for g in opt.param_groups for p in g["params"]}
     named = dict(model.named_parameters())
     scales = sorted({round(s, 10) for s in scale_of.values()})
@@ -103,7 +103,7 @@ def test_layer_decay_groups_for_beit_base():
     assert scale_of[id(named["heads.leaf.weight"])] == 1.0
     assert "14 layer scales" in group_table(model, opt)
     args.head_lr_scale = 10.0
-    opt = make_optimizer(model, args, torch.device("cpu"), multitask=True)
+    opt = make_optimizer(model, args, torch.device("cpu"))
     assert {g["lr_scale"] for g in opt.param_groups if g.get("is_head")} == {10.0}
 
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from amanita.checkpoint import load_checkpoint, load_for_eval, restore_state, save_checkpoint
-from amanita.engine import as_outputs
 from amanita.io import UserError
 from amanita.modelfile import TRAINING_ONLY, inference_state, tolerance, write_model_file
 from amanita.taxonomy import LEAF, build_taxonomy
@@ -34,7 +33,7 @@ def training_checkpoint(tmp_path):
 def _outputs(path, x, use_ema=True):
     model, _, _, info = load_for_eval(path, use_ema=use_ema)
     with torch.no_grad():
-        return as_outputs(model(x)), info
+        return model(x), info
 
 
 def test_model_file_drops_training_state_and_keeps_what_inference_reads(training_checkpoint, tmp_path):

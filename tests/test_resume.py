@@ -66,12 +66,13 @@ def _run(tax, save_dir, world: int, upe: int, epochs: int = 3):
     from amanita.distributed import DistInfo
     from amanita.losses import MultiTaskLoss
     from amanita.run import Run
+    from tests.helpers import LeafModel
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 6))
+    model = LeafModel(nn.Flatten(), nn.Linear(12, 6))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched, _ = create_scheduler_v2(opt, "cosine", num_epochs=epochs, min_lr=1e-4, warmup_lr=1e-3, warmup_epochs=1,
                                    step_on_epochs=False, updates_per_epoch=upe)
-    return Run(model, opt, MultiTaskLoss(tax, {"leaf": 1.0}, leaf_index=torch.arange(6)),
+    return Run(model, opt, MultiTaskLoss(tax, {"leaf": 1.0}),
                dist=DistInfo(rank=0, world_size=world), scheduler=sched, updates_per_epoch=upe,
                checkpointer=Checkpointer(save_dir, "auto"), args=argparse.Namespace(batch_size=2, seed=0),
                taxonomy=tax, spec=ModelSpec("single", "tiny", {}, {"input_size": (3, 2, 2)}))
