@@ -128,6 +128,23 @@ def tiny_checkpoint(path, taxonomy, arch=TINY_BEIT[0], model_args=TINY_BEIT[1], 
     return model.eval(), cfg
 
 
+def tiny_single_head_checkpoint(path, taxonomy, arch=TINY_BEIT[0], model_args=TINY_BEIT[1], seed=0):
+    """Write a single-head checkpoint as train_minimal.py always has: a bare timm classifier's state_dict
+    (one output per category_id 0..max, keys without prefix) and ``kind="single"``. Returns that timm model."""
+    import timm
+
+    from amanita.backbone import resolve_data_config
+    from amanita.checkpoint import save_checkpoint
+    torch.manual_seed(seed)
+    model = timm.create_model(arch, pretrained=False, num_classes=max(taxonomy.category_ids) + 1, **model_args)
+    torch.nn.init.normal_(model.head.weight, std=0.5)  # logits far from uniform
+    cfg = resolve_data_config(model, arch)
+    save_checkpoint(dict(model=model.state_dict(), kind="single", architecture=arch, model_kwargs=dict(model_args),
+                         head_mode=None, head_sizes=None, taxonomy=taxonomy.to_dict(),
+                         taxonomy_sha256=taxonomy.sha256(), data_config=cfg, epoch=1, step=1), path)
+    return model.eval(), cfg
+
+
 # ---------------------------------------------------------------------- an offline hub cache
 def hub_cache_folder(cache_dir: str | os.PathLike, model_id: str = STOCK_MODEL) -> Path:
     """The Hugging Face hub-cache folder of a model id (``models--org--name``)."""

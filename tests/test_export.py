@@ -10,7 +10,8 @@ from amanita.checkpoint import load_checkpoint
 from amanita.data import FungiTasticDataset, create_transforms, to_model_input
 from amanita.io import UserError
 from amanita.taxonomy import Taxonomy, build_taxonomy
-from tests.helpers import TRAIN_IDS, make_image_dataset, rows, run_script, tiny_checkpoint
+from tests.helpers import (TRAIN_IDS, make_image_dataset, rows, run_script, tiny_checkpoint,
+                           tiny_single_head_checkpoint)
 
 pytest.importorskip("onnxruntime", reason="optional: pip install -r requirements-test.txt")
 
@@ -77,6 +78,25 @@ def _perturbed(model):
     with torch.no_grad():
         next(iter(m.heads.values())).bias.add_(1.0)
     return m
+
+
+@pytest.mark.slow
+def test_a_single_head_checkpoint_exports_the_leaf_output_its_timm_model_gives(tmp_path):
+    """A single-head checkpoint (the old layout: a bare timm classifier's state_dict) exports one output,
+    ``leaf``, equal to the timm model's logits: category_id 0..5 are the leaves, nothing is picked."""
+    from amanita.checkpoint import load_for_eval
+    from amanita.export import HeadTuple, export_onnx, onnx_session, output_sizes
+    tax = build_taxonomy([rows(TRAIN_IDS)])
+    bare, cfg = tiny_single_head_checkpoint(tmp_path / "single.pth", tax)
+    model, _, _, _ = load_for_eval(tmp_path / "single.pth")
+    assert export_onnx(model, cfg, tmp_path / "model.onnx") == ["leaf"]
+    assert output_sizes(model, cfg["input_size"]) == {"leaf": 6}
+    x = torch.randn(3, *cfg["input_size"])
+    got = onnx_session(tmp_path / "model.onnx").run(["leaf"], {"image": x.numpy()})[0]
+    with torch.no_grad():
+        want = bare(x)
+        assert torch.equal(HeadTuple(model, ["leaf"])(x)[0], want)
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
 
 
 def test_missing_onnx_says_how_to_install(monkeypatch, tmp_path):

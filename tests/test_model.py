@@ -9,10 +9,12 @@ import timm
 import torch
 
 from amanita.backbone import create_timm_model, resolve_data_config
-from amanita.model import MultiTaskBEiT
-from amanita.taxonomy import build_taxonomy
+from amanita.io import UserError
+from amanita.model import MultiTaskBEiT, create_multitask_model, create_single_head_model, single_head
+from amanita.taxonomy import HEADS, LEAF, build_taxonomy
 from amanita.training import group_table, make_optimizer
-from tests.helpers import TRAIN_IDS, rows, script_env, write_hub_cache_model
+from tests.helpers import (TINY_BEIT, TRAIN_IDS, rows, script_env, tiny_checkpoint, tiny_single_head_checkpoint,
+                           write_hub_cache_model)
 
 SMALL = {"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 8}
 # category_id of each helper lineage in this test: not contiguous, not in lineage order
@@ -115,3 +117,159 @@ def test_layer_decay_flag_takes_none():
     assert p.parse_args(base + ["--layer-decay", "none"]).layer_decay is None
     assert p.parse_args(base + ["--layer-decay", "0.65"]).layer_decay == 0.65
 
+
+
+# ---------------------------------------------------------------------- one output contract
+SPARSE_IDS = [0, 2, 3, 5, 5]  # category_ids 0, 2, 3, 5: 4 leaves, 6 outputs of a single-head model
+
+
+@pytest.fixture
+def sparse_tax():
+    return build_taxonomy([rows(SPARSE_IDS)])
+
+
+def _single_head_checkpoint(tmp_path, tax):
+    if not (tmp_path / "single.pth").exists():
+        tiny_single_head_checkpoint(tmp_path / "single.pth", tax)
+    return tmp_path / "single.pth"
+
+
+def _baseline_model(tmp_path, tax, monkeypatch):
+    """validate.py --baseline-model: a stock-style timm classifier, here a tiny one instead of the hub's."""
+    from amanita import backbone, evaluate
+    monkeypatch.setattr(backbone, "create_timm_model", lambda name: timm.create_model(
+        TINY_BEIT[0], pretrained=False, num_classes=8, **TINY_BEIT[1]))
+    args = argparse.Namespace(baseline_checkpoint=None, checkpoint=None)
+    return evaluate.load_model(args, "cpu", "hf-hub:BVRA/stock", tax)[0]
+
+
+def _init_from(multitask):
+    def build(tmp_path, tax, monkeypatch):
+        from amanita.training import _model_from_checkpoint
+        args = argparse.Namespace(drop_path=0.0, drop=0.0, head_mode="residual")
+        return _model_from_checkpoint(_single_head_checkpoint(tmp_path, tax), tax, multitask, args)[0]
+    return build
+
+
+def _teacher(tmp_path, tax, monkeypatch):
+    from amanita.distill import load_teacher
+    args = argparse.Namespace(teacher=str(_single_head_checkpoint(tmp_path, tax)), distill_alpha=0.5,
+                              distill_temperature=2.0)
+    return load_teacher(args, tax, "cpu").model
+
+
+def _model_file(tmp_path, tax, monkeypatch):
+    from amanita.checkpoint import load_for_eval
+    from amanita.modelfile import write_model_file
+    write_model_file(_single_head_checkpoint(tmp_path, tax), tmp_path / "model.pth", dtype="bfloat16")
+    return load_for_eval(tmp_path / "model.pth")[0]
+
+
+def _loaded(write):
+    def build(tmp_path, tax, monkeypatch):
+        from amanita.checkpoint import load_for_eval
+        return load_for_eval(write(tmp_path, tax))[0]
+    return build
+
+
+BUILDS = {  # every way the package builds or loads a model: name → (build, heads it answers)
+    "multi-task": (lambda p, tax, mp: create_multitask_model(TINY[0], tax, model_args=TINY[1], pretrained=False), HEADS),
+    "multi-task checkpoint": (_loaded(lambda p, tax: tiny_checkpoint(p / "multi.pth", tax) and p / "multi.pth"), HEADS),
+    "single-head (train_minimal.py)": (lambda p, tax, mp: create_single_head_model(TINY[0], tax, model_args=TINY[1], pretrained=False),
+                                       (LEAF,)),
+    "single-head checkpoint": (_loaded(_single_head_checkpoint), (LEAF,)),
+    "inference model file": (_model_file, (LEAF,)),
+    "--baseline-model": (_baseline_model, (LEAF,)),
+    "--init-from single-head, single-head": (_init_from(False), (LEAF,)),
+    "--init-from single-head, multi-task": (_init_from(True), HEADS),
+    "distillation teacher (single-head)": (_teacher, (LEAF,)),
+}
+TINY = (TINY_BEIT[0], dict(TINY_BEIT[1]))
+
+
+@pytest.mark.parametrize("name", list(BUILDS))
+def test_every_model_built_or_loaded_answers_head_logits_with_the_leaf_over_the_leaves(name, sparse_tax, tmp_path,
+                                                                                        monkeypatch):
+    build, heads = BUILDS[name]
+    model = build(tmp_path, sparse_tax, monkeypatch).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 32, 32))
+    assert isinstance(out, dict) and set(out) == set(heads)
+    assert out[LEAF].shape == (2, sparse_tax.n_leaves)  # 4 leaves, not the 6 (or 8) category_id outputs
+    assert {k: v.shape[1] for k, v in out.items()} == {k: sparse_tax.head_sizes()[k] for k in heads}
+
+
+def test_a_single_head_checkpoint_of_the_old_layout_loads_with_the_same_keys_and_logits(sparse_tax, tmp_path):
+    """Written before the output contract (a bare timm model's state_dict): it loads unchanged, answers its
+    leaves' columns exactly, and a model built now saves the same keys."""
+    from amanita.checkpoint import load_for_eval
+    bare, _ = tiny_single_head_checkpoint(tmp_path / "old.pth", sparse_tax)
+    model, _, _, info = load_for_eval(tmp_path / "old.pth")
+    assert info["kind"] == "single"
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        raw, out = bare(x), model(x)  # raw: (3, 6), one column per category_id
+    assert torch.equal(out[LEAF], raw[:, sparse_tax.category_ids])
+    assert list(model.state_dict()) == list(bare.state_dict())
+    built = create_single_head_model(TINY[0], sparse_tax, model_args=TINY[1], pretrained=False)
+    assert list(built.state_dict()) == list(bare.state_dict())
+    dense = build_taxonomy([rows(TRAIN_IDS)])  # category_id 0..5: the outputs are the leaves, nothing picked
+    assert create_single_head_model(TINY[0], dense, model_args=TINY[1], pretrained=False).leaf_index is None
+
+
+def test_losses_and_decoding_of_a_single_head_model_are_those_of_its_leaf_columns(sparse_tax):
+    """The numbers of the old path (the stock outputs' leaf columns picked inside the loss and the decoder)."""
+    import torch.nn.functional as F
+
+    from amanita.decode import Decoder
+    from amanita.losses import MultiTaskLoss
+    torch.manual_seed(0)
+    model = create_single_head_model(TINY[0], sparse_tax, model_args=TINY[1], pretrained=False).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        leaf = model.forward_head(model.forward_features(x))[:, sparse_tax.category_ids]  # timm's own forward
+        out = model(x)
+    labels = torch.tensor([[0, 1, 1, 1, 1, 1, 3], [2, 1, 1, 2, 3, 3, 4], [3, 0, 0, 0, 0, 0, 0]])
+    loss = MultiTaskLoss(sparse_tax, {LEAF: 1.0}, label_smoothing=0.1)(out, labels)["loss"]
+    assert loss.item() == pytest.approx(F.cross_entropy(leaf, labels[:, 0], label_smoothing=0.1).item(), rel=1e-6)
+    logp = Decoder(sparse_tax).log_probs(out)
+    p = leaf.softmax(1)
+    for rank in ("phylum", "genus", "species"):
+        torch.testing.assert_close(logp[rank].exp(), p @ sparse_tax.rollup_matrix(rank))
+    torch.testing.assert_close(logp[LEAF], leaf.log_softmax(1))
+
+
+def test_a_single_head_model_keeps_timms_names_layer_groups_and_adapter_layers(sparse_tax):
+    """Made a single-head model in place: parameter names, layer-decay groups and LoRA's layers are the timm
+    model's; torch.compile unwraps to it and a copy (the EMA's) answers the same contract."""
+    import copy
+
+    from timm.optim import param_groups_layer_decay
+
+    from amanita.checkpoint import unwrap
+    from amanita.lora import LoraSpec, adapt, add_adapters
+    torch.manual_seed(0)
+    bare = timm.create_model(TINY[0], pretrained=False, num_classes=6, **TINY[1])
+    model = single_head(copy.deepcopy(bare), sparse_tax)
+    assert isinstance(model, type(bare)) and model.backbone is model
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in bare.named_parameters()]
+
+    def groups(m):
+        names = {id(p): n for n, p in m.named_parameters()}
+        return [(g["lr_scale"], [names[id(p)] for p in g["params"]])
+                for g in param_groups_layer_decay(m, 0.05, m.no_weight_decay(), layer_decay=0.75)]
+    assert groups(model) == groups(bare) and len({s for s, _ in groups(model)}) == 4  # 2 blocks + stem + head
+    assert unwrap(torch.compile(model)) is model
+    twin = copy.deepcopy(model)
+    assert type(twin) is type(model) and set(twin(torch.randn(1, 3, 32, 32))) == {LEAF}
+    kinds = adapt(model, LoraSpec(2, 4.0), (3, 32, 32))
+    assert kinds == add_adapters(copy.deepcopy(bare), LoraSpec(2, 4.0), (3, 32, 32))
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == (
+        {n for n, _ in model.named_parameters() if ".lora_" in n} | {"head.weight", "head.bias"})
+
+
+def test_a_taxonomy_beyond_a_single_head_models_outputs_is_one_line(sparse_tax):
+    bare = timm.create_model(TINY[0], pretrained=False, num_classes=4, **TINY[1])  # category_id 0..3 only
+    with pytest.raises(UserError, match="has 4 outputs .* but the taxonomy has category_id 5"):
+        single_head(bare, sparse_tax)
