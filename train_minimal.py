@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Single-head species fine-tuning: the stock FungiTastic recipe (SGD, lr 0.01, batch 32 x 8 accumulation).
+"""Single-head fine-tuning (one output per category_id): the stock FungiTastic recipe (SGD, lr 0.01, batch 32 x 8 accumulation).
 
 Its best_model.pth plays the stock model for train_multitask.py --init-from and for
 validate.py --baseline-checkpoint. Runs on one device or under torchrun.

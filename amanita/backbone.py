@@ -27,7 +27,7 @@ KNOWN_DATA_CONFIGS = {re.compile(r"^hf-hub:BVRA/.*fungitastic.*", re.I): FUNGITA
 @dataclass
 class ModelSpec:
     """What rebuilds a model offline: its kind, timm architecture and kwargs, and its preprocessing."""
-    kind: str                          # "multitask" or "single"
+    kind: str                          # "multitask" or "single" (a single-head model): the stored values
     architecture: str
     kwargs: dict
     data_config: dict

@@ -386,8 +386,8 @@ def build_validate_parser(description: str) -> argparse.ArgumentParser:
     b = p.add_argument_group("Baseline parameters").add_mutually_exclusive_group()
     b.add_argument("--baseline-checkpoint", default=None, help="a second checkpoint to compare against")
     b.add_argument("--baseline-model", default=None,
-                   help="a stock single-head timm model (name, hf-hub: id or weights file) to compare against; "
-                        "its species probabilities are summed up the tree")
+                   help="a single-head timm classifier such as the stock model (name, hf-hub: id or weights file) "
+                        "to compare against; its leaf probabilities are summed up the tree")
     b.add_argument("--baseline-predictions", default=None, metavar="PATH",
                    help="a saved baseline_predictions.csv to compare against")
     d = p.add_argument_group("Dataset parameters")

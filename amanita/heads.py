@@ -1,4 +1,5 @@
-"""Starting the heads of a multi-task model from a stock classifier (one row per ``category_id``)."""
+"""Starting the heads of a multi-task model from a single-head classifier (one row per ``category_id``), such as
+the stock model's."""
 from __future__ import annotations
 
 import torch
@@ -8,32 +9,32 @@ from amanita.taxonomy import COARSE_RANKS, LEAF, Taxonomy
 
 
 @torch.no_grad()
-def init_from_stock(model: nn.Module, stock: nn.Module, taxonomy: Taxonomy) -> None:
-    """Start ``model`` from a single-head (stock) timm classifier: its backbone and its head."""
-    backbone_sd = {k: v for k, v in stock.state_dict().items() if not k.startswith("head.")}
+def init_from_single_head(model: nn.Module, single: nn.Module, taxonomy: Taxonomy) -> None:
+    """Start ``model`` from a single-head model (:mod:`amanita.model`): its backbone and its head."""
+    backbone_sd = {k: v for k, v in single.state_dict().items() if not k.startswith("head.")}
     missing, unexpected = model.backbone.load_state_dict(backbone_sd, strict=False)
     if unexpected or missing:
         raise ValueError(f"the single-head model's weights do not fit the backbone "
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-    head = stock.get_classifier()
+    head = single.get_classifier()
     init_heads_from_classifier(model, head.weight.detach(), head.bias.detach(), taxonomy)
 
 
 @torch.no_grad()
 def init_heads_from_classifier(model: nn.Module, weight: torch.Tensor, bias: torch.Tensor,
                                taxonomy: Taxonomy) -> None:
-    """Heads from a stock classifier (one row per ``category_id``).
+    """Heads from a single-head classifier (one row per ``category_id``).
 
     The leaf head takes the row of each leaf's ``category_id``, so leaf logits equal the
-    stock logits at step 0. In the residual mode the coarse heads start at zero, so each coarse
-    rank starts as the stock leaf probabilities summed up the tree, exactly. In the
+    single-head model's at step 0. In the residual mode the coarse heads start at zero, so each coarse
+    rank starts as its leaf probabilities summed up the tree, exactly. In the
     independent mode each coarse head starts from its descendants' rows: mean weight, mean
     bias plus log(number of descendants), a linear stand-in for the log-sum-exp of their
     logits (which it equals when the descendants' logits are equal).
     """
     ids = torch.tensor(taxonomy.category_ids)
     if ids.max() >= weight.shape[0]:
-        raise ValueError(f"the stock head has {weight.shape[0]} outputs but the taxonomy has "
+        raise ValueError(f"the single-head classifier has {weight.shape[0]} outputs but the taxonomy has "
                          f"category_id {int(ids.max())}")
     w_leaf, b_leaf = weight[ids], bias[ids]  # (n_leaves, dim), rows in leaf order
     model.heads[LEAF].weight.copy_(w_leaf)

@@ -23,16 +23,16 @@ HEAD_MODES = ("residual", "independent")
 MAX_SPARSE_OUTPUTS = 100_000  # a single-head model has one output per id 0..max: refuse absurdly sparse ids
 
 
-class MultiTaskBEiT(nn.Module):
+class MultiTaskModel(nn.Module):
     """A timm backbone (``num_classes=0``) and one ``nn.Linear`` per rank.
 
     ``forward`` returns ``{head: logits}`` for the five coarse ranks and ``"leaf"``, whose
-    head has one output per leaf (``category_id``) exactly like the stock head.
+    head has one output per leaf (``category_id``) exactly like a single-head model's (the stock model's).
 
     With ``parents`` (``{rank: (n_leaves,)}`` each leaf's class at the rank, -1 unknown: the
     *residual* head mode) a coarse rank's logits are the log of the leaf probabilities summed up
     to that rank (:func:`~amanita.taxonomy.log_roll_up`, in fp32 under any autocast) plus its own
-    linear head: with that head at zero the coarse ranks equal the stock model's summed
+    linear head: with that head at zero the coarse ranks equal the single-head model's summed
     probabilities exactly, and training learns only what the coarse labels add. In the
     *independent* mode each coarse head stands alone.
     """
@@ -148,8 +148,8 @@ def _prefix_matcher(spec):
 def create_multitask_model(name: str, taxonomy: Taxonomy, model_args: dict | None = None,
                            pretrained: bool | None = None, pretrained_file: str | None = None,
                            drop_path_rate: float = 0.0, drop_rate: float = 0.0,
-                           head_mode: str = "residual") -> MultiTaskBEiT:
-    """Backbone by name through timm + heads sized by the taxonomy (see :class:`MultiTaskBEiT`).
+                           head_mode: str = "residual") -> MultiTaskModel:
+    """Backbone by name through timm + heads sized by the taxonomy (see :class:`MultiTaskModel`).
 
     When the named model comes with trained weights and a classifier covering every
     ``category_id`` (the stock FungiTastic model), the heads start from that classifier
@@ -159,15 +159,15 @@ def create_multitask_model(name: str, taxonomy: Taxonomy, model_args: dict | Non
     head = base.get_classifier()
     loaded = bool(pretrained_file) or os.path.isfile(name) or (
         pretrained if pretrained is not None else name.startswith("hf-hub:"))
-    stock = (loaded and isinstance(head, nn.Linear) and head.out_features > max(taxonomy.category_ids))
-    w, b = (head.weight.detach().clone(), head.bias.detach().clone()) if stock else (None, None)
+    classifier = (loaded and isinstance(head, nn.Linear) and head.out_features > max(taxonomy.category_ids))
+    w, b = (head.weight.detach().clone(), head.bias.detach().clone()) if classifier else (None, None)
     base.reset_classifier(0)
     if head_mode not in HEAD_MODES:
         raise ValueError(f"unknown head mode {head_mode!r}; choose from {HEAD_MODES}")
     ancestors = taxonomy.ancestor_matrix()
     parents = ({r: ancestors[:, j] for j, r in enumerate(COARSE_RANKS)} if head_mode == "residual" else None)
-    model = MultiTaskBEiT(base, taxonomy.head_sizes(), drop_rate, parents)
-    if stock:
+    model = MultiTaskModel(base, taxonomy.head_sizes(), drop_rate, parents)
+    if classifier:
         init_heads_from_classifier(model, w, b, taxonomy)
     return model
 
@@ -196,4 +196,4 @@ def describe(model: nn.Module) -> str:
     n = count_parameters(model)
     return f"{type(model).__name__} with {n / 1e6:.2f} M parameters" + (
         f", heads {dict((r, h.out_features) for r, h in model.heads.items())}"
-        if isinstance(model, MultiTaskBEiT) else "")
+        if isinstance(model, MultiTaskModel) else "")

@@ -1,7 +1,7 @@
 """The fungal taxonomy: six ranks over the FungiTastic leaves (one per ``category_id``).
 
 The leaves of the tree are the ``category_id`` values (one per ``scientificName``), in
-``category_id`` order, so that leaf ``i`` lines up with output ``i`` of the stock species head
+``category_id`` order, so that leaf ``i`` lines up with output ``i`` of the stock model's head
 when the ids are contiguous. The *species* rank holds the accepted ``species`` names: two
 synonymous ``scientificName``s are two leaves under one species.
 

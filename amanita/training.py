@@ -29,7 +29,7 @@ from amanita.distributed import (DistInfo, ResumableDistributedSampler, ShardSam
                                  broadcast_from_main, cleanup, init_distributed, wrap_for_training)
 from amanita.engine import amp_dtype, finite_or_raise, predict, reduce_mean, summarize, train_one_epoch, \
     updates_per_epoch
-from amanita.heads import init_from_stock
+from amanita.heads import init_from_single_head
 from amanita.io import UserError, atomic_write_text, check_not_inputs, git_sha, load_tensor_file
 from amanita.lora import LoraSpec, adapt, freeze, frozen_digest, trainable_parameters
 from amanita.losses import MultiTaskLoss, compute_class_weights
@@ -122,7 +122,7 @@ def override_data_config(cfg: dict, args) -> dict:
 
 
 def _model_from_checkpoint(path, tax: Taxonomy, multitask: bool, args) -> tuple[nn.Module, ModelSpec]:
-    """``--init-from``: a single-head checkpoint seeds the heads as the stock model would.
+    """``--init-from``: a single-head checkpoint seeds the heads as the stock model would (it plays the stock model).
 
     Returns the model to train and the source checkpoint's spec (architecture, data config)."""
     src = ck.load_checkpoint(path, for_model=True)
@@ -131,19 +131,19 @@ def _model_from_checkpoint(path, tax: Taxonomy, multitask: bool, args) -> tuple[
         raise UserError(f"--init-from {path} holds a multi-task model; train_minimal.py starts from a single-head one")
     # heads are taken by category_id: another taxonomy would silently rename the classes
     ck.check_compatible(src, tax, src.get("kind"), path, getattr(args, "head_mode", "residual"))
-    stock, _, _ = ck.build_from_checkpoint(src)
+    source, _, _ = ck.build_from_checkpoint(src)
     arch = spec.architecture
     kw = dict(model_args=spec.kwargs, pretrained=False, drop_path_rate=args.drop_path, drop_rate=args.drop)
     try:
         if not multitask:
             model = create_single_head_model(arch, tax, **kw)
-            model.load_state_dict(stock.state_dict())
+            model.load_state_dict(source.state_dict())
         elif spec.kind == "multitask":
             model = create_multitask_model(arch, tax, **kw, head_mode=args.head_mode)
-            model.load_state_dict(stock.state_dict())
+            model.load_state_dict(source.state_dict())
         else:
             model = create_multitask_model(arch, tax, **kw, head_mode=args.head_mode)
-            init_from_stock(model, stock, tax)
+            init_from_single_head(model, source, tax)
     except (RuntimeError, ValueError) as e:
         raise UserError(f"--init-from {path} does not fit this run: {str(e).strip().splitlines()[0][:200]}") from None
     return model, spec

@@ -3,7 +3,7 @@
 
 Both loops read the same loader (in-memory uint8 images normalised on the device by
 ``amanita.data.DeviceLoader``, as in training and validate.py, so the model and the per-sample
-work are what is measured) with a MultiTaskBEiT whose heads have FungiTastic's sizes (2,829 leaves, 2,786
+work are what is measured) with a MultiTaskModel whose heads have FungiTastic's sizes (2,829 leaves, 2,786
 species, ...; a synthetic taxonomy). The bare loop only runs the model under
 ``torch.inference_mode``; ``predict`` adds log-probabilities at every rank, decoding, top-5,
 confidences, the on-device accumulation, the host copy and the DataFrame. Rounds are

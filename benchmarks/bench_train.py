@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Cost of amanita's training loop and data pipeline against bare PyTorch and plain PIL.
 
-1. ``--parts loop``: images/s of ``amanita.engine.train_one_epoch`` (MultiTaskBEiT,
+1. ``--parts loop``: images/s of ``amanita.engine.train_one_epoch`` (MultiTaskModel,
    MultiTaskLoss, AdamW, scheduler, grad clipping) against a bare loop (same model, batch and
    optimizer; six cross-entropies; data already in memory for both). Needs the demo data.
 2. ``--parts data``: per-core images/s of one sample's preparation on real photographs at

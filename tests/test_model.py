@@ -10,7 +10,7 @@ import torch
 
 from amanita.backbone import create_timm_model, resolve_data_config
 from amanita.io import UserError
-from amanita.model import MultiTaskBEiT, create_multitask_model, create_single_head_model, single_head
+from amanita.model import MultiTaskModel, create_multitask_model, create_single_head_model, single_head
 from amanita.taxonomy import HEADS, LEAF, build_taxonomy
 from amanita.training import group_table, make_optimizer
 from tests.helpers import (TINY_BEIT, TRAIN_IDS, rows, script_env, tiny_checkpoint, tiny_single_head_checkpoint,
@@ -90,7 +90,7 @@ def test_unknown_model_data_config_follows_timm():
 
 def test_layer_decay_groups_for_beit_base():
     backbone = create_timm_model("beit_base_patch16_224", pretrained=False, num_classes=0)
-    model = MultiTaskBEiT(backbone, {"phylum": 7, "genus": 10, "leaf": 20})
+    model = MultiTaskModel(backbone, {"phylum": 7, "genus": 10, "leaf": 20})
     args = argparse.Namespace(layer_decay=0.75, weight_decay=0.05, head_lr_scale=1.0, opt="adamw", lr=1e-4,
                               momentum=0.9)
     opt = make_optimizer(model, args, torch.device("cpu"))
