@@ -12,7 +12,7 @@ from amanita.checkpoint import load_for_eval, update_checkpoint
 from amanita.cli import cli_main, parse_identify_args
 from amanita.data import create_transforms, read_image
 from amanita.identify import identify
-from amanita.taxonomy import RANKS, Taxonomy
+from amanita.taxonomy import LEAF, RANKS, Taxonomy
 from tests.helpers import LINEAGES, SMALL_MODEL, make_image_dataset, run_script
 
 pytestmark = pytest.mark.slow  # end-to-end: trains in subprocesses
@@ -115,8 +115,8 @@ def test_single_head_coarse_ranks_are_summed_species_probabilities(trained, caps
     model, tax, data_config, info = load_for_eval(trained["single"])
     assert info["kind"] == "single"
     with torch.no_grad():
-        logits = model(normalised_by_hand(data_config, images))
-    leaf_p = logits[:, tax.category_ids].softmax(1)  # (6 images, 6 leaves)
+        logits = model(normalised_by_hand(data_config, images))[LEAF]  # (6 images, 6 leaves), in leaf order
+    leaf_p = logits.softmax(1)
     for rec, p in zip(records(out), leaf_p):
         for step in rec["lineage"]:
             summed = p @ tax.rollup_matrix(step["rank"])  # (n_classes,)
@@ -216,8 +216,8 @@ def test_flip_tta_is_the_mean_logit_of_image_and_mirror(trained, capsys):
     model, tax, data_config, _ = load_for_eval(trained["single"])
     x = normalised_by_hand(data_config, [image])
     with torch.no_grad():
-        logits = (model(x) + model(x.flip(-1))) / 2
-    p = logits[0, tax.category_ids].softmax(0)
+        logits = (model(x)[LEAF] + model(x.flip(-1))[LEAF]) / 2
+    p = logits[0].softmax(0)
     by_id = {t["category_id"]: t["probability"] for t in records(out)[0]["topk"]}
     assert by_id == pytest.approx({c: p[i].item() for i, c in enumerate(tax.category_ids)}, abs=1e-5)
 
