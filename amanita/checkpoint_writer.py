@@ -98,7 +98,6 @@ class Checkpointer:
         run.tracking = dict(ckpt.get("tracking") or {})  # the W&B run and TensorBoard folder to continue
 
 
-
 def run_parts(run) -> tuple[Trainables, object, RunFacts]:
     """What the checkpoint format reads and restores, taken out of a :class:`~amanita.run.Run`: its objects,
     its :class:`~amanita.run.TrainState` and plain facts. The one place that reads the run's flags."""
