@@ -317,7 +317,7 @@ def checkpoint_state(objects: Trainables, state, facts: RunFacts) -> dict:
                            "images": s.epoch_images, "seconds": s.epoch_seconds},  # the epoch's log record so far
         "sampler": {"epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch, "batch_size": facts.layout[0],
                     "world_size": facts.layout[1], "accum_steps": facts.layout[2]},
-        "rng": capture_rng(), "args": dict(facts.args), "kind": spec.kind,
+        "rng": capture_rng(), "args": plain_args(facts.args), "kind": spec.kind,
         "architecture": spec.architecture, "model_kwargs": spec.kwargs, "lora": spec.lora,
         "head_sizes": tax.head_sizes() if spec.kind == "multitask" else None, "head_mode": spec.head_mode,
         "taxonomy": tax.to_dict(), "taxonomy_sha256": tax.sha256(),
