@@ -35,6 +35,7 @@ from amanita import checkpoint as ck
 from amanita.backbone import resolve_data_config
 from amanita.demo.predictions import synthetic_taxonomy
 from amanita.model import create_multitask_model
+from amanita.seeding import capture_rng
 from amanita.modelfile import write_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ def write_files(folder: Path, smoke: bool) -> dict:
     state = {"format_version": ck.CHECKPOINT_VERSION, "model": model.state_dict(), "model_ema": None,
              "optimizer": opt.state_dict(), "scheduler": {"t_initial": 20}, "scaler": None, "epoch": 3,
              "step": 1234, "sampler": {"epoch": 3, "batch_in_epoch": 0, "batch_size": 64, "world_size": 1},
-             "rng": ck.capture_rng(), "args": {}, "kind": "multitask", "architecture": arch, "model_kwargs": kwargs,
+             "rng": capture_rng(), "args": {}, "kind": "multitask", "architecture": arch, "model_kwargs": kwargs,
              "head_sizes": tax.head_sizes(), "head_mode": "residual", "taxonomy": tax.to_dict(),
              "taxonomy_sha256": tax.sha256(), "data_config": cfg, "history": [{"epoch": e} for e in range(3)]}
     paths = {"checkpoint": folder / "last.pth", "model_fp32": folder / "model_fp32.pth",
