@@ -1,40 +1,36 @@
-"""Checkpoints: one plain dict, assembled and read here, written atomically, loaded with ``weights_only=True``.
+"""The checkpoint format: one plain dict, assembled and read here, written atomically, loaded with ``weights_only=True``.
 
-:class:`Checkpointer` is the one place a training run is saved (:meth:`Checkpointer.save`) and
-restored; :func:`checkpoint_state` says what a checkpoint holds and :func:`restore_state` puts
-it back into a :class:`~amanita.run.Run`.
+:func:`checkpoint_state` says what a training checkpoint holds and :func:`restore_state` puts it
+back, both from plain objects (:class:`Trainables`, a ``TrainState``, :class:`RunFacts`) — no run
+object; :func:`upgrade_checkpoint` renames what earlier formats called otherwise; the model is
+rebuilt for evaluation by :func:`load_for_eval`. Writing a run's checkpoints (in the background,
+on a schedule) is :mod:`amanita.checkpoint_writer`'s, which this module does not import.
 """
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import os
-import random
-import re
-import secrets
-import shutil
-import sys
-import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from amanita.backbone import ModelSpec, weights_loaded_next
-from amanita.distributed import broadcast_from_main, stop_all_if_any
-from amanita.faults import fault_point
-from amanita.io import UserError, atomic_torch_save, atomic_write_stream, git_sha, load_tensor_file
+from amanita.distributed import stop_all_if_any
+from amanita.io import UserError, atomic_torch_save, git_sha, load_tensor_file
 from amanita.lora import (LoraSpec, adapt, base_weights, frozen_digest, frozen_names, load_partial,
                           merge_adapters, without)
 from amanita.model import create_multitask_model, create_single_head_model
+from amanita.seeding import capture_rng, restore_rng, seed_everything
 from amanita.taxonomy import LEAF, Taxonomy
 
-# 2: the category_id head is named "leaf" (version 1 called it "species"); see upgrade_checkpoint
-CHECKPOINT_VERSION = 2
+# 2: the category_id head is named "leaf" (version 1 called it "species")
+# 3: the species-rank results are named species_f1 / species_acc1 (version 2: val_f1 / val_acc); see upgrade_checkpoint
+CHECKPOINT_VERSION = 3
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -46,34 +42,6 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
-
-
-def capture_rng() -> dict:
-    """Every RNG the training step draws from, as tensors and plain types."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (every device)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
@@ -131,12 +99,29 @@ def upgrade_checkpoint(ckpt: dict) -> dict:
     """A checkpoint of an earlier format with today's names, so it loads and resumes as it was.
 
     Version 1 named the ``category_id`` head ``species``: its weights (``heads.species.*``), its
-    head size and its training loss (``train/species/loss``) become ``leaf``.
+    head size and its training loss (``train/species/loss``) become ``leaf``. Versions 1 and 2 stored
+    the species-rank validation results as ``val_f1``/``val_acc``: they become ``species_f1``/``species_acc1``
+    (the metrics ``species/f1``, ``species/acc1``). The dict given is left as it is.
     """
-    if ckpt.get("format_version", 1) >= CHECKPOINT_VERSION:
+    version = ckpt.get("format_version", 1)
+    if version >= CHECKPOINT_VERSION:
         return ckpt
-    old = "heads.species."
     ckpt = dict(ckpt, format_version=CHECKPOINT_VERSION)
+    if version < 2:
+        _name_the_leaf_head(ckpt)
+    for old, new in RENAMED_RESULTS.items():  # version 2 → 3
+        if old in ckpt:
+            value = ckpt.pop(old)
+            ckpt.setdefault(new, value)
+    return ckpt
+
+
+RENAMED_RESULTS = {"val_f1": "species_f1", "val_acc": "species_acc1"}  # format 2's names → format 3's
+
+
+def _name_the_leaf_head(ckpt: dict) -> None:
+    """Version 1 → 2, in place on a copy: ``species`` was the ``category_id`` head, now ``leaf``."""
+    old = "heads.species."
     for key in ("model", "model_ema"):
         if ckpt.get(key) is not None:
             ckpt[key] = {("heads.leaf." + k[len(old):] if k.startswith(old) else k): v
@@ -146,7 +131,6 @@ def upgrade_checkpoint(ckpt: dict) -> dict:
     if "history" in ckpt:
         ckpt["history"] = [{(f"train/{LEAF}/loss" if k == "train/species/loss" else k): v for k, v in h.items()}
                            for h in ckpt["history"]]
-    return ckpt
 
 
 PLAIN_TYPES = (str, int, float, bool, type(None), torch.Tensor)
@@ -259,7 +243,7 @@ def load_for_eval(path: str | os.PathLike, device="cpu", use_ema: bool = True
     if use_ema and ckpt.get("model_ema") is not None:
         ckpt = dict(ckpt, model=ckpt["model_ema"])
     model, tax, data_config = build_from_checkpoint(ckpt, device)
-    info = {k: ckpt.get(k) for k in ("kind", "epoch", "step", "val_f1", "val_acc", "taxonomy_sha256",
+    info = {k: ckpt.get(k) for k in ("kind", "epoch", "step", "species_f1", "species_acc1", "taxonomy_sha256",
                                      "git_sha", "architecture", "created", "temperatures", "calibration",
                                      "open_set", "metadata_priors", "file", "weights_dtype")}
     info["args"] = ckpt.get("args", {})
@@ -288,37 +272,67 @@ def process_git_sha() -> str | None:
     return git_sha()
 
 
-def checkpoint_state(run) -> dict:
-    """Everything a checkpoint of ``run`` (an :class:`amanita.run.Run`) holds, as plain types and tensors."""
-    s, spec, tax = run.state, run.spec, run.taxonomy
+@dataclass(frozen=True)
+class Trainables:
+    """The objects whose states a checkpoint holds (like DINO's ``restart_from_checkpoint(**objects)``).
+
+    ``ema``: the averaged model (or timm's ``ModelEmaV3`` holding it); the others may be None
+    where a run has none (no scheduler, no AMP scaler).
+    """
+    model: nn.Module
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: object | None = None    # timm scheduler
+    scaler: object | None = None       # torch.amp.GradScaler
+    ema: nn.Module | None = None
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """Plain values about a run: what its checkpoint records beside the states, and what a resume checks."""
+    spec: ModelSpec                    # what builds the model (architecture, kwargs, data config, heads)
+    taxonomy: Taxonomy
+    args: dict = field(default_factory=dict)  # the run's flags as plain types (plain_args)
+    seed: int = 0
+    layout: tuple[int, int, int] = (1, 1, 1)  # (batch size, world size, accumulation): what an update is
+    rank: int = 0
+    updates_per_epoch: int | None = None  # in this layout: sizes the schedule
+    lr_scaling: dict | None = None     # amanita.optim.resolve_lr: the peak lr and the global batch
+    tracking: dict = field(default_factory=dict)  # the tracker's state (W&B id, TensorBoard dir)
+
+
+def checkpoint_state(objects: Trainables, state, facts: RunFacts) -> dict:
+    """Everything a checkpoint holds, as plain types and tensors: the states of ``objects``, where
+    training stands (``state``, a :class:`~amanita.run.TrainState`) and ``facts``."""
+    s, spec, tax = state, facts.spec, facts.taxonomy
+    frozen = _frozen(objects.model, spec)
     return {
         "format_version": CHECKPOINT_VERSION,
-        "model": without(unwrap(run.model).state_dict(), _frozen(run)),
-        "model_ema": without(unwrap(run.ema.module).state_dict(), _frozen(run)) if run.ema is not None else None,
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
-        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "model": without(unwrap(objects.model).state_dict(), frozen),
+        "model_ema": without(unwrap(objects.ema).state_dict(), frozen) if objects.ema is not None else None,
+        "optimizer": objects.optimizer.state_dict(),
+        "scheduler": objects.scheduler.state_dict() if objects.scheduler is not None else None,
+        "scaler": objects.scaler.state_dict() if objects.scaler is not None else None,
         "epoch": s.epoch, "step": s.step,
         "epoch_progress": {"loss_sums": {k: float(v) for k, v in s.epoch_sums.items()}, "batches": s.epoch_batches,
                            "images": s.epoch_images, "seconds": s.epoch_seconds},  # the epoch's log record so far
-        "sampler": {"epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch, "batch_size": run.args.batch_size,
-                    "world_size": run.dist.world_size, "accum_steps": run.config.accum_steps},
-        "rng": capture_rng(), "args": plain_args(run.args), "kind": spec.kind,
+        "sampler": {"epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch, "batch_size": facts.layout[0],
+                    "world_size": facts.layout[1], "accum_steps": facts.layout[2]},
+        "rng": capture_rng(), "args": plain_args(facts.args), "kind": spec.kind,
         "architecture": spec.architecture, "model_kwargs": spec.kwargs, "lora": spec.lora,
         "head_sizes": tax.head_sizes() if spec.kind == "multitask" else None, "head_mode": spec.head_mode,
         "taxonomy": tax.to_dict(), "taxonomy_sha256": tax.sha256(),
         "data_config": dict(spec.data_config), "history": s.history,
         "best_metric": s.best_metric, "bad_epochs": s.bad_epochs,
-        "val_f1": _last(s.history, "val/species/f1"), "val_acc": _last(s.history, "val/species/acc1"),
-        "lr_scaling": run.lr_scaling,  # the resolved peak lr and global batch (amanita.optim.resolve_lr)
+        "species_f1": _last(s.history, "val/species/f1"), "species_acc1": _last(s.history, "val/species/acc1"),
+        "lr_scaling": facts.lr_scaling,  # the resolved peak lr and global batch (amanita.optim.resolve_lr)
         "git_sha": process_git_sha(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "tracking": run.tracker.state() if run.tracker else dict(run.tracking),  # W&B id, TensorBoard dir
+        "tracking": dict(facts.tracking),  # W&B id, TensorBoard dir
     }
 
 
-def _frozen(run) -> set[str]:
+def _frozen(model: nn.Module, spec: ModelSpec) -> set[str]:
     """The weights an adapters-only LoRA checkpoint leaves out (``--lora-save adapters``), else none."""
-    return frozen_names(unwrap(run.model)) if (run.spec.lora or {}).get("adapters_only") else set()
+    return frozen_names(unwrap(model)) if (spec.lora or {}).get("adapters_only") else set()
 
 
 def _load_weights(module: nn.Module, state: dict, frozen: set[str]) -> None:
@@ -328,38 +342,45 @@ def _load_weights(module: nn.Module, state: dict, frozen: set[str]) -> None:
         module.load_state_dict(state)
 
 
-def restore_state(run, ckpt: dict, path: str | os.PathLike) -> None:
-    """Put every state of ``ckpt`` back into ``run``: weights, optimizer, schedule, position, RNG."""
+def restore_state(ckpt: dict, path: str | os.PathLike, objects: Trainables, state, facts: RunFacts) -> None:
+    """Put every state of ``ckpt`` back: weights, optimizer, schedule and scaler into ``objects``; epoch,
+    step, position in the epoch, history into ``state`` (a :class:`~amanita.run.TrainState`); the RNG.
+
+    ``facts`` describe the resuming run; a checkpoint of another run (model, flags, taxonomy) is refused.
+    """
     if ckpt.get("file") == "inference":  # amanita.modelfile
         raise UserError(f"{path} is a model file for inference (export.py --format pth): it holds no training "
                         "state to resume; start from it with --init-from and a new --save-dir")
-    check_compatible(ckpt, run.taxonomy, run.spec.kind, path, run.spec.head_mode or "residual")
-    check_same_run(ckpt, run, path)
+    check_compatible(ckpt, facts.taxonomy, facts.spec.kind, path, facts.spec.head_mode or "residual")
+    check_same_run(ckpt, facts.spec, facts.args, path)
+    _restore_objects(ckpt, path, objects, _frozen(objects.model, facts.spec))
+    same_layout = saved_layout(ckpt) == tuple(facts.layout)
+    if objects.scheduler is not None and ckpt.get("scheduler") and same_layout:  # else: the one sized for this layout
+        objects.scheduler.load_state_dict(ckpt["scheduler"])
+    if objects.scaler is not None and ckpt.get("scaler"):
+        objects.scaler.load_state_dict(ckpt["scaler"])
+    state.epoch, state.step, state.history = ckpt["epoch"], ckpt["step"], list(ckpt.get("history", []))
+    state.best_metric, state.bad_epochs = ckpt.get("best_metric"), ckpt.get("bad_epochs", 0)
+    state.batch_in_epoch = ckpt["sampler"]["batch_in_epoch"]
+    if not same_layout:
+        adopt_layout(state, ckpt, path, facts)
+    restore_epoch_progress(state, ckpt)
+    restore_rng(ckpt["rng"])  # rank 0's streams; the other ranks draw their own from seed + rank
+    if facts.rank:
+        seed_everything(facts.seed + facts.rank + 7919 * ckpt["step"])
+
+
+def _restore_objects(ckpt: dict, path: str | os.PathLike, objects: Trainables, frozen: set[str]) -> None:
+    """The weights (and the EMA's) and the optimizer's state; one line when they do not fit."""
     try:
-        frozen = _frozen(run)
-        _load_weights(unwrap(run.model), ckpt["model"], frozen)
-        if run.ema is not None and ckpt.get("model_ema") is not None:
-            _load_weights(unwrap(run.ema.module), ckpt["model_ema"], frozen)
-        run.optimizer.load_state_dict(ckpt["optimizer"])
+        _load_weights(unwrap(objects.model), ckpt["model"], frozen)
+        if objects.ema is not None and ckpt.get("model_ema") is not None:
+            _load_weights(unwrap(objects.ema), ckpt["model_ema"], frozen)
+        if objects.optimizer is not None:
+            objects.optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise UserError(f"{path} does not fit this run ({str(e).strip().splitlines()[0][:160]}); resume with "
                         "the flags it was trained with or start a new --save-dir (or --resume none)") from None
-    same_layout = saved_layout(ckpt) == run_layout(run)
-    if run.scheduler is not None and ckpt.get("scheduler") and same_layout:  # else: the one sized for this layout
-        run.scheduler.load_state_dict(ckpt["scheduler"])
-    if run.scaler is not None and ckpt.get("scaler"):
-        run.scaler.load_state_dict(ckpt["scaler"])
-    s, state, dist = ckpt["sampler"], run.state, run.dist
-    state.epoch, state.step, state.history = ckpt["epoch"], ckpt["step"], list(ckpt.get("history", []))
-    state.best_metric, state.bad_epochs = ckpt.get("best_metric"), ckpt.get("bad_epochs", 0)
-    run.tracking = dict(ckpt.get("tracking") or {})
-    state.batch_in_epoch = s["batch_in_epoch"]
-    if not same_layout:
-        adopt_layout(run, ckpt, path)
-    restore_epoch_progress(state, ckpt)
-    restore_rng(ckpt["rng"])  # rank 0's streams; the other ranks draw their own from seed + rank
-    if dist.rank:
-        seed_everything(run.args.seed + dist.rank + 7919 * ckpt["step"])
 
 
 def restore_epoch_progress(state, ckpt: dict) -> None:
@@ -378,108 +399,42 @@ def saved_layout(ckpt: dict) -> tuple[int, int, int]:
     return s["batch_size"], s["world_size"], max(int(accum or 1), 1)
 
 
-def run_layout(run) -> tuple[int, int, int]:
-    return run.args.batch_size, run.dist.world_size, run.config.accum_steps
-
-
-def adopt_layout(run, ckpt: dict, path: str | os.PathLike) -> None:
+def adopt_layout(state, ckpt: dict, path: str | os.PathLike, facts: RunFacts) -> None:
     """Resume under another layout: the schedule is the one sized for this layout (timm's scheduler
     counts updates), and the run restarts the saved epoch where a fresh run of this layout starts it."""
-    state, (b, w, a), (b2, w2, a2) = run.state, saved_layout(ckpt), run_layout(run)
+    (b, w, a), (b2, w2, a2), upe = saved_layout(ckpt), facts.layout, facts.updates_per_epoch
     state.batch_in_epoch = 0
-    if run.updates_per_epoch is not None:
-        state.step = state.epoch * run.updates_per_epoch
-    if run.dist.is_main:
+    if upe is not None:
+        state.step = state.epoch * upe
+    if facts.rank == 0:
         redo = f" (its {ckpt['sampler']['batch_in_epoch']} batches done are trained again)" \
             if ckpt["sampler"]["batch_in_epoch"] else ""
         print(f"{path} was saved with batch {b} × {w} process(es) × accumulation {a}, this run uses {b2} × {w2} × "
-              f"{a2}: schedule rebuilt for this layout ({run.updates_per_epoch} updates per epoch), resuming at "
+              f"{a2}: schedule rebuilt for this layout ({upe} updates per epoch), resuming at "
               f"update {state.step}, the start of epoch {state.epoch + 1}{redo}", flush=True)
 
 
-def check_same_run(ckpt: dict, run, path: str | os.PathLike) -> None:
-    """Resuming needs the same architecture and optimizer layout; say which flag differs."""
+def check_same_run(ckpt: dict, spec: ModelSpec, args: dict, path: str | os.PathLike) -> None:
+    """Resuming needs the same architecture and optimizer layout; say which flag differs.
+
+    ``spec`` builds the resuming run's model; ``args`` are its flags as plain types (:func:`plain_args`)."""
     def canon(x):
         return json.dumps(x, sort_keys=True, default=str)
     have = (ckpt.get("architecture"), canon(dict(ckpt.get("model_kwargs") or {})))
-    want = (run.spec.architecture, canon(dict(run.spec.kwargs or {})))
+    want = (spec.architecture, canon(dict(spec.kwargs or {})))
     if have != want:
         raise UserError(f"{path} holds a {have[0]} {have[1]} model, this run builds {want[0]} {want[1]}; "
                         "resume with its --model/--model-args or start a new --save-dir (or --resume none)")
     base = (ckpt.get("lora") or {}).get("base_sha256")
-    if base and base != (run.spec.lora or {}).get("base_sha256"):
+    if base and base != (spec.lora or {}).get("base_sha256"):
         raise UserError(f"{path} holds LoRA adapters trained on other frozen weights than --init-from gives now; "
                         "resume from the run's start checkpoint as it was, or start a new --save-dir")
     saved = ckpt.get("args") or {}
     for flag in ("layer_decay", "opt", "lora_rank", "lora_alpha", "lora_targets", "freeze_backbone"):
-        if flag in saved and saved[flag] != getattr(run.args, flag, None):
+        if flag in saved and saved[flag] != args.get(flag):
             raise UserError(f"{path} was trained with --{flag.replace('_', '-')} {saved[flag]}, this run asks "
-                            f"for {getattr(run.args, flag, None)}; resume with the same value or start a new "
+                            f"for {args.get(flag)}; resume with the same value or start a new "
                             "--save-dir (or --resume none)")
-
-
-class Checkpointer:
-    """Where and when a run is saved: ``last.pth`` / ``best_model.pth`` in ``save_dir``, on rank 0.
-
-    :meth:`save` is the one place a checkpoint is written: a CPU snapshot that a background
-    thread writes (:class:`CheckpointWriter`; ``background=False`` writes in the loop).
-    :meth:`after_update` is called by the loop after every optimizer update and saves
-    ``last.pth`` when the :class:`SaveSchedule` (every N updates and/or M minutes) says so.
-    :meth:`close` waits for the last write; call it before the process ends.
-    """
-
-    def __init__(self, save_dir: str | os.PathLike, resume: str | None = "auto", every_steps: int = 0,
-                 every_minutes: float = 0.0, background: bool = True):
-        self.dir, self.resume = Path(save_dir), resume
-        self.schedule = SaveSchedule(every_steps, every_minutes)
-        self.writer = CheckpointWriter(background)
-        self.reserved = False
-
-    def start(self, run) -> None:
-        """Before the loop: start the clock. Rank 0's snapshot buffers are reserved after the first update,
-        once the optimizer's state (AdamW's moments: twice the weights) exists, not by the first save."""
-        self.schedule.saved()
-
-    def save(self, run, name: str = "last.pth", also: tuple[str, ...] = ()) -> None:
-        """Snapshot ``run`` as ``save_dir/name`` (and link ``also`` to it); rank 0 only, written in the background."""
-        if run.dist.is_main:
-            self.writer.save(checkpoint_state(run), self.dir / name, [self.dir / a for a in also])
-        self.schedule.saved()
-
-    def after_update(self, run) -> None:
-        """``last.pth`` when the schedule says it is due (neither set: only at the ends of epochs)."""
-        if self.schedule.due(run.state.step):
-            self.save(run, "last.pth")
-        elif not self.reserved and run.dist.is_main:
-            self.writer.reserve(checkpoint_state(run))  # a one-off, at the first update
-        self.reserved = True
-
-    def wait(self) -> None:
-        """Block until the last write is on disk (before reading a checkpoint back); raise if it failed."""
-        self.writer.wait()
-
-    def close(self, raise_error: bool = True) -> None:
-        """Wait for the last write; with ``raise_error=False`` (the run is failing anyway) a write error was printed."""
-        try:
-            self.writer.close()
-        except CheckpointWriteError:
-            if raise_error:
-                raise
-
-    def resume_path(self) -> Path | None:
-        """The checkpoint to resume: ``--resume`` as given, ``auto`` = ``last.pth`` when it exists.
-
-        Rank 0 decides whether it exists and every rank follows (see :func:`load_on_every_rank`)."""
-        if self.resume in (None, "", "none"):
-            return None
-        if self.resume == "auto":
-            p = self.dir / "last.pth"
-            return p if broadcast_from_main(p.is_file()) else None
-        return Path(self.resume)
-
-    def restore(self, run, path: str | os.PathLike) -> None:
-        """Load ``path`` (on every rank) and put every state back into ``run``."""
-        restore_state(run, load_on_every_rank(load_resumable, path, run.dist.rank), path)
 
 
 def load_resumable(path: str | os.PathLike) -> dict:
@@ -507,186 +462,3 @@ def load_on_every_rank(load: Callable, path: str | os.PathLike, rank: int):
                                           f"{Path(path).parent} must be shared by every node ({reason})")
     stop_all_if_any(error)
     return result
-
-
-# ---------------------------------------------------------------------- background writing
-WRITE_DELAY_ENV = "AMANITA_TEST_CHECKPOINT_WRITE_DELAY_S"  # tests: hold each write before its rename
-_TEMPORARY = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{8}\.tmp$")  # what io's atomic writes leave when killed
-
-
-class CheckpointWriteError(UserError):
-    """A checkpoint could not be written: the run stops, the previous file is still whole."""
-
-
-class SaveSchedule:
-    """When to save ``last.pth``: every ``every_steps`` updates and/or every ``every_minutes`` minutes.
-
-    Checked at update boundaries; either condition makes a save due, and a save resets the clock.
-    """
-
-    def __init__(self, every_steps: int = 0, every_minutes: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic):
-        self.every_steps, self.every_s, self.clock = every_steps, 60.0 * every_minutes, clock
-        self.last = clock()
-
-    def due(self, step: int) -> bool:
-        by_steps = bool(self.every_steps) and step % self.every_steps == 0
-        by_time = bool(self.every_s) and self.clock() - self.last >= self.every_s
-        return by_steps or by_time
-
-    def saved(self) -> None:
-        self.last = self.clock()
-
-
-class CheckpointWriter:
-    """Writes checkpoints from a CPU snapshot on a background thread, so training waits only for the copy.
-
-    ``save`` waits for the previous write, copies every tensor of the state into CPU buffers
-    (reused from save to save; pinned and asynchronous for CUDA tensors), and returns; a thread
-    then writes the file atomically and links the extra names to it. ``close`` waits for the last
-    write. A failed write is printed at once and raised as :class:`CheckpointWriteError` by the
-    next ``save``/``wait``/``close``. ``background=False`` writes in the caller (the old behaviour).
-    """
-
-    def __init__(self, background: bool = True):
-        self.background = background
-        self._thread: threading.Thread | None = None
-        self._error: str | None = None
-        self._buffers: dict[str, torch.Tensor] = {}
-        self._from_cuda = False
-
-    def save(self, state: dict, path: str | os.PathLike, also: Iterable[str | os.PathLike] = ()) -> float:
-        """Snapshot ``state`` and write it to ``path`` (and ``also``); returns the seconds the caller was held."""
-        t0 = time.perf_counter()
-        self.wait()
-        snap, ready = self._snapshot(state)
-        job = (snap, ready, Path(path), [Path(a) for a in also])
-        if self.background:
-            self._thread = threading.Thread(target=self._write, args=job, name="checkpoint-writer")
-            self._thread.start()
-        else:
-            self._write(*job)
-            self.wait()
-        return time.perf_counter() - t0
-
-    def reserve(self, state: dict) -> float:
-        """Allocate (and touch) the snapshot buffers for ``state`` now, e.g. at start-up; returns seconds.
-
-        The first snapshot otherwise pays for faulting in a fresh gigabyte inside the loop.
-        """
-        t0 = time.perf_counter()
-        self.wait()
-        snap, ready = self._snapshot(state)
-        if ready is not None:
-            ready.synchronize()
-        return time.perf_counter() - t0
-
-    def wait(self) -> None:
-        """Block until the write in flight (if any) is on disk; raise if a write failed."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise CheckpointWriteError(error)
-
-    close = wait
-
-    @property
-    def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def _snapshot(self, obj, key: str = ""):
-        """``(copy, ready)``: ``obj`` with every tensor copied to CPU; ``ready`` is a CUDA event or None."""
-        self._from_cuda = False
-        snap = self._copy(obj, key)
-        ready = None
-        if self._from_cuda:
-            ready = torch.cuda.Event()
-            ready.record()  # the copies are queued on the current stream, before any later update
-        return snap, ready
-
-    def _copy(self, obj, key: str):
-        if isinstance(obj, torch.Tensor):
-            return self._copy_tensor(obj.detach(), key)
-        if isinstance(obj, dict):
-            return {k: self._copy(v, f"{key}/{k}") for k, v in obj.items()}
-        if isinstance(obj, (list, tuple)):
-            items = [self._copy(v, f"{key}/{i}") for i, v in enumerate(obj)]
-            return items if isinstance(obj, list) else tuple(items)
-        if obj is None or isinstance(obj, (str, bytes, int, float, bool)):
-            return obj
-        return copy.deepcopy(obj)
-
-    def _copy_tensor(self, t: torch.Tensor, key: str) -> torch.Tensor:
-        buf = self._buffers.get(key)
-        if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
-            buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
-            self._buffers[key] = buf
-        self._from_cuda |= t.is_cuda
-        return buf.copy_(t, non_blocking=t.is_cuda)
-
-    def _write(self, snap: dict, ready, path: Path, also: list[Path]) -> None:
-        try:
-            if ready is not None:
-                ready.synchronize()
-            # the extra names (best_model.pth) first, path (last.pth) last: a kill in between leaves an old
-            # last.pth, whose resume redoes the epoch and links best again; the other way round, the
-            # resumed run would count the epoch as saved and never write its best_model.pth
-            names = [*also, path]
-            atomic_write_stream(names[0], lambda f: _save_then_pause(snap, f))
-            for other in names[1:]:
-                fault_point("linked")
-                link_or_copy(names[0], other)
-            if also:
-                fault_point("best")
-        except BaseException as e:  # noqa: BLE001 - reported to the training loop, never lost
-            reason = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"  # io names the cause
-            self._error = (f"writing checkpoint {path} failed: {reason}; "
-                           f"the previous {path.name} is intact, training stopped")
-            print(f"error: {self._error}", file=sys.stderr, flush=True)
-
-
-def _save_then_pause(obj, f) -> None:
-    torch.save(obj, f)
-    fault_point("write")  # the fault matrix: a kill while the temporary file is written, before its rename
-    delay = float(os.environ.get(WRITE_DELAY_ENV, 0) or 0)
-    if delay:  # tests: a write in flight that a SIGKILL can land in
-        f.flush()
-        time.sleep(delay)
-
-
-def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Make ``dst`` the file ``src`` atomically: a hard link (no second write), or a copy where links fail.
-
-    Like timm's ``CheckpointSaver``; ``src`` being replaced later by a rename leaves ``dst`` as it was.
-    """
-    src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        os.link(src, tmp)
-    except OSError:  # a file system without hard links
-        with open(src, "rb") as f:
-            atomic_write_stream(dst, lambda out: shutil.copyfileobj(f, out, 16 << 20))
-        return
-    try:
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
-    """Delete the temporary files a killed atomic write left in ``folder``; returns what was removed.
-
-    With ``names``, only the temporaries of those files (``.<name>.<8 characters>.tmp``) are touched.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    keep = None if names is None else set(names)
-    stale = [p for p in folder.iterdir() if p.is_file() and (m := _TEMPORARY.match(p.name))
-             and (keep is None or m.group(1) in keep)]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale

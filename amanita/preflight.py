@@ -29,7 +29,8 @@ import torch
 import torch.distributed as tdist
 from tqdm import tqdm
 
-from amanita.checkpoint import CheckpointWriter, plain_args
+from amanita.checkpoint import plain_args
+from amanita.checkpoint_writer import CheckpointWriter
 from amanita.data import IMAGE_ERRORS, FungiTasticDataset, image_paths, make_loader, read_image, read_split
 from amanita.distributed import DistInfo, all_gather_objects, barrier
 from amanita.engine import amp_dtype, autocast
@@ -721,7 +722,7 @@ LOCAL_CHECKS = (("environment", check_environment), ("data", check_data), ("mode
 
 def run(args) -> int:
     """preflight.py: every check under this process group; table and ``--output`` on rank 0; 1 when any FAILs."""
-    from amanita.checkpoint import seed_everything
+    from amanita.seeding import seed_everything
     from amanita.distributed import cleanup, init_distributed
     from amanita.training import apply_cluster_environment
     apply_cluster_environment(args)

@@ -1,7 +1,7 @@
 """The run object: everything one training run holds, built once and read by the loop and the checkpointer.
 
 :func:`amanita.training.build_run` builds a :class:`Run` from the command line;
-:func:`amanita.engine.train_one_epoch` trains with it; :mod:`amanita.checkpoint` saves it and
+:func:`amanita.engine.train_one_epoch` trains with it; :mod:`amanita.checkpoint_writer` saves it and
 restores it. Unit tests build a small one by hand (a model, an optimizer and a criterion are
 enough for the loop).
 """
@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from amanita.checkpoint import Checkpointer
+from amanita.checkpoint_writer import Checkpointer
 from amanita.data import BadImageCounter
 from amanita.distributed import DistInfo, ResumableDistributedSampler
 from amanita.backbone import ModelSpec

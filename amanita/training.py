@@ -17,7 +17,8 @@ import torch.nn as nn
 
 from amanita import checkpoint as ck
 from amanita.backbone import ModelSpec, parse_model_args, resolve_architecture, resolve_data_config
-from amanita.checkpoint import Checkpointer, plain_args, seed_everything
+from amanita.checkpoint import plain_args
+from amanita.checkpoint_writer import Checkpointer, remove_stale_temporaries
 from amanita.cli import build_train_parser, check_train_args, cli_main
 from amanita.data import (BadImageCounter, DeviceLoader, FungiTasticDataset, check_labels, check_unreadable,
                           create_transforms, make_loader, read_split)
@@ -36,6 +37,7 @@ from amanita.losses import MultiTaskLoss, compute_class_weights
 from amanita.model import create_multitask_model, create_single_head_model, describe
 from amanita.optim import describe_lr, resolve_lr
 from amanita.run import Run, StepConfig
+from amanita.seeding import seed_everything
 from amanita.taxonomy import DISPLAY_ORDER, HEADS, LEAF, Taxonomy, build_taxonomy
 
 RUN_FILES = ("last.pth", "best_model.pth", "metrics.jsonl", "args.json", "test_metrics.json")  # in --save-dir
@@ -479,7 +481,7 @@ def evaluate_split(run: Run, model: nn.Module, split: str):
 def clean_save_dir(args, dist: DistInfo) -> None:
     """Delete the temporary files a killed write of this run's files left (each up to a checkpoint's size)."""
     if dist.is_main:
-        for f in ck.remove_stale_temporaries(args.save_dir, RUN_FILES):
+        for f in remove_stale_temporaries(args.save_dir, RUN_FILES):
             print(f"removed {f}, left by an interrupted write", flush=True)
 
 

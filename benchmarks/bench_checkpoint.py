@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 
 from amanita import checkpoint as ck
+from amanita.checkpoint_writer import CheckpointWriter
+from amanita.seeding import capture_rng
 from amanita.backbone import parse_model_args
 
 
@@ -58,7 +60,7 @@ def training_state(classes: int, ema: bool, model_args: dict) -> dict:
         p.grad = torch.full_like(p, 1e-3)
     opt.step()  # fills exp_avg / exp_avg_sq
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
-             "scheduler": {"base_values": [1e-4] * 30, "t_initial": 20}, "rng": ck.capture_rng(),
+             "scheduler": {"base_values": [1e-4] * 30, "t_initial": 20}, "rng": capture_rng(),
              "epoch": 3, "step": 1234, "history": [{"epoch": e, "val/leaf/acc1": 0.5} for e in range(3)]}
     if ema:
         state["model_ema"] = {k: v.clone() for k, v in state["model"].items()}
@@ -71,7 +73,7 @@ def main():
     folder.mkdir(parents=True, exist_ok=True)
     state = training_state(args.classes, args.ema, parse_model_args(args.model_args))
     n_bytes = sum(t.numel() * t.element_size() for t in _tensors(state))
-    writer = ck.CheckpointWriter()
+    writer = CheckpointWriter()
     reserve = writer.reserve(state)  # what the run does once at start-up
     sync, blocked, written = [], [], []
     try:

@@ -20,11 +20,11 @@ import json
 import os
 import platform
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _measure import measure  # benchmarks/_measure.py: a child's own peak memory
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = ["--model", "beit_base_patch16_224", "--model-args",
@@ -32,14 +32,6 @@ DEMO_MODEL = ["--model", "beit_base_patch16_224", "--model-args",
               "--crop-mode", "squash", "--interpolation", "bilinear"]
 SMOKE_MODEL = ["--model", "beit_base_patch16_224", "--model-args",
                '{"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 8}']
-PEAK_WRAPPER = """import runpy, sys
-sys.argv = sys.argv[1:]
-try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
-finally:
-    hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
-    print("__peak_kb", hwm.split()[1], file=sys.stderr)
-"""
 
 
 def parse_args():
@@ -58,12 +50,8 @@ def parse_args():
 
 def run(script: str, *flags) -> tuple[str, float]:
     """Run a script; its stdout and peak RSS (MiB)."""
-    proc = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, str(ROOT / script), *map(str, flags)], cwd=ROOT,
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    if proc.returncode:
-        raise SystemExit(f"{script} failed:\n{proc.stderr[-3000:]}")
-    peak = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("__peak_kb")]
-    return proc.stdout, int(peak[-1]) / 1024
+    m = measure(ROOT / script, flags, ROOT)
+    return m["stdout"], m["peak_mb"]
 
 
 def splits(root: Path, size_folder: str = "300p") -> list:

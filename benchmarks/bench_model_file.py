@@ -21,11 +21,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _measure import measure  # benchmarks/_measure.py: a child's own peak memory
 
 import numpy as np
 import torch
@@ -35,26 +35,13 @@ from amanita import checkpoint as ck
 from amanita.backbone import resolve_data_config
 from amanita.demo.predictions import synthetic_taxonomy
 from amanita.model import create_multitask_model
+from amanita.seeding import capture_rng
 from amanita.modelfile import write_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
 FULL = ("beit_base_patch16_224", {})
 SMOKE = ("beit_base_patch16_224", {"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 8})
-# runs test.py and reports its own peak RSS (VmHWM: this program's memory map only), and what the
-# imports every run pays (torch, timm, amanita) cost before test.py starts: seconds and RSS
-PEAK_WRAPPER = """import runpy, sys, time
-t0 = time.perf_counter()
-import torch, timm, amanita.identify
-rss = next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1]
-print("__imports", time.perf_counter() - t0, rss, file=sys.stderr)
-sys.argv = sys.argv[1:]
-try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
-finally:
-    hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
-    print("__peak_kb", hwm.split()[1], file=sys.stderr)
-"""
 
 
 def parse_args():
@@ -81,7 +68,7 @@ def write_files(folder: Path, smoke: bool) -> dict:
     state = {"format_version": ck.CHECKPOINT_VERSION, "model": model.state_dict(), "model_ema": None,
              "optimizer": opt.state_dict(), "scheduler": {"t_initial": 20}, "scaler": None, "epoch": 3,
              "step": 1234, "sampler": {"epoch": 3, "batch_in_epoch": 0, "batch_size": 64, "world_size": 1},
-             "rng": ck.capture_rng(), "args": {}, "kind": "multitask", "architecture": arch, "model_kwargs": kwargs,
+             "rng": capture_rng(), "args": {}, "kind": "multitask", "architecture": arch, "model_kwargs": kwargs,
              "head_sizes": tax.head_sizes(), "head_mode": "residual", "taxonomy": tax.to_dict(),
              "taxonomy_sha256": tax.sha256(), "data_config": cfg, "history": [{"epoch": e} for e in range(3)]}
     paths = {"checkpoint": folder / "last.pth", "model_fp32": folder / "model_fp32.pth",
@@ -96,19 +83,12 @@ def write_files(folder: Path, smoke: bool) -> dict:
 
 def measured(code: Path, checkpoint: Path, photo: Path) -> dict:
     """Wall seconds and peak RSS (MiB) of ``code``'s test.py naming ``photo`` with ``checkpoint``."""
-    cmd = [sys.executable, "-c", PEAK_WRAPPER, str(code / "test.py"), "--checkpoint", str(checkpoint),
-           "--json", "--workers", "0", "--device", "cpu", str(photo)]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=code, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(code), PYTHONDONTWRITEBYTECODE="1"))
-    seconds = time.perf_counter() - t0
-    if proc.returncode:
-        raise SystemExit(f"test.py failed on {checkpoint}:\n{proc.stderr[-2000:]}")
-    peak = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("__peak_kb")]
-    imports = next(line.split()[1:] for line in proc.stderr.splitlines() if line.startswith("__imports"))
-    answer = json.loads(proc.stdout.strip().splitlines()[-1])["topk"][0]["species"]
-    return {"seconds": seconds, "peak_rss_mb": int(peak[-1]) / 1024, "answer": answer,
-            "imports_s": float(imports[0]), "imports_rss_mb": int(imports[1]) / 1024}
+    # the imports every run pays (torch, timm, amanita) are timed before test.py starts
+    m = measure(code / "test.py", ["--checkpoint", checkpoint, "--json", "--workers", 0, "--device", "cpu", photo],
+                code, preload=("torch", "timm", "amanita.identify"), env={"PYTHONDONTWRITEBYTECODE": "1"})
+    answer = json.loads(m["stdout"].strip().splitlines()[-1])["topk"][0]["species"]
+    return {"seconds": m["seconds"], "peak_rss_mb": m["peak_mb"], "answer": answer,
+            "imports_s": m["imports_s"], "imports_rss_mb": m["imports_rss_mb"]}
 
 
 def main():

@@ -24,11 +24,11 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _measure import measure  # benchmarks/_measure.py: a child's own peak memory
 
 import numpy as np
 import pandas as pd
@@ -137,29 +137,13 @@ def write_data(work: Path, args) -> dict:
 
 
 # ---------------------------------------------------------------------- measured processes
-# Runs a script and reports its own peak RSS. VmHWM belongs to the new program's memory map;
-# ru_maxrss from wait4 would also count the forked benchmark process's pages before exec.
-PEAK_WRAPPER = """import runpy, sys
-sys.argv = sys.argv[1:]
-try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
-finally:
-    hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
-    print("__peak_kb", hwm.split()[1], file=sys.stderr)
-"""
 
 
 def measured(script: str, *args: str) -> dict:
     """Run ``script args``; its wall seconds, peak RSS (GiB) and the JSON it prints last, if any."""
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, script, *args], cwd=ROOT, capture_output=True,
-                          text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    seconds = time.perf_counter() - t0
-    if proc.returncode:
-        raise SystemExit(f"{script} failed:\n{proc.stderr[-2000:]}")
-    peak = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("__peak_kb")]
-    result = {"seconds": round(seconds, 2), "peak_rss_gb": round(int(peak[-1]) / 2**20, 3)}
-    lines = proc.stdout.strip().splitlines()
+    m = measure(script, args, ROOT)
+    result = {"seconds": round(m["seconds"], 2), "peak_rss_gb": round(m["peak_mb"] / 1024, 3)}
+    lines = m["stdout"].strip().splitlines()
     if lines and lines[-1].startswith("{"):
         result |= json.loads(lines[-1])
     return result

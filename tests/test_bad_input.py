@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from amanita import cli
-from amanita.checkpoint import CheckpointWriter, remove_stale_temporaries
+from amanita.checkpoint_writer import CheckpointWriter, remove_stale_temporaries
 from amanita.data import BAD_IMAGE, FungiTasticDataset, read_split, scan_images
 from amanita.demo.predictions import synthetic_predictions, synthetic_taxonomy
 from amanita.evaluate import Evaluation, summary_lines, validate

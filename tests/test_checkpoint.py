@@ -1,24 +1,21 @@
-"""Checkpoints in-process: old formats, errors, update_checkpoint, RNG capture, an exact resume of the
-loop, and background writing (snapshots, ordering, best-model links, failures, stale temporaries)."""
-import argparse
-import os
-import random
+"""The checkpoint format in-process: old formats and their upgrades, errors, update_checkpoint, and a
+checkpoint assembled from and restored into plain objects (no run object); the format never imports the writer."""
+import ast
+import dataclasses
+from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
 from amanita import checkpoint as ck
-from amanita.checkpoint import Checkpointer, load_checkpoint, update_checkpoint
-from amanita.engine import train_one_epoch
 from amanita.backbone import ModelSpec
+from amanita.checkpoint import RunFacts, Trainables, load_checkpoint, update_checkpoint
 from amanita.io import UserError
-from amanita.losses import MultiTaskLoss
 from amanita.model import create_multitask_model
-from amanita.run import Run
+from amanita.run import TrainState
 from amanita.taxonomy import LEAF, build_taxonomy
-from tests.helpers import TRAIN_IDS, LeafModel, rows
+from tests.helpers import TRAIN_IDS, rows
 
 SMALL = {"depth": 1, "embed_dim": 32, "num_heads": 2, "img_size": 16, "patch_size": 8}
 
@@ -83,77 +80,6 @@ def test_a_file_that_is_not_a_checkpoint_is_a_one_line_error(tmp_path):
         ck.load_checkpoint(tmp_path / "missing.pth")
 
 
-def test_rng_capture_restores_every_stream_through_a_checkpoint_file(tmp_path):
-    ck.seed_everything(5)
-    np.random.randn()  # odd count: numpy now holds a cached gaussian, which must be captured too
-    ck.save_checkpoint({"model": {}, "rng": ck.capture_rng()}, tmp_path / "r.pth")
-    first = (random.random(), np.random.randn(), np.random.rand(), torch.rand(2).tolist())
-    ck.seed_everything(99)
-    ck.restore_rng(ck.load_checkpoint(tmp_path / "r.pth")["rng"])
-    assert (random.random(), np.random.randn(), np.random.rand(), torch.rand(2).tolist()) == first
-
-
-# ---------------------------------------------------------------------- exact resume, in-process
-def _batches(n: int) -> list:
-    g = torch.Generator().manual_seed(7)
-    labels = lambda: torch.cat([torch.randint(0, 6, (2, 1), generator=g), torch.full((2, 6), -1)], 1)
-    return [(torch.randn(2, 3, 2, 2, generator=g), labels(), [2 * i, 2 * i + 1]) for i in range(n)]
-
-
-def _tiny_run(tax, save_dir, every_steps: int, init_seed: int = 0) -> Run:
-    """A single-head run small enough to train in milliseconds, with dropout (so RNG matters)."""
-    from timm.scheduler import CosineLRScheduler
-    torch.manual_seed(init_seed)
-    model = LeafModel(nn.Flatten(), nn.Dropout(0.3), nn.Linear(12, 6))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    sched = CosineLRScheduler(opt, t_initial=6, warmup_t=2, warmup_lr_init=0.01, t_in_epochs=False)
-    crit = MultiTaskLoss(tax, {LEAF: 1.0})
-    return Run(model, opt, crit, scheduler=sched, checkpointer=Checkpointer(save_dir, "auto", every_steps),
-               args=argparse.Namespace(batch_size=2, seed=0), taxonomy=tax,
-               spec=ModelSpec("single", "tiny", {}, {"input_size": (3, 2, 2)}))
-
-
-def test_a_run_killed_after_its_last_save_resumes_to_the_same_weights(tax, tmp_path):
-    batches = _batches(6)
-    straight = _tiny_run(tax, tmp_path / "straight", every_steps=0)
-    ck.seed_everything(1)
-    train_one_epoch(straight, batches)
-    killed = _tiny_run(tax, tmp_path / "killed", every_steps=2)
-    ck.seed_everything(1)
-    train_one_epoch(killed, batches[:5])  # saved at updates 2 and 4; the 5th is lost with the kill
-    killed.checkpointer.wait()  # the background write of update 4 has landed
-    resumed = _tiny_run(tax, tmp_path / "killed", every_steps=2, init_seed=123)
-    path = resumed.checkpointer.resume_path()
-    assert path == tmp_path / "killed" / "last.pth"
-    resumed.checkpointer.restore(resumed, path)
-    assert (resumed.state.step, resumed.state.batch_in_epoch) == (4, 4)
-    train_one_epoch(resumed, batches[resumed.state.batch_in_epoch:])
-    assert resumed.state.step == straight.state.step == 6
-    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
-        assert torch.equal(a, b)
-    assert resumed.optimizer.param_groups[0]["lr"] == straight.optimizer.param_groups[0]["lr"]
-
-
-def test_the_loop_saves_by_the_clock_in_the_background_and_links_best(tax, tmp_path):
-    run = _tiny_run(tax, tmp_path, every_steps=0)
-    run.checkpointer = Checkpointer(tmp_path, "auto", every_steps=0, every_minutes=1)
-    now = [0.0]
-
-    def clock():  # 30 s pass between two looks at the clock
-        now[0] += 30.0
-        return now[0]
-    run.checkpointer.schedule = ck.SaveSchedule(every_minutes=1, clock=clock)
-    saved = []
-    real_save = run.checkpointer.writer.save
-    run.checkpointer.writer.save = lambda state, path, also=(): saved.append(state["step"]) or real_save(state, path, also)
-    train_one_epoch(run, _batches(6))
-    assert saved == [2, 4, 6]  # a minute after the start, then a minute after each save
-    run.checkpointer.save(run, "last.pth", also=("best_model.pth",))
-    run.checkpointer.close()
-    last, best = tmp_path / "last.pth", tmp_path / "best_model.pth"
-    assert os.stat(last).st_ino == os.stat(best).st_ino and torch.load(best, weights_only=True)["step"] == 6
-
-
 # ---------------------------------------------------------------------- update_checkpoint
 def _ckpt(path):
     torch.save({"model": {"w": torch.ones(2)}, "epoch": 3}, path)
@@ -183,181 +109,99 @@ def test_update_of_a_missing_file_names_it(tmp_path):
     assert load_checkpoint(_ckpt(tmp_path / "a.pth"))["epoch"] == 3
 
 
-def _state(value: float) -> dict:
-    model = torch.nn.Linear(4, 3)
-    opt = torch.optim.AdamW(model.parameters())
-    model(torch.randn(2, 4)).sum().backward()
-    opt.step()
-    with torch.no_grad():
-        model.weight.fill_(value)
-    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 7,
-            "history": [{"epoch": 0, "loss": 1.5}], "rng": ck.capture_rng()}
 
 
-def test_the_file_holds_the_state_at_save_time_not_after(tmp_path, monkeypatch):
-    monkeypatch.setenv(ck.WRITE_DELAY_ENV, "0.2")  # the write lands after the changes below
-    state = _state(1.0)
-    writer = ck.CheckpointWriter()
-    writer.save(state, tmp_path / "last.pth")
-    assert writer.busy
-    state["model"]["weight"].add_(5.0)  # training goes on in place while the thread writes
-    state["history"].append({"epoch": 1})
-    state["optimizer"]["state"][0]["exp_avg"].zero_()
-    writer.close()
-    got = torch.load(tmp_path / "last.pth", weights_only=True)
-    assert torch.equal(got["model"]["weight"], torch.ones(3, 4))
-    assert got["history"] == [{"epoch": 0, "loss": 1.5}] and got["step"] == 7
-    assert got["optimizer"]["state"][0]["exp_avg"].abs().sum() > 0
-    assert set(got["rng"]) >= {"torch", "python", "numpy"}
+def test_a_format_2_checkpoint_names_its_species_results_as_the_metrics_do(tax, tmp_path):
+    _, ckpt = _multitask_checkpoint(tax)
+    old = dict(ckpt, format_version=2, val_f1=0.375, val_acc=0.5)
+    upgraded = ck.upgrade_checkpoint(old)
+    assert (upgraded["species_f1"], upgraded["species_acc1"]) == (0.375, 0.5)
+    assert "val_f1" not in upgraded and "val_acc" not in upgraded and upgraded["format_version"] == 3
+    assert old["val_f1"] == 0.375 and old["format_version"] == 2  # the dict given is left as it was
+    ck.save_checkpoint(old, tmp_path / "v2.pth")
+    info = ck.load_for_eval(tmp_path / "v2.pth")[3]
+    assert (info["species_f1"], info["species_acc1"]) == (0.375, 0.5)  # an old file shows its values
+    v1 = _as_version_1(ckpt) | {"val_f1": 0.25}  # both upgrades in one load
+    assert ck.upgrade_checkpoint(v1)["species_f1"] == 0.25 and "heads.leaf.weight" in ck.upgrade_checkpoint(v1)["model"]
 
 
-def test_a_save_waits_for_the_previous_write_and_buffers_are_reused(tmp_path, monkeypatch):
-    monkeypatch.setenv(ck.WRITE_DELAY_ENV, "0.2")
-    writer = ck.CheckpointWriter()
-    state = _state(1.0)
-    writer.save(state, tmp_path / "a.pth")
-    buffers = {k: v.data_ptr() for k, v in writer._buffers.items()}
-    state["model"]["weight"].fill_(2.0)
-    writer.save(state, tmp_path / "b.pth")
-    assert (tmp_path / "a.pth").is_file()  # the first write was finished before the second began
-    writer.close()
-    assert {k: v.data_ptr() for k, v in writer._buffers.items()} == buffers
-    assert torch.load(tmp_path / "a.pth", weights_only=True)["model"]["weight"][0, 0] == 1.0
-    assert torch.load(tmp_path / "b.pth", weights_only=True)["model"]["weight"][0, 0] == 2.0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth", "b.pth"]  # no temporaries left
+# ---------------------------------------------------------------------- assemble and restore, plain objects
+def _plain(seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 6))
+    return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
 
-def test_best_is_a_link_to_the_file_just_written_and_outlives_the_next_save(tmp_path):
-    writer = ck.CheckpointWriter()
-    last, best = tmp_path / "last.pth", tmp_path / "best_model.pth"
-    writer.save(_state(1.0), last, also=[best])
-    writer.wait()
-    assert os.stat(last).st_ino == os.stat(best).st_ino  # one serialisation, two names
-    writer.save(_state(3.0), last)
-    writer.close()
-    assert torch.load(best, weights_only=True)["model"]["weight"][0, 0] == 1.0
-    assert torch.load(last, weights_only=True)["model"]["weight"][0, 0] == 3.0
+def _facts(tax, **kw) -> RunFacts:
+    spec = ModelSpec("single", "tiny", {}, {"input_size": (3, 2, 2)})
+    return RunFacts(spec=spec, taxonomy=tax, args={"opt": "sgd", "batch_size": 2}, seed=5, layout=(2, 1, 1), **kw)
 
 
-def test_link_or_copy_copies_where_hard_links_fail(tmp_path, monkeypatch):
-    src, dst = tmp_path / "last.pth", tmp_path / "best_model.pth"
-    src.write_bytes(b"x" * 1000)
-    dst.write_bytes(b"old")
-
-    def no_links(a, b):
-        raise OSError(1, "Operation not permitted")
-    monkeypatch.setattr(os, "link", no_links)
-    ck.link_or_copy(src, dst)
-    assert dst.read_bytes() == b"x" * 1000 and os.stat(src).st_ino != os.stat(dst).st_ino
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model.pth", "last.pth"]
+def _trained_checkpoint(tax) -> tuple[nn.Module, torch.optim.Optimizer, dict]:
+    model, opt = _plain(0)
+    model(torch.randn(2, 3, 2, 2)).sum().backward()
+    opt.step()  # a momentum buffer to restore
+    state = TrainState(epoch=1, step=3, batch_in_epoch=2, history=[{"epoch": 1, "val/species/f1": 0.5}],
+                       best_metric=0.5, epoch_sums={"loss": 4.0}, epoch_batches=2, epoch_images=4)
+    return model, opt, ck.checkpoint_state(Trainables(model, opt), state, _facts(tax))
 
 
-def test_a_failed_write_is_reported_and_raised_and_keeps_the_previous_file(tmp_path, monkeypatch, capsys):
-    writer = ck.CheckpointWriter()
-    writer.save(_state(1.0), tmp_path / "last.pth")
-    writer.wait()
-
-    def disk_full(obj, f):
-        f.write(b"partial")
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(torch, "save", disk_full)
-    writer.save(_state(2.0), tmp_path / "last.pth")
-    with pytest.raises(ck.CheckpointWriteError, match=r"last\.pth failed: .*No space left.*intact"):
-        writer.close()
-    assert issubclass(ck.CheckpointWriteError, UserError)  # scripts print it as one line, exit 2
-    assert "error: writing checkpoint" in capsys.readouterr().err  # printed when it happened
-    monkeypatch.undo()
-    assert torch.load(tmp_path / "last.pth", weights_only=True)["model"]["weight"][0, 0] == 1.0
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
-    writer.close()  # reported once
+def test_restore_state_puts_weights_optimizer_position_and_rng_back_into_plain_objects(tax, tmp_path):
+    model, opt, saved = _trained_checkpoint(tax)
+    assert saved["species_f1"] == 0.5 and saved["sampler"]["batch_size"] == 2 and saved["args"]["opt"] == "sgd"
+    ck.save_checkpoint(saved, tmp_path / "last.pth")
+    want_draw = torch.rand(3)  # what the saved torch stream gives next
+    new_model, new_opt = _plain(123)
+    state = TrainState()
+    ck.restore_state(load_checkpoint(tmp_path / "last.pth"), tmp_path / "last.pth", Trainables(new_model, new_opt),
+                     state, _facts(tax))
+    assert torch.equal(torch.rand(3), want_draw)
+    for old_p, new_p in zip(model.parameters(), new_model.parameters()):
+        assert torch.equal(old_p, new_p)
+        assert torch.equal(opt.state[old_p]["momentum_buffer"], new_opt.state[new_p]["momentum_buffer"])
+    assert (state.epoch, state.step, state.batch_in_epoch, state.best_metric) == (1, 3, 2, 0.5)
+    assert state.history == [{"epoch": 1, "val/species/f1": 0.5}]
+    assert (state.epoch_sums, state.epoch_batches, state.epoch_images) == ({"loss": 4.0}, 2, 4)
 
 
-def test_synchronous_mode_writes_before_returning(tmp_path):
-    writer = ck.CheckpointWriter(background=False)
-    writer.save(_state(1.0), tmp_path / "last.pth", also=[tmp_path / "best_model.pth"])
-    assert not writer.busy
-    assert torch.load(tmp_path / "best_model.pth", weights_only=True)["step"] == 7
+def test_a_rank_other_than_0_draws_from_its_own_seed_after_a_restore(tax):
+    _, _, saved = _trained_checkpoint(tax)
+    from amanita.seeding import seed_everything
+    seed_everything(5 + 1 + 7919 * 3)  # seed + rank + 7919 × step
+    want = torch.rand(2)
+    model, opt = _plain(1)
+    ck.restore_state(saved, "last.pth", Trainables(model, opt), TrainState(), _facts(tax, rank=1))
+    assert torch.equal(torch.rand(2), want)
 
 
-def test_stale_temporaries_of_a_killed_write_are_removed(tmp_path):
-    for name in (".last.pth.a1b2c3d4.tmp", ".best_model.pth.abc_1234.tmp", "last.pth", "notes.tmp",
-                 ".last.pth.short.tmp"):
-        (tmp_path / name).write_bytes(b"")
-    removed = ck.remove_stale_temporaries(tmp_path)
-    assert sorted(p.name for p in removed) == [".best_model.pth.abc_1234.tmp", ".last.pth.a1b2c3d4.tmp"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".last.pth.short.tmp", "last.pth", "notes.tmp"]
-    assert ck.remove_stale_temporaries(tmp_path / "missing") == []
+def test_a_resume_with_another_optimizer_flag_names_it(tax):
+    _, _, saved = _trained_checkpoint(tax)
+    model, opt = _plain(1)
+    facts = dataclasses.replace(_facts(tax), args={"opt": "adamw"})
+    with pytest.raises(UserError, match="last.pth was trained with --opt sgd, this run asks for adamw"):
+        ck.restore_state(saved, "last.pth", Trainables(model, opt), TrainState(), facts)
 
 
-def test_save_schedule_by_steps_by_minutes_or_both():
-    now = [0.0]
-    clock = lambda: now[0]  # noqa: E731
-    steps = ck.SaveSchedule(every_steps=50, clock=clock)
-    assert [s for s in range(1, 151) if steps.due(s)] == [50, 100, 150]
-    timed = ck.SaveSchedule(every_minutes=2, clock=clock)
-    now[0] = 119.0
-    assert not timed.due(1)
-    now[0] = 120.0
-    assert timed.due(2)
-    timed.saved()
-    now[0] = 200.0
-    assert not timed.due(3)  # the clock restarted at the save
-    both = ck.SaveSchedule(every_steps=10, every_minutes=1, clock=clock)
-    assert both.due(10) and not both.due(11)
-    now[0] = 260.0
-    assert both.due(11)
-    assert not ck.SaveSchedule(clock=clock).due(10)  # both off: only epoch ends save
+def _imports(path: Path) -> set[str]:
+    """The amanita modules ``path`` imports, at its top or inside a function."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("amanita"):
+            names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names if a.name.startswith("amanita")}
+    return names
 
 
-def test_reserve_allocates_the_buffers_the_saves_then_reuse(tmp_path):
-    writer = ck.CheckpointWriter()
-    state = _state(1.0)
-    writer.reserve(state)
-    before = {k: v.data_ptr() for k, v in writer._buffers.items()}
-    # model weight and bias, 3 AdamW tensors per parameter, torch and numpy RNG states
-    assert len(before) == 2 + 6 + 2
-    writer.save(state, tmp_path / "last.pth")
-    writer.close()
-    assert {k: v.data_ptr() for k, v in writer._buffers.items()} == before
-    assert not list(tmp_path.glob(".*.tmp")) and (tmp_path / "last.pth").is_file()
-
-
-def test_a_kill_between_the_names_of_an_epoch_end_save_never_leaves_last_newer_than_best(tmp_path, monkeypatch):
-    """last.pth is put in place after best_model.pth: a resume from an older last.pth redoes the epoch
-    and links best again, while a newer last.pth would mark the epoch saved and best_model.pth never come."""
-    writer = ck.CheckpointWriter(background=False)
-    last, best = tmp_path / "last.pth", tmp_path / "best_model.pth"
-    writer.save(_state(1.0), last, also=[best])
-
-    def killed(src, dst):  # the process dies after the first name is in place
-        raise KeyboardInterrupt
-    monkeypatch.setattr(ck, "link_or_copy", killed)
-    with pytest.raises(ck.CheckpointWriteError):
-        writer.save(_state(2.0), last, also=[best])
-    weight = {p.name: torch.load(p, weights_only=True)["model"]["weight"][0, 0].item() for p in (last, best)}
-    assert weight == {"last.pth": 1.0, "best_model.pth": 2.0}
-
-
-def test_saves_ask_git_for_the_commit_once_per_process(tax, tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(ck, "git_sha", lambda: calls.append(1) or "abc")
-    ck.process_git_sha.cache_clear()
-    run = _tiny_run(tax, tmp_path, every_steps=1)
-    train_one_epoch(run, _batches(3))  # three saves
-    run.checkpointer.close()
-    ck.process_git_sha.cache_clear()
-    assert len(calls) == 1 and torch.load(tmp_path / "last.pth", weights_only=True)["git_sha"] == "abc"
-
-
-def test_the_buffers_are_reserved_after_the_first_update_once_adamws_state_exists(tax, tmp_path):
-    torch.manual_seed(0)
-    model = LeafModel(nn.Flatten(), nn.Linear(12, 6))
-    run = _tiny_run(tax, tmp_path, every_steps=0)
-    run.model, run.scheduler = model, None
-    run.optimizer = torch.optim.AdamW(model.parameters())  # its state appears at the first step
-    run.checkpointer.start(run)
-    assert not run.checkpointer.writer._buffers  # nothing reserved before the loop
-    train_one_epoch(run, _batches(2))
-    keys = set(run.checkpointer.writer._buffers)
-    assert {f"/optimizer/state/{i}/{k}" for i in (0, 1) for k in ("exp_avg", "exp_avg_sq")} <= keys
-    assert "/model/1.weight" in keys and not list(tmp_path.iterdir())  # reserved, nothing written
+def test_the_format_imports_neither_the_writer_nor_the_run_even_indirectly():
+    package = Path(ck.__file__).parent
+    seen, todo = set(), ["amanita.checkpoint"]
+    while todo:
+        name = todo.pop()
+        path = package.parent / (name.replace(".", "/") + ".py")
+        if name in seen or not path.is_file():
+            continue
+        seen.add(name)
+        todo += sorted(_imports(path))
+    assert "amanita.backbone" in seen and "amanita.seeding" in seen  # the walk follows imports
+    assert not seen & {"amanita.checkpoint_writer", "amanita.run", "amanita.training"}

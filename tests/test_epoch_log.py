@@ -2,11 +2,11 @@
 running sums are part of the checkpoint."""
 import pytest
 
-from amanita import checkpoint as ck
 from amanita.engine import train_one_epoch
+from amanita.seeding import seed_everything
 from amanita.taxonomy import build_taxonomy
 from tests.helpers import TRAIN_IDS, rows
-from tests.test_checkpoint import _batches, _tiny_run
+from tests.test_checkpoint_writer import _batches, _tiny_run
 
 
 @pytest.fixture
@@ -23,10 +23,10 @@ def _resumed(tax, folder):
 def test_killed_mid_epoch_the_means_cover_the_batches_before_the_resume(tax, tmp_path):
     batches = _batches(6)
     straight = _tiny_run(tax, tmp_path / "straight", every_steps=0)
-    ck.seed_everything(1)
+    seed_everything(1)
     want = train_one_epoch(straight, batches)
     killed = _tiny_run(tax, tmp_path / "killed", every_steps=2)
-    ck.seed_everything(1)
+    seed_everything(1)
     train_one_epoch(killed, batches[:5])  # saved at update 4; the 5th batch is lost with the kill
     killed.checkpointer.wait()
     resumed = _resumed(tax, tmp_path / "killed")
@@ -42,7 +42,7 @@ def test_killed_mid_epoch_the_means_cover_the_batches_before_the_resume(tax, tmp
 def test_killed_during_validation_the_resumed_record_keeps_the_losses_and_speed(tax, tmp_path):
     batches = _batches(6)
     run = _tiny_run(tax, tmp_path, every_steps=2)
-    ck.seed_everything(1)
+    seed_everything(1)
     want = train_one_epoch(run, batches)  # saved at its last update, then killed while validating
     run.checkpointer.wait()
     resumed = _resumed(tax, tmp_path)

@@ -99,7 +99,7 @@ def test_resuming_from_a_model_file_is_refused_in_one_line(training_checkpoint, 
     path, _, _ = training_checkpoint
     write_model_file(path, tmp_path / "model.pth")
     with pytest.raises(UserError, match="model file for inference .* --init-from"):
-        restore_state(None, load_checkpoint(tmp_path / "model.pth"), tmp_path / "model.pth")
+        restore_state(load_checkpoint(tmp_path / "model.pth"), tmp_path / "model.pth", None, None, None)
 
 
 @pytest.mark.slow

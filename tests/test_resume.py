@@ -62,7 +62,7 @@ def _run(tax, save_dir, world: int, upe: int, epochs: int = 3):
     from timm.scheduler import create_scheduler_v2
 
     from amanita.backbone import ModelSpec
-    from amanita.checkpoint import Checkpointer
+    from amanita.checkpoint_writer import Checkpointer
     from amanita.distributed import DistInfo
     from amanita.losses import MultiTaskLoss
     from amanita.run import Run

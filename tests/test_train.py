@@ -13,7 +13,7 @@ from tests.helpers import ROOT, SMALL_MODEL, make_image_dataset, rows, run_scrip
 pytestmark = pytest.mark.slow  # end-to-end: trains in subprocesses
 
 CKPT_KEYS = {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "sampler", "rng", "args",
-             "taxonomy_sha256", "val_f1", "val_acc"}
+             "taxonomy_sha256", "species_f1", "species_acc1"}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_minimal_then_multitask_from_it(data, tmp_path):
                                                    "--lr", 0.05, "--test-path", data["val"]))
     best = torch.load(tmp_path / "min" / "best_model.pth", weights_only=True)
     assert CKPT_KEYS <= set(best) and best["kind"] == "single"
-    assert 0.0 <= best["val_acc"] <= 1.0 and best["model"]["head.weight"].shape[0] == 6
+    assert 0.0 <= best["species_acc1"] <= 1.0 and best["model"]["head.weight"].shape[0] == 6
     assert "species" in proc.stdout and "val top-1" in proc.stdout and "layer scales" in proc.stdout
     proc = run_script("train_multitask.py", *common(data, tmp_path / "mt", "--epochs", 1, "--init-from",
                                                     tmp_path / "min" / "best_model.pth", "--use-class-weights",
