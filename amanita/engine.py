@@ -220,11 +220,13 @@ class BatchPredictor:
         return logp, self.decoder.decode(logp)
 
 
-def iter_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=None, readout: Readout | None = None):
-    """Yield ``(log_probs, labels, idx, energy)`` per batch, on the device (see :meth:`BatchPredictor.log_probs`)."""
+def iter_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=None, readout: Readout | None = None,
+                   progress: bool = True):
+    """Yield ``(log_probs, labels, idx, energy)`` per batch, on the device (see :meth:`BatchPredictor.log_probs`);
+    ``progress``: a bar on stderr (rank 0)."""
     step = BatchPredictor(model, taxonomy, device, amp=amp, readout=readout)
-    for images, labels, idx in tqdm(loader, disable=not is_main_process(), desc="predict", dynamic_ncols=True,
-                                    leave=False):
+    for images, labels, idx in tqdm(loader, disable=not (progress and is_main_process()), desc="predict",
+                                    dynamic_ncols=True, leave=False):
         logp, energy = step.log_probs(images)
         yield logp, labels.to(step.device, non_blocking=True), idx, energy
 

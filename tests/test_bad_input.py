@@ -42,7 +42,7 @@ def one_line(text: str) -> str:
 
 def parse_validate(argv: list):
     """validate.py's flags (amanita.cli)."""
-    return cli.build_validate_parser("validate.py").parse_args(argv)
+    return cli.parse_validate_config("validate.py", argv)
 
 
 class Script:
@@ -53,7 +53,7 @@ class Script:
 
 
 VALIDATE = Script(lambda argv: print("\n".join(summary_lines(validate(parse_validate(argv))))))
-TEST_PY = Script(lambda argv: identify(cli.parse_identify_args("test.py", argv)))
+TEST_PY = Script(lambda argv: identify(cli.parse_identify_config("test.py", argv)))
 TRAIN_MULTITASK = Script(lambda argv: train(cli.build_train_parser("t", multitask=True).parse_args(argv), True))
 TRAIN_MINIMAL = Script(lambda argv: train(cli.build_train_parser("t", multitask=False).parse_args(argv), False))
 

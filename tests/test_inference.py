@@ -1,6 +1,6 @@
 """test.py: inference on images with a multi-task and a single-head checkpoint trained here.
 
-test.py's flags and main run in this process (amanita.cli.parse_identify_args, amanita.identify);
+test.py's flags and main run in this process (amanita.cli.parse_identify_config, amanita.identify);
 one test runs the script itself."""
 import json
 import shutil
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from amanita.checkpoint import load_for_eval, update_checkpoint
-from amanita.cli import cli_main, parse_identify_args
+from amanita.cli import cli_main, parse_identify_config
 from amanita.data import create_transforms, read_image
 from amanita.identify import identify
 from amanita.taxonomy import RANKS, Taxonomy
@@ -37,7 +37,7 @@ def trained(tmp_path_factory):
 def run(capsys, *args):
     """test.py's parsing, main and error handling in this process; returns (exit code, stdout, stderr)."""
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(lambda: identify(parse_identify_args("test.py", [str(a) for a in args])))()
+        cli_main(lambda: identify(parse_identify_config("test.py", [str(a) for a in args])))()
     out, err = capsys.readouterr()
     return exit_info.value.code, out, err
 

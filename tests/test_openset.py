@@ -155,10 +155,10 @@ def _finds(tmp_path):
 def _test_py(capsys, *args):
     import json
 
-    from amanita.cli import cli_main, parse_identify_args
+    from amanita.cli import cli_main, parse_identify_config
     from amanita.identify import identify
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(lambda: identify(parse_identify_args("test.py", [str(a) for a in [*args, "--workers", 0]])))()
+        cli_main(lambda: identify(parse_identify_config("test.py", [str(a) for a in [*args, "--workers", 0]])))()
     out, err = capsys.readouterr()
     return exit_info.value.code, [json.loads(line) for line in out.splitlines() if line.startswith("{")], err
 
@@ -227,7 +227,7 @@ def test_calibrating_refits_the_stored_threshold_and_other_temperatures_are_refu
 
 @pytest.mark.parametrize("value", ["nan", "inf", "1e999"])
 def test_a_threshold_that_is_not_a_finite_number_is_refused_at_parse_time(value, capsys):
-    from amanita.cli import parse_identify_args
+    from amanita.cli import parse_identify_config
     with pytest.raises(SystemExit) as e:  # NaN compares False with every score: detection silently off
-        parse_identify_args("test.py", ["x.jpg", "--checkpoint", "c.pth", "--unknown-threshold", value])
+        parse_identify_config("test.py", ["x.jpg", "--checkpoint", "c.pth", "--unknown-threshold", value])
     assert e.value.code == 2 and f"--unknown-threshold: expected a finite number, got '{value}'" in capsys.readouterr().err
