@@ -122,7 +122,7 @@ def prior_variants(prov: dict, baseline, baseline_obs, baseline_name):
 
 
 def with_metadata_of(preds, metadata):
-    from amanita.engine import with_metadata
+    from amanita.predictions import with_metadata
     return with_metadata(preds, metadata)
 
 

@@ -23,8 +23,9 @@ from amanita.config import ReadoutConfig
 from amanita.data import BAD_IMAGE, IMAGE_ERRORS, DeviceLoader, FungiTasticDataset, create_transforms, make_loader, \
     read_image
 from amanita.decode import Decoder
-from amanita.engine import Readout, iter_log_probs, predict_batches, predict_observations, with_metadata
+from amanita.engine import Readout, iter_log_probs, predict_batches, predict_observations
 from amanita.observations import ObservationPooler
+from amanita.predictions import with_metadata
 from amanita.taxonomy import KEYS, Taxonomy
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}

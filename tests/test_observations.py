@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from amanita.engine import iter_log_probs, predict_batches, predict_observations, with_metadata
+from amanita.engine import iter_log_probs, predict_batches, predict_observations
+from amanita.predictions import with_metadata
 from amanita.metrics import compute_metrics, poison_metrics
 from amanita.observations import ObservationPooler, observation_codes, pool_observations
 from amanita.taxonomy import LEAF, build_taxonomy, encode_labels
