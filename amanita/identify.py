@@ -29,7 +29,7 @@ from amanita.taxonomy import LEAF, RANKS, Taxonomy, label_column
 
 
 # ---------------------------------------------------------------------- inference
-def summarise(decoder: Decoder, logp: dict, energy: torch.Tensor, top_k: int, score: str) -> dict:
+def batch_answers(decoder: Decoder, logp: dict, energy: torch.Tensor, top_k: int, score: str) -> dict:
     """Per-rank predicted index, lineage and own confidence, the top-k leaves with their probabilities,
     the unknown-species ``score`` and the probability of poison, from log-probabilities (of images, or of
     pooled finds) ``{key: (B, C)}`` and the leaf energy (B,).
@@ -151,7 +151,7 @@ class ImageAnswers:
         logp, labels, rows, energy = batch
         cfg, paths = self.cfg, self.dataset.paths
         bad = (label_column(labels, LEAF) == BAD_IMAGE).cpu().numpy()
-        answers = None if cfg.observation else summarise(self.decoder, logp, energy, cfg.top_k, self.unknown[0])
+        answers = None if cfg.observation else batch_answers(self.decoder, logp, energy, cfg.top_k, self.unknown[0])
         for j, i in enumerate(torch.as_tensor(rows).tolist()):
             if bad[j]:
                 self.readable[i] = False
@@ -211,7 +211,7 @@ def identify_finds(cfg: IdentifyConfig, answers: ImageAnswers, pooler, finds: li
     if not order:
         return set()
     keep = torch.as_tensor(order, device=count.device)
-    pooled = summarise(decoder, {k: v[keep] for k, v in logp.items()}, extra["energy"][keep], cfg.top_k, unknown[0])
+    pooled = batch_answers(decoder, {k: v[keep] for k, v in logp.items()}, extra["energy"][keep], cfg.top_k, unknown[0])
     kept = [(p, f) for p, f, ok in zip(answers.dataset.paths, finds, readable) if ok]
     for n, j in enumerate(order):
         record = describe(Path(names[j]), pooled, n, decoder.taxonomy, answers.poisonous, cfg.backoff)

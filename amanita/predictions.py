@@ -20,7 +20,7 @@ engine computes a batch's columns in this order (``amanita.engine.prediction_col
 needs :mod:`amanita.calibration`'s lineage confidence, and calibration imports metrics, which imports
 this module), and :func:`amanita.inference.predict` fills the table.
 
-Synthetic tables of any size (tests, the scale benchmark) come from :mod:`amanita.demo.predictions`.
+Synthetic tables of any size (tests, the scale benchmark) come from :mod:`amanita.demo.synthetic_predictions`.
 """
 from __future__ import annotations
 

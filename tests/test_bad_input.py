@@ -23,7 +23,7 @@ from PIL import Image
 from amanita import cli
 from amanita.checkpoint import CheckpointWriter, remove_stale_temporaries
 from amanita.data import BAD_IMAGE, FungiTasticDataset, read_split, scan_images
-from amanita.demo.predictions import synthetic_predictions, synthetic_taxonomy
+from amanita.demo.synthetic_predictions import synthetic_predictions, synthetic_taxonomy
 from amanita.evaluate import Evaluation, summary_lines, validate
 from amanita.identify import identify
 from amanita.io import UserError, atomic_torch_save, load_tensor_file

@@ -8,7 +8,7 @@ import compute_class_weights
 import create_taxonomic_mappings
 from amanita import cli
 from amanita.data import read_split
-from amanita.demo.predictions import synthetic_predictions, synthetic_taxonomy
+from amanita.demo.synthetic_predictions import synthetic_predictions, synthetic_taxonomy
 from amanita.evaluate import summary_lines, validate
 from amanita.identify import identify
 from amanita.io import UserError

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from amanita.cli import cli_main, parse_validate_config
 from amanita.evaluate import summary_lines, validate
 from amanita.metrics import compute_metrics
-from amanita.demo.predictions import synthetic_predictions
+from amanita.demo.synthetic_predictions import synthetic_predictions
 from amanita.predictions import write_predictions
 from amanita.report import render_report
 from amanita.report.figures import (FigureInfo, optional_figures, confusion_matrix_figure, focus_figure,
