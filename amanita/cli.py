@@ -13,7 +13,7 @@ import math
 from amanita.config import (AMP_MODES, COMBINE, DECISION_HELP, DECISIONS, DECODE_HELP, DECODE_MODES,
                              DEFAULT_DECISION, DEFAULT_DECODE, DEFAULT_FOCUS, HEADS, LORA_TARGETS, METRIC_NAMES,
                              PRIOR_FIELDS, SCORES, STOCK_MODEL, TENSORBOARD_HINT, TTA_MODES, WANDB_HINT,
-                             WEIGHT_METHODS, UserError)
+                             WEIGHT_METHODS, EvalConfig, IdentifyConfig, UserError)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -439,8 +439,14 @@ def add_level_args(p: argparse.ArgumentParser) -> None:
                    help="write the threshold for --target-tpr into --checkpoint (key 'open_set') for test.py")
 
 
-def parse_identify_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
-    """test.py's flags, parsed and checked (a bad value exits with argparse's usage line)."""
+def parse_validate_config(description: str, argv: list[str] | None = None) -> EvalConfig:
+    """validate.py's flags as its frozen config; a combination argparse cannot check is a one-line
+    :class:`UserError` (see :meth:`EvalConfig.problems`)."""
+    return EvalConfig.from_flags(vars(build_validate_parser(description).parse_args(argv)))
+
+
+def parse_identify_config(description: str, argv: list[str] | None = None) -> IdentifyConfig:
+    """test.py's flags, parsed and checked, as its frozen config (a bad value exits with argparse's usage line)."""
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
     g = p.add_argument_group("Model parameters")
@@ -481,15 +487,16 @@ def parse_identify_args(description: str, argv: list[str] | None = None) -> argp
     r.add_argument("--workers", type=nonneg_int, default=2, help="image-decoding worker processes (0: in this process)")
     add_inference_args(r)
     add_submission_args(p)
-    args = p.parse_args(argv)
-    if args.metadata:  # images given after --metadata's items (FIELD=VALUE) were swallowed by its nargs
-        args.inputs += [m for m in args.metadata if "=" not in m]
-        args.metadata = [m for m in args.metadata if "=" in m]
-    if not args.inputs and not args.submission:
+    flags = vars(p.parse_args(argv))
+    metadata, inputs = flags["metadata"], flags["inputs"]
+    if metadata:  # images given after --metadata's items (FIELD=VALUE) were swallowed by its nargs
+        inputs = inputs + [m for m in metadata if "=" not in m]
+        metadata = [m for m in metadata if "=" in m]
+    if not inputs and not flags["submission"]:
         p.error("give images or folders, or --submission OUT.csv --test-path TEST.csv")
-    if args.submission and not args.test_path:
+    if flags["submission"] and not flags["test_path"]:
         p.error("--submission needs --test-path (the FungiTastic/FungiCLEF test metadata CSV)")
-    return args
+    return IdentifyConfig.from_flags(flags, inputs=tuple(inputs), metadata=None if metadata is None else tuple(metadata))
 
 
 def add_distill_args(parser: argparse.ArgumentParser) -> None:

@@ -97,3 +97,127 @@ class TrackingConfig(Config):
     wandb_run_id: str | None
     wandb_dir: str | None
     log_tensorboard: str | None
+
+
+# ---- inference configs (validate.py, test.py)
+@dataclass(frozen=True, kw_only=True)
+class InferenceConfig(Config):
+    """``--decode``, ``--amp``, ``--device`` (cli.add_inference_args)."""
+    decode: str
+    amp: str
+    device: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReadoutConfig(Config):
+    """``--tta``, ``--no-temperatures`` (cli.add_readout_args): how outputs become probabilities."""
+    tta: str
+    no_temperatures: bool
+
+    def temperatures(self, info: dict) -> dict | None:
+        """The temperatures stored in a checkpoint's ``info``, unless ``--no-temperatures``."""
+        return None if self.no_temperatures else info.get("temperatures")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PriorsConfig(Config):
+    """``--priors``, ``--prior-fields``, ``--prior-weight`` (cli.add_priors_args)."""
+    priors: str | None
+    prior_fields: tuple[str, ...] | None
+    prior_weight: float | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecisionConfig(Config):
+    """``--decision`` and the FungiCLEF cost flags (cli.add_decision_args)."""
+    decision: str
+    poisonous_as_edible_cost: float
+    edible_as_poisonous_cost: float
+    mistake_cost: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig(TrackingConfig, InferenceConfig, ReadoutConfig, PriorsConfig, DecisionConfig):
+    """validate.py's flags; the combinations argparse cannot express are checked when it is built."""
+    checkpoint: str | None
+    from_predictions: str | None
+    calibrate: bool
+    fit_prior_weight: bool
+    baseline_checkpoint: str | None
+    baseline_model: str | None
+    baseline_predictions: str | None
+    val_path: str | None
+    image_root: str | None
+    mappings: str | None
+    aggregate: tuple[str, ...]
+    combine: str
+    open_set: bool
+    unknown_score: str
+    target_tpr: float
+    store_threshold: bool
+    focus_species: tuple[str, ...]
+    output_dir: str
+    training_log: str | None
+    batch_size: int
+    workers: int
+    max_bad_image_fraction: float
+
+    def __post_init__(self) -> None:
+        for problem in self.problems():
+            raise UserError(problem)
+
+    def problems(self) -> list[str]:
+        """Combinations of flags that argparse cannot express, as one-line messages."""
+        model, preds = self.checkpoint is not None, self.from_predictions is not None
+        rules = [
+            (not model and not preds, "give --checkpoint (with --val-path) or --from-predictions"),
+            (preds and self.mappings is None, "--from-predictions needs --mappings "
+             "(the taxonomic_mappings.json the predictions were made with)"),
+            (model and self.val_path is None, "--checkpoint needs --val-path (the validation CSV)"),
+            (preds and bool(self.baseline_checkpoint or self.baseline_model),
+             "with --from-predictions, give the baseline as --baseline-predictions"),
+            (self.calibrate and (not model or self.no_temperatures),
+             "--calibrate needs --checkpoint (the model to calibrate) and not --no-temperatures"),
+            (not 0 < self.target_tpr <= 1, f"--target-tpr {self.target_tpr} is not a share in (0, 1]"),
+            (preds and bool(self.priors or self.decision != "argmax"),
+             "--priors and --decision need --checkpoint (a predictions file keeps no probabilities)"),
+            (self.fit_prior_weight and (not self.priors or not model),
+             "--fit-prior-weight needs --priors and --checkpoint (where the weight is stored)"),
+            (self.store_threshold and (not model or not self.open_set),
+             "--store-threshold needs --open-set and --checkpoint (where the threshold is written)"),
+        ]
+        return [message for broken, message in rules if broken]
+
+    @property
+    def tracked(self) -> bool:
+        """Whether the report's numbers go to W&B or TensorBoard."""
+        return bool(self.log_wandb or self.log_tensorboard)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubmissionConfig(Config):
+    """test.py's ``Submission parameters`` (cli.add_submission_args)."""
+    submission: str | None
+    test_path: str | None
+    image_root: str | None
+    image_size_folder: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class IdentifyConfig(InferenceConfig, ReadoutConfig, PriorsConfig, DecisionConfig, SubmissionConfig):
+    """test.py's flags (``inputs``: the images and folders given; ``metadata``: the FIELD=VALUE items)."""
+    inputs: tuple[str, ...]
+    checkpoint: str
+    mappings: str | None
+    no_ema: bool
+    metadata: tuple[str, ...] | None
+    poison_warning: float
+    top_k: int
+    backoff: float
+    json: bool
+    observation: bool
+    combine: str
+    unknown_threshold: float | None
+    unknown_score: str | None
+    batch_size: int
+    workers: int

@@ -23,7 +23,7 @@ from PIL import Image
 from amanita import cli
 from amanita.checkpoint_writer import CheckpointWriter, remove_stale_temporaries
 from amanita.data import BAD_IMAGE, FungiTasticDataset, read_split, scan_images
-from amanita.demo.predictions import synthetic_predictions, synthetic_taxonomy
+from amanita.demo.synthetic_predictions import synthetic_predictions, synthetic_taxonomy
 from amanita.evaluate import Evaluation, summary_lines, validate
 from amanita.identify import identify
 from amanita.io import UserError, atomic_torch_save, load_tensor_file
@@ -42,7 +42,7 @@ def one_line(text: str) -> str:
 
 def parse_validate(argv: list):
     """validate.py's flags (amanita.cli)."""
-    return cli.build_validate_parser("validate.py").parse_args(argv)
+    return cli.parse_validate_config("validate.py", argv)
 
 
 class Script:
@@ -53,7 +53,7 @@ class Script:
 
 
 VALIDATE = Script(lambda argv: print("\n".join(summary_lines(validate(parse_validate(argv))))))
-TEST_PY = Script(lambda argv: identify(cli.parse_identify_args("test.py", argv)))
+TEST_PY = Script(lambda argv: identify(cli.parse_identify_config("test.py", argv)))
 TRAIN_MULTITASK = Script(lambda argv: train(cli.build_train_parser("t", multitask=True).parse_args(argv), True))
 TRAIN_MINIMAL = Script(lambda argv: train(cli.build_train_parser("t", multitask=False).parse_args(argv), False))
 

@@ -8,7 +8,7 @@ import compute_class_weights
 import create_taxonomic_mappings
 from amanita import cli
 from amanita.data import read_split
-from amanita.demo.predictions import synthetic_predictions, synthetic_taxonomy
+from amanita.demo.synthetic_predictions import synthetic_predictions, synthetic_taxonomy
 from amanita.evaluate import summary_lines, validate
 from amanita.identify import identify
 from amanita.io import UserError
@@ -16,9 +16,9 @@ from amanita.predictions import write_predictions
 from amanita.taxonomy import build_taxonomy
 from tests.helpers import call_main, in_process, make_image_dataset, one_line, tiny_checkpoint
 
-TEST_PY = in_process(lambda argv: identify(cli.parse_identify_args("test.py", argv)))
+TEST_PY = in_process(lambda argv: identify(cli.parse_identify_config("test.py", argv)))
 VALIDATE = in_process(lambda argv: print("\n".join(summary_lines(validate(
-    cli.build_validate_parser("validate.py").parse_args(argv))))))
+    cli.parse_validate_config("validate.py", argv))))))
 
 
 @pytest.fixture(scope="module")
