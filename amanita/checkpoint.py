@@ -301,16 +301,16 @@ def checkpoint_state(run) -> dict:
         "epoch": s.epoch, "step": s.step,
         "epoch_progress": {"loss_sums": {k: float(v) for k, v in s.epoch_sums.items()}, "batches": s.epoch_batches,
                            "images": s.epoch_images, "seconds": s.epoch_seconds},  # the epoch's log record so far
-        "sampler": {"epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch, "batch_size": run.args.batch_size,
+        "sampler": {"epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch, "batch_size": run.cfg.batch_size,
                     "world_size": run.dist.world_size, "accum_steps": run.config.accum_steps},
-        "rng": capture_rng(), "args": plain_args(run.args), "kind": spec.kind,
+        "rng": capture_rng(), "args": run.cfg.to_dict(), "kind": spec.kind,
         "architecture": spec.architecture, "model_kwargs": spec.kwargs, "lora": spec.lora,
         "head_sizes": tax.head_sizes() if spec.kind == "multitask" else None, "head_mode": spec.head_mode,
         "taxonomy": tax.to_dict(), "taxonomy_sha256": tax.sha256(),
         "data_config": dict(spec.data_config), "history": s.history,
         "best_metric": s.best_metric, "bad_epochs": s.bad_epochs,
         "val_f1": _last(s.history, "val/species/f1"), "val_acc": _last(s.history, "val/species/acc1"),
-        "lr_scaling": run.lr_scaling,  # the resolved peak lr and global batch (amanita.optim.resolve_lr)
+        "lr_scaling": run.cfg.lr_scaling,  # the resolved peak lr and global batch (amanita.optim.resolve_lr)
         "git_sha": process_git_sha(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "tracking": run.tracker.state() if run.tracker else dict(run.tracking),  # W&B id, TensorBoard dir
     }
@@ -359,7 +359,7 @@ def restore_state(run, ckpt: dict, path: str | os.PathLike) -> None:
     restore_epoch_progress(state, ckpt)
     restore_rng(ckpt["rng"])  # rank 0's streams; the other ranks draw their own from seed + rank
     if dist.rank:
-        seed_everything(run.args.seed + dist.rank + 7919 * ckpt["step"])
+        seed_everything(run.cfg.seed + dist.rank + 7919 * ckpt["step"])
 
 
 def restore_epoch_progress(state, ckpt: dict) -> None:
@@ -379,7 +379,7 @@ def saved_layout(ckpt: dict) -> tuple[int, int, int]:
 
 
 def run_layout(run) -> tuple[int, int, int]:
-    return run.args.batch_size, run.dist.world_size, run.config.accum_steps
+    return run.cfg.batch_size, run.dist.world_size, run.config.accum_steps
 
 
 def adopt_layout(run, ckpt: dict, path: str | os.PathLike) -> None:
@@ -410,11 +410,11 @@ def check_same_run(ckpt: dict, run, path: str | os.PathLike) -> None:
     if base and base != (run.spec.lora or {}).get("base_sha256"):
         raise UserError(f"{path} holds LoRA adapters trained on other frozen weights than --init-from gives now; "
                         "resume from the run's start checkpoint as it was, or start a new --save-dir")
-    saved = ckpt.get("args") or {}
+    saved, now = ckpt.get("args") or {}, run.cfg.to_dict()
     for flag in ("layer_decay", "opt", "lora_rank", "lora_alpha", "lora_targets", "freeze_backbone"):
-        if flag in saved and saved[flag] != getattr(run.args, flag, None):
+        if flag in saved and saved[flag] != now.get(flag):
             raise UserError(f"{path} was trained with --{flag.replace('_', '-')} {saved[flag]}, this run asks "
-                            f"for {getattr(run.args, flag, None)}; resume with the same value or start a new "
+                            f"for {now.get(flag)}; resume with the same value or start a new "
                             "--save-dir (or --resume none)")
 
 

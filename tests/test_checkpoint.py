@@ -1,6 +1,5 @@
 """Checkpoints in-process: old formats, errors, update_checkpoint, RNG capture, an exact resume of the
 loop, and background writing (snapshots, ordering, best-model links, failures, stale temporaries)."""
-import argparse
 import os
 import random
 
@@ -18,7 +17,7 @@ from amanita.losses import MultiTaskLoss
 from amanita.model import create_multitask_model
 from amanita.run import Run
 from amanita.taxonomy import LEAF, build_taxonomy
-from tests.helpers import TRAIN_IDS, rows
+from tests.helpers import TRAIN_IDS, rows, train_config
 
 SMALL = {"depth": 1, "embed_dim": 32, "num_heads": 2, "img_size": 16, "patch_size": 8}
 
@@ -109,7 +108,7 @@ def _tiny_run(tax, save_dir, every_steps: int, init_seed: int = 0) -> Run:
     sched = CosineLRScheduler(opt, t_initial=6, warmup_t=2, warmup_lr_init=0.01, t_in_epochs=False)
     crit = MultiTaskLoss(tax, {LEAF: 1.0}, leaf_index=torch.arange(6))
     return Run(model, opt, crit, scheduler=sched, checkpointer=Checkpointer(save_dir, "auto", every_steps),
-               args=argparse.Namespace(batch_size=2, seed=0), taxonomy=tax,
+               cfg=train_config(batch_size=2, seed=0), taxonomy=tax,
                spec=ModelSpec("single", "tiny", {}, {"input_size": (3, 2, 2)}))
 
 
