@@ -300,7 +300,7 @@ def add_run_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     g = p.add_argument_group("Run parameters")
     g.add_argument("--batch-size", type=positive_int, default=64 if multitask else 32, help="batch per process")
     g.add_argument("--save-dir", default="checkpoints/multitask" if multitask else "checkpoints/minimal",
-                   help="checkpoints, metrics.jsonl and args.json ($CHECKPOINT_ARTIFACT_PATH wins on ISC)")
+                   help="checkpoints, metrics.jsonl and args.yaml ($CHECKPOINT_ARTIFACT_PATH wins on ISC)")
     g.add_argument("--resume", default="auto",
                    help="checkpoint to resume; auto: last.pth in --save-dir when present; none: start fresh")
     g.add_argument("--save-every-steps", type=nonneg_int, default=500, help="also save last.pth every N updates (0: off)")
