@@ -59,7 +59,8 @@ TENSORBOARD_HINT = "pip install tensorboard==2.21.0 (or pip install -r requireme
 # written. Flag groups that several scripts share are mixins (``TrackingConfig``), so a function
 # that needs only one group takes that type and accepts every script's config. Values the scripts
 # resolve from the flags (the lr from the global batch, folders) are further fields, computed once
-# when the config is built, never written back into it.
+# into a new frozen config (training: ``training.resolve_config``, once the processes are known),
+# never written back into the flags.
 @dataclass(frozen=True, kw_only=True)
 class Config:
     """Base of the configs: frozen, plain values only (tuples, not lists)."""

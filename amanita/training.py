@@ -187,7 +187,7 @@ def run_transforms(cfg: AugmentConfig, data_config: dict):
             create_transforms(data_config, False))
 
 
-def _loader(ds, sampler, cfg, dist, data_config, persistent=True, batch_size=None) -> DeviceLoader:
+def _loader(ds, sampler, cfg: TrainConfig, dist, data_config, persistent=True, batch_size=None) -> DeviceLoader:
     loader = make_loader(ds, batch_size or cfg.batch_size, cfg.workers, dist.device, sampler, cfg.prefetch_factor,
                          cfg.seed, persistent)
     return DeviceLoader(loader, dist.device, data_config, cfg.channels_last)
