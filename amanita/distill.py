@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from amanita import checkpoint as ck
+from amanita.config import DistillConfig
 from amanita.engine import as_outputs
 from amanita.io import UserError
 from amanita.decode import rank_log_probs
@@ -96,21 +97,19 @@ class Teacher:
     leaf_index: torch.Tensor | None  # a single-head teacher's leaf columns
     description: str
 
-    def criterion(self, hard: nn.Module, taxonomy: Taxonomy, args) -> DistillationLoss:
-        return DistillationLoss(hard, taxonomy, args.distill_alpha, args.distill_temperature, self.leaf_index)
+    def criterion(self, hard: nn.Module, taxonomy: Taxonomy, cfg: DistillConfig) -> DistillationLoss:
+        return DistillationLoss(hard, taxonomy, cfg.distill_alpha, cfg.distill_temperature, self.leaf_index)
 
     def wrap(self, student: nn.Module) -> Distiller:
         return Distiller(student, self.model)
 
 
-def load_teacher(args, taxonomy: Taxonomy, device) -> Teacher | None:
-    """``--teacher``: the model (EMA weights when present), its data config and leaf columns; None without it.
+def load_teacher(cfg: DistillConfig, taxonomy: Taxonomy, device) -> Teacher:
+    """``--teacher``: the model (EMA weights when present), its data config and leaf columns.
 
     Its taxonomy must be the run's: the soft targets are indexed by the same classes.
     """
-    path = getattr(args, "teacher", None)
-    if not path:
-        return None
+    path = cfg.teacher
     model, tax, data_config, info = ck.load_for_eval(path, device)
     if tax.sha256() != taxonomy.sha256():
         raise UserError(f"--teacher {path} was trained with another taxonomy (sha256 {tax.sha256()[:12]}…, "
@@ -120,5 +119,5 @@ def load_teacher(args, taxonomy: Taxonomy, device) -> Teacher | None:
         leaf_index = torch.tensor(taxonomy.category_ids, device=device)
     text = (f"teacher {path}: {info['architecture']} ({info['kind']}, epoch {info['epoch']}, "
             f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters); "
-            f"alpha {args.distill_alpha}, temperature {args.distill_temperature}")
+            f"alpha {cfg.distill_alpha}, temperature {cfg.distill_temperature}")
     return Teacher(model, dict(data_config), leaf_index, text)

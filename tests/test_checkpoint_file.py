@@ -16,12 +16,12 @@ from tests.helpers import SMALL_MODEL, call_main, in_process, make_image_dataset
 TEST_PY = in_process(lambda argv: identify(cli.parse_identify_config("test.py", argv)))
 VALIDATE = in_process(lambda argv: print("\n".join(summary_lines(validate(
     cli.parse_validate_config("validate.py", argv))))))
-TRAIN = in_process(lambda argv: train(cli.build_train_parser("t", multitask=True).parse_args(argv), True))
+TRAIN = in_process(lambda argv: train(cli.parse_train_config("t", True, argv)))
 
 
 def _distill(argv):
     import distill
-    return train(distill.parse_args(argv), multitask=True)
+    return train(distill.parse_args(argv))
 
 
 DISTILL = in_process(_distill)

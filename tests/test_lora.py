@@ -1,6 +1,5 @@
 """LoRA adapters (amanita/lora.py): every target really adapts, BEiT's fused qkv included; merging;
 layer decay, resume and the training scripts with adapters."""
-import argparse
 import copy
 
 import pytest
@@ -9,7 +8,7 @@ import torch
 from amanita.lora import LoraSpec, add_adapters, adapters, merge_adapters, trainable_parameters
 from amanita.model import create_multitask_model
 from amanita.taxonomy import build_taxonomy
-from tests.helpers import TRAIN_IDS, make_image_dataset, rows, run_script, tiny_checkpoint
+from tests.helpers import TRAIN_IDS, make_image_dataset, rows, run_script, tiny_checkpoint, train_config
 
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 8}
 ARCHS = ["beit_base_patch16_224", "vit_base_patch16_224"]
@@ -85,15 +84,15 @@ def test_merged_model_answers_as_the_adapted_one_with_plain_weight_names(tax, ar
 
 
 def _args(**kw):
-    base = dict(layer_decay=0.75, weight_decay=0.05, head_lr_scale=10.0, opt="adamw", lr=1e-3, momentum=0.9)
-    return argparse.Namespace(**(base | kw))
+    return train_config("--layer-decay", 0.75, "--weight-decay", 0.05, "--head-lr-scale", 10.0, "--opt", "adamw",
+                        "--lr", 1e-3, "--momentum", 0.9, multitask=True).replace(**kw)
 
 
 def _scales(model) -> dict:
     """``{parameter name: lr scale}`` of what ``make_optimizer`` puts in the optimizer."""
     from amanita.training import make_optimizer
     ids = {id(p): n for n, p in model.named_parameters()}
-    opt = make_optimizer(model, _args(), torch.device("cpu"), True)
+    opt = make_optimizer(model, _args(), torch.device("cpu"))
     return {ids[id(p)]: g["lr_scale"] for g in opt.param_groups for p in g["params"]}
 
 
@@ -127,12 +126,12 @@ def test_resume_with_adapters_continues_exactly(tax):
     (other random adapters), then 2 more updates = 4 updates straight."""
     from amanita.training import make_optimizer
     straight, _ = _model("beit_base_patch16_224", tax)
-    opt = make_optimizer(straight, _args(), torch.device("cpu"), True)
+    opt = make_optimizer(straight, _args(), torch.device("cpu"))
     _steps(straight, opt, 2, seed=1)
     saved = copy.deepcopy({"model": straight.state_dict(), "optimizer": opt.state_dict()})
     _steps(straight, opt, 2, seed=2)
     resumed, _ = _model("beit_base_patch16_224", tax, seed=7)
-    opt2 = make_optimizer(resumed, _args(), torch.device("cpu"), True)
+    opt2 = make_optimizer(resumed, _args(), torch.device("cpu"))
     resumed.load_state_dict(saved["model"])
     opt2.load_state_dict(saved["optimizer"])
     _steps(resumed, opt2, 2, seed=2)

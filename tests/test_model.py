@@ -1,4 +1,3 @@
-import argparse
 import json
 import math
 import subprocess
@@ -12,7 +11,7 @@ from amanita.backbone import create_timm_model, resolve_data_config
 from amanita.model import MultiTaskBEiT
 from amanita.taxonomy import build_taxonomy
 from amanita.training import group_table, make_optimizer
-from tests.helpers import TRAIN_IDS, rows, script_env, write_hub_cache_model
+from tests.helpers import TRAIN_IDS, rows, script_env, train_config, write_hub_cache_model
 
 SMALL = {"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 8}
 # category_id of each helper lineage in this test: not contiguous, not in lineage order
@@ -89,9 +88,9 @@ def test_unknown_model_data_config_follows_timm():
 def test_layer_decay_groups_for_beit_base():
     backbone = create_timm_model("beit_base_patch16_224", pretrained=False, num_classes=0)
     model = MultiTaskBEiT(backbone, {"phylum": 7, "genus": 10, "leaf": 20})
-    args = argparse.Namespace(layer_decay=0.75, weight_decay=0.05, head_lr_scale=1.0, opt="adamw", lr=1e-4,
-                              momentum=0.9)
-    opt = make_optimizer(model, args, torch.device("cpu"), multitask=True)
+    cfg = train_config("--layer-decay", 0.75, "--weight-decay", 0.05, "--head-lr-scale", 1.0, "--opt", "adamw",
+                       "--lr", 1e-4, "--momentum", 0.9, multitask=True)
+    opt = make_optimizer(model, cfg, torch.device("cpu"))
     scale_of = {id(p): g["lr_scale"] for g in opt.param_groups for p in g["params"]}
     named = dict(model.named_parameters())
     scales = sorted({round(s, 10) for s in scale_of.values()})
@@ -102,8 +101,7 @@ def test_layer_decay_groups_for_beit_base():
     assert scale_of[id(named["backbone.blocks.11.mlp.fc2.weight"])] == pytest.approx(0.75)
     assert scale_of[id(named["heads.leaf.weight"])] == 1.0
     assert "14 layer scales" in group_table(model, opt)
-    args.head_lr_scale = 10.0
-    opt = make_optimizer(model, args, torch.device("cpu"), multitask=True)
+    opt = make_optimizer(model, cfg.replace(head_lr_scale=10.0), torch.device("cpu"))
     assert {g["lr_scale"] for g in opt.param_groups if g.get("is_head")} == {10.0}
 
 

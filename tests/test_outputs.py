@@ -7,6 +7,7 @@ import pytest
 import compute_class_weights
 import create_taxonomic_mappings
 from amanita import cli
+from amanita.config import DistillConfig, MultitaskTrainConfig
 from amanita.data import read_split
 from amanita.demo.synthetic_predictions import synthetic_predictions, synthetic_taxonomy
 from amanita.evaluate import summary_lines, validate
@@ -142,9 +143,11 @@ def test_a_training_run_never_writes_over_its_teacher_or_init_from(files, tmp_pa
          "--save-dir", save]
     for flag in ("--init-from", "--teacher"):
         parser = cli.build_train_parser("t", multitask=True)
+        cls = MultitaskTrainConfig
         if flag == "--teacher":
             cli.add_distill_args(parser)
-        main = in_process(lambda argv, p=parser: train(p.parse_args(argv), True))
+            cls = DistillConfig
+        main = in_process(lambda argv, p=parser, c=cls: train(cli.parse_config(p, c, argv)))
         code, _, err = call_main(main, [*d, flag, teacher])
         assert code == 2 and f"--save-dir {teacher} is the {flag} file" in one_line(err)
     assert teacher.read_bytes() == before and sorted(p.name for p in save.iterdir()) == ["best_model.pth"]
