@@ -15,7 +15,8 @@ Examples:
       --val-path .../FungiTastic-ClosedSet-Val.csv --model mobilenetv3_large_100 --save-dir checkpoints/student
   torchrun --nproc-per-node 8 distill.py --teacher ... --train-path ... --val-path ... --batch-size 128
 """
-from amanita.cli import add_distill_args, build_train_parser, cli_main
+from amanita.cli import add_distill_args, build_train_parser, check_train_config, cli_main, parse_config
+from amanita.config import DistillConfig
 from amanita.training import train
 
 # a student trained from scratch: one lr for all layers, no layer decay, no head boost
@@ -23,12 +24,15 @@ STUDENT_DEFAULTS = dict(model="mobilenetv3_small_050", pretrained="no", lr=2e-3,
                         head_lr_scale=1.0, drop_path=0.0, head_mode="residual", save_dir="checkpoints/student")
 
 
-def parse_args(argv=None):
+def parse_args(argv=None) -> DistillConfig:
+    """train_multitask.py's flags with the student's defaults, and the teacher's (``--config FILE`` replayed first)."""
     p = build_train_parser(__doc__, multitask=True)
     add_distill_args(p)
     p.set_defaults(**STUDENT_DEFAULTS)
-    return p.parse_args(argv)
+    cfg = parse_config(p, DistillConfig, argv)
+    check_train_config(cfg)
+    return cfg
 
 
 if __name__ == "__main__":
-    cli_main(lambda: train(parse_args(), multitask=True))()
+    cli_main(lambda: train(parse_args()))()

@@ -35,10 +35,11 @@ import torch
 
 from amanita.checkpoint import load_for_eval
 from amanita.cli import HelpFormatter, cli_main, nonneg_int, onnx_opset, positive_float
+from amanita.config import ExportConfig
 from amanita.io import UserError, check_not_inputs, staged_output
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None) -> ExportConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="an amanita checkpoint (multi-task, distilled or single-head)")
     p.add_argument("--format", choices=("onnx", "pth"), default="onnx",
@@ -57,45 +58,45 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--atol", type=positive_float, default=None,
                    help="largest allowed absolute difference of any logit; %(default)s: 1e-3 for onnx, by --dtype for pth "
                         "(float32 1e-4, float16 2e-2, bfloat16 0.15)")
-    return p.parse_args(argv)
+    return ExportConfig.from_flags(vars(p.parse_args(argv)))
 
 
-def check_batch(args, taxonomy, data_config) -> torch.Tensor:
+def check_batch(cfg: ExportConfig, taxonomy, data_config) -> torch.Tensor:
     """The images the check runs on: the first rows of --check-csv, or seeded random tensors."""
-    if args.check_csv is None:
-        return torch.randn(args.check_images, *data_config["input_size"], generator=torch.Generator().manual_seed(0))
+    if cfg.check_csv is None:
+        return torch.randn(cfg.check_images, *data_config["input_size"], generator=torch.Generator().manual_seed(0))
     from amanita.data import FungiTasticDataset, create_transforms, to_model_input
-    ds = FungiTasticDataset(args.check_csv, taxonomy, create_transforms(data_config, train=False),
-                            image_root=args.image_root, input_size=data_config["input_size"])
-    n = min(args.check_images, len(ds))
+    ds = FungiTasticDataset(cfg.check_csv, taxonomy, create_transforms(data_config, train=False),
+                            image_root=cfg.image_root, input_size=data_config["input_size"])
+    n = min(cfg.check_images, len(ds))
     if n == 0:
-        raise UserError(f"--check-csv {args.check_csv} has no rows")
+        raise UserError(f"--check-csv {cfg.check_csv} has no rows")
     images = torch.stack([ds[i][0] for i in range(n)])  # uint8
     return to_model_input(images, torch.device("cpu"), data_config["mean"], data_config["std"])
 
 
-def staged_and_checked(args, write, check, what: str):
+def staged_and_checked(cfg: ExportConfig, write, check, what: str):
     """``write(stage)`` into a staging folder, ``check(stage)`` there, and only then replace the folder's files.
 
     So a file that fails its check never replaces a good previous export (the folder is shared by
     the ONNX bundle and model.pth: nothing else in it is touched). Returns ``(written, diffs)``."""
-    inputs = {"--checkpoint": args.checkpoint, "--check-csv": args.check_csv}
-    with staged_output(args.output_dir, inputs=inputs, owns=False) as stage:
+    inputs = {"--checkpoint": cfg.checkpoint, "--check-csv": cfg.check_csv}
+    with staged_output(cfg.output_dir, inputs=inputs, owns=False) as stage:
         written, diffs = write(stage), None
         if check is not None:
             try:
                 diffs = check(stage)
             except UserError as e:
-                raise UserError(f"the new {what} failed its check, so {args.output_dir} keeps its previous files: "
+                raise UserError(f"the new {what} failed its check, so {cfg.output_dir} keeps its previous files: "
                                 f"{str(e).split(': ', 1)[-1]}") from None
     return written, diffs
 
 
-def load_checked_inputs(args, output: Path):
+def load_checked_inputs(cfg: ExportConfig, output: Path):
     """The model to export and the check's images, read before anything is written (a bad CSV: nothing written)."""
-    check_not_inputs({"--output-dir": output}, {"--checkpoint": args.checkpoint, "--check-csv": args.check_csv})
-    model, taxonomy, data_config, info = load_for_eval(args.checkpoint, "cpu", use_ema=not args.no_ema)
-    images = check_batch(args, taxonomy, data_config) if args.check_images > 0 else None
+    check_not_inputs({"--output-dir": output}, {"--checkpoint": cfg.checkpoint, "--check-csv": cfg.check_csv})
+    model, taxonomy, data_config, info = load_for_eval(cfg.checkpoint, "cpu", use_ema=not cfg.no_ema)
+    images = check_batch(cfg, taxonomy, data_config) if cfg.check_images > 0 else None
     return model, taxonomy, data_config, info, images
 
 
@@ -105,33 +106,33 @@ def print_diffs(label: str, images, diffs) -> None:
               + json.dumps({k: float(f"{v:.2e}") for k, v in diffs.items()}))
 
 
-def export_pth(args) -> int:
+def export_pth(cfg: ExportConfig) -> int:
     """--format pth: write model.pth, check that it answers as the checkpoint does, then put it in place."""
     from amanita.modelfile import check_model_file, write_model_file
-    path = Path(args.output_dir) / "model.pth"
-    model, _, _, _, images = load_checked_inputs(args, path)
+    path = Path(cfg.output_dir) / "model.pth"
+    model, _, _, _, images = load_checked_inputs(cfg, path)
     _, diffs = staged_and_checked(
-        args, lambda stage: write_model_file(args.checkpoint, stage / "model.pth", use_ema=not args.no_ema,
-                                             dtype=args.dtype),
-        None if images is None else lambda stage: check_model_file(model, stage / "model.pth", images, args.atol),
+        cfg, lambda stage: write_model_file(cfg.checkpoint, stage / "model.pth", use_ema=not cfg.no_ema,
+                                             dtype=cfg.dtype),
+        None if images is None else lambda stage: check_model_file(model, stage / "model.pth", images, cfg.atol),
         "model file")
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.dtype} weights)")
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {cfg.dtype} weights)")
     print_diffs("model.pth = checkpoint", images, diffs)
     return 0
 
 
 @cli_main
 def main() -> int:
-    args = parse_args()
-    if args.format == "pth":
-        return export_pth(args)
+    cfg = parse_args()
+    if cfg.format == "pth":
+        return export_pth(cfg)
     from amanita.export import check_export, write_bundle
-    model, taxonomy, data_config, info, images = load_checked_inputs(args, Path(args.output_dir))
+    model, taxonomy, data_config, info, images = load_checked_inputs(cfg, Path(cfg.output_dir))
     record, diffs = staged_and_checked(
-        args, lambda stage: write_bundle(stage, model, taxonomy, data_config, info, args.opset),
-        None if images is None else lambda stage: check_export(model, stage / "model.onnx", images, args.atol or 1e-3),
+        cfg, lambda stage: write_bundle(stage, model, taxonomy, data_config, info, cfg.opset),
+        None if images is None else lambda stage: check_export(model, stage / "model.onnx", images, cfg.atol or 1e-3),
         "export")
-    print(f"wrote {args.output_dir}/model.onnx with outputs {record['output_sizes']}")
+    print(f"wrote {cfg.output_dir}/model.onnx with outputs {record['output_sizes']}")
     print_diffs("onnxruntime = PyTorch", images, diffs)
     return 0
 

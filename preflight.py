@@ -11,11 +11,13 @@ Examples:
       --mappings taxonomic_mappings.json --batch-size 64
   torchrun --nproc-per-node 8 preflight.py --train-path ... --val-path ... --batch-size 128 --workers 8
 """
-from amanita.cli import build_train_parser, check_train_args, cli_main, positive_float, positive_int
+from amanita.cli import build_train_parser, check_train_config, cli_main, parse_config, positive_float, positive_int
+from amanita.config import PreflightConfig
 from amanita.preflight import run
 
 
-def parse_args():
+def parse_args(argv=None) -> PreflightConfig:
+    """The train_multitask.py run's flags and preflight's own (``--config FILE``: that run's args.yaml)."""
     p = build_train_parser(__doc__, multitask=True)
     g = p.add_argument_group("Preflight parameters")
     g.add_argument("--sample-images", type=positive_int, default=64,
@@ -28,9 +30,9 @@ def parse_args():
     g.add_argument("--allow-download", action="store_true",
                    help="let the model come from the hub (default: offline, HF_HUB_OFFLINE=1, as a node without "
                         "internet would see it)")
-    args = p.parse_args()
-    check_train_args(args)
-    return args
+    cfg = parse_config(p, PreflightConfig, argv)
+    check_train_config(cfg)
+    return cfg
 
 
 @cli_main

@@ -22,13 +22,13 @@ Folders are searched recursively for .jpg .jpeg .png .webp .bmp .tif .tiff files
 A file that cannot be read as an image gets one line on stderr and the others are still
 processed. Exit code: 0 all images done, 1 some failed, 2 bad arguments or checkpoint.
 """
-from amanita.cli import cli_main, parse_identify_args
+from amanita.cli import cli_main, parse_identify_config
 from amanita.identify import identify
 
 
 @cli_main
 def main() -> int:
-    return identify(parse_identify_args(__doc__))
+    return identify(parse_identify_config(__doc__))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ Example:
   python train_minimal.py --train-path .../FungiTastic-Train.csv --val-path .../FungiTastic-ClosedSet-Val.csv \\
       --epochs 50 --batch-size 32 --lr 0.01 --workers 4 --save-dir checkpoints/minimal
 """
-from amanita.training import main
+from amanita.cli import cli_main, parse_train_config
+from amanita.training import train
 
 if __name__ == "__main__":
-    main(__doc__, multitask=False)
+    cli_main(lambda: train(parse_train_config(__doc__, multitask=False)))()

@@ -9,7 +9,8 @@ Examples:
       --mappings taxonomic_mappings.json --save-dir checkpoints/multitask
   torchrun --nproc-per-node 8 train_multitask.py --train-path ... --val-path ... --batch-size 64
 """
-from amanita.training import main
+from amanita.cli import cli_main, parse_train_config
+from amanita.training import train
 
 if __name__ == "__main__":
-    main(__doc__, multitask=True)
+    cli_main(lambda: train(parse_train_config(__doc__, multitask=True)))()

@@ -8,17 +8,13 @@
 Inference runs once and its predictions are saved (``predictions.csv``); ``--from-predictions``
 turns such a file into the same report without the model.
 """
-from amanita.cli import build_validate_parser, cli_main
+from amanita.cli import cli_main, parse_validate_config
 from amanita.evaluate import summary_lines, validate
-
-
-def parse_args(argv: list[str] | None = None):
-    return build_validate_parser(__doc__.split("\n\n")[0]).parse_args(argv)
 
 
 @cli_main
 def main() -> int:
-    print("\n".join(summary_lines(validate(parse_args()))))
+    print("\n".join(summary_lines(validate(parse_validate_config(__doc__.split("\n\n")[0])))))
     return 0
 
 

@@ -414,10 +414,10 @@ def adopt_layout(state, ckpt: dict, path: str | os.PathLike, facts: RunFacts) ->
               f"update {state.step}, the start of epoch {state.epoch + 1}{redo}", flush=True)
 
 
-def check_same_run(ckpt: dict, spec: ModelSpec, args: dict, path: str | os.PathLike) -> None:
+def check_same_run(ckpt: dict, spec: ModelSpec, flags: dict, path: str | os.PathLike) -> None:
     """Resuming needs the same architecture and optimizer layout; say which flag differs.
 
-    ``spec`` builds the resuming run's model; ``args`` are its flags as plain types (:func:`plain_args`)."""
+    ``spec`` builds the resuming run's model; ``flags`` are its flags as plain types (:func:`plain_args`)."""
     def canon(x):
         return json.dumps(x, sort_keys=True, default=str)
     have = (ckpt.get("architecture"), canon(dict(ckpt.get("model_kwargs") or {})))
@@ -431,9 +431,9 @@ def check_same_run(ckpt: dict, spec: ModelSpec, args: dict, path: str | os.PathL
                         "resume from the run's start checkpoint as it was, or start a new --save-dir")
     saved = ckpt.get("args") or {}
     for flag in ("layer_decay", "opt", "lora_rank", "lora_alpha", "lora_targets", "freeze_backbone"):
-        if flag in saved and saved[flag] != args.get(flag):
+        if flag in saved and saved[flag] != flags.get(flag):
             raise UserError(f"{path} was trained with --{flag.replace('_', '-')} {saved[flag]}, this run asks "
-                            f"for {args.get(flag)}; resume with the same value or start a new "
+                            f"for {flags.get(flag)}; resume with the same value or start a new "
                             "--save-dir (or --resume none)")
 
 

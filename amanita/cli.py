@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import functools
 import sys
 from typing import Callable
@@ -13,7 +14,8 @@ import math
 from amanita.config import (AMP_MODES, COMBINE, DECISION_HELP, DECISIONS, DECODE_HELP, DECODE_MODES,
                              DEFAULT_DECISION, DEFAULT_DECODE, DEFAULT_FOCUS, HEADS, LORA_TARGETS, METRIC_NAMES,
                              PRIOR_FIELDS, SCORES, STOCK_MODEL, TENSORBOARD_HINT, TTA_MODES, WANDB_HINT,
-                             WEIGHT_METHODS, UserError)
+                             WEIGHT_METHODS, Config, EvalConfig, IdentifyConfig, MultitaskLossConfig,
+                             MultitaskTrainConfig, TrainConfig, UserError)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -298,7 +300,7 @@ def add_run_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     g = p.add_argument_group("Run parameters")
     g.add_argument("--batch-size", type=positive_int, default=64 if multitask else 32, help="batch per process")
     g.add_argument("--save-dir", default="checkpoints/multitask" if multitask else "checkpoints/minimal",
-                   help="checkpoints, metrics.jsonl and args.json ($CHECKPOINT_ARTIFACT_PATH wins on ISC)")
+                   help="checkpoints, metrics.jsonl and args.yaml ($CHECKPOINT_ARTIFACT_PATH wins on ISC)")
     g.add_argument("--resume", default="auto",
                    help="checkpoint to resume; auto: last.pth in --save-dir when present; none: start fresh")
     g.add_argument("--save-every-steps", type=nonneg_int, default=500, help="also save last.pth every N updates (0: off)")
@@ -336,23 +338,22 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
                    help="train the heads only (a linear probe of the backbone's features); not with --lora-rank")
 
 
-def check_train_args(args: argparse.Namespace) -> None:
+def check_train_config(cfg: TrainConfig) -> None:
     """Combinations of training flags that no single ``type=`` can check, as one-line errors."""
-    scale = getattr(args, "scale", None) or (0, 1)
-    if scale[0] > scale[1]:
-        raise UserError(f"--scale {scale[0]:g} {scale[1]:g}: give the smaller crop fraction first")
-    if getattr(args, "rank_weights", None) is not None and not any(args.rank_weights):
+    if cfg.scale[0] > cfg.scale[1]:
+        raise UserError(f"--scale {cfg.scale[0]:g} {cfg.scale[1]:g}: give the smaller crop fraction first")
+    if isinstance(cfg, MultitaskLossConfig) and not any(cfg.rank_weights):
         raise UserError("--rank-weights are all 0: nothing would be trained")
-    if getattr(args, "lora_rank", 0) and getattr(args, "freeze_backbone", False):
+    if cfg.lora_rank and cfg.freeze_backbone:
         raise UserError("--freeze-backbone trains the heads only; with --lora-rank the adapters train too: give one")
-    lora_base = getattr(args, "lora_rank", 0) and getattr(args, "init_from", None)
-    if getattr(args, "lora_save", "full") == "adapters" and not lora_base:
+    if cfg.lora_save == "adapters" and not (cfg.lora_rank and cfg.init_from):
         raise UserError("--lora-save adapters needs --lora-rank and --init-from (the checkpoint the frozen weights "
                         "are read back from)")
 
 
 def build_train_parser(description: str, multitask: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    add_config_arg(p)
     add_dataset_args(p, multitask)
     add_model_args(p)
     add_optimizer_args(p, multitask)
@@ -361,6 +362,113 @@ def build_train_parser(description: str, multitask: bool) -> argparse.ArgumentPa
     add_finetune_args(p)
     add_tracking_args(p)
     return p
+
+
+def parse_train_config(description: str, multitask: bool, argv: list[str] | None = None) -> TrainConfig:
+    """A training script's flags (``--config FILE`` replayed first), checked, as its frozen config."""
+    cfg = parse_config(build_train_parser(description, multitask),
+                       MultitaskTrainConfig if multitask else TrainConfig, argv)
+    check_train_config(cfg)
+    return cfg
+
+
+# ---------------------------------------------------------------------- --config FILE: a run replayed
+def add_config_arg(p: argparse.ArgumentParser) -> None:
+    """``--config FILE``: a run's ``args.yaml`` gives the flags' values; the command line overrides them."""
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="replay a run: the args.yaml it wrote beside its checkpoints gives every flag's value, "
+                        "and flags given here override it")
+
+
+def parse_config(parser: argparse.ArgumentParser, cls: type[Config], argv: list[str] | None = None):
+    """``parser``'s flags (with ``--config FILE`` replayed, see :func:`parse_flags`) as a ``cls`` config."""
+    return cls.from_flags(parse_flags(parser, argv))
+
+
+def parse_flags(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> dict:
+    """The parsed flags as a dict (without ``config``). With ``--config FILE``, the file's values are
+    the parser's defaults and the command line overrides them (timm's train.py ``_parse_args``)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    path = pre.parse_known_args(argv)[0].config
+    if path:
+        parser.set_defaults(**config_defaults(parser, path))
+    flags = vars(parser.parse_args(argv))
+    flags.pop("config", None)
+    return flags
+
+
+def config_defaults(parser: argparse.ArgumentParser, path: str) -> dict:
+    """The flag values of a YAML config file, each checked as the command line checks it.
+
+    A key that names no flag of ``parser`` is an error naming the file and the key (argparse's
+    ``set_defaults`` would take a typo silently); a flag given in the file is no longer required."""
+    import yaml
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise UserError(f"--config {path}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"--config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: expected flag names and values (a YAML mapping), got {type(data).__name__}")
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    values = {}
+    for key, value in data.items():
+        if key not in actions:
+            near = difflib.get_close_matches(str(key).replace("-", "_"), actions, n=1)
+            raise UserError(f"{path}: {key!r} is not a flag of this script"
+                            + (f" (did you mean {near[0]!r}?)" if near else ""))
+        try:
+            values[key] = config_value(actions[key], value)
+        except (argparse.ArgumentTypeError, TypeError, ValueError) as e:
+            raise UserError(f"{path}: {key}: {e}") from None
+        actions[key].required = False
+    return values
+
+
+def config_value(action: argparse.Action, value):
+    """A config file's ``value`` for ``action``, checked by the flag's own type, nargs and choices."""
+    if action.nargs == 0:  # store_true / store_false
+        if not isinstance(value, bool):
+            raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+        return value
+    if value is None:
+        if action.default is None or _none_of(action):
+            return None
+        raise argparse.ArgumentTypeError("expected a value, got null")
+    if action.nargs in (None, "?"):
+        return _config_item(action, value)
+    if not isinstance(value, list) or not value:
+        raise argparse.ArgumentTypeError(f"expected a list of values, got {value!r}")
+    if isinstance(action.nargs, int) and len(value) != action.nargs:
+        raise argparse.ArgumentTypeError(f"expected {action.nargs} values, got {len(value)}")
+    return [_config_item(action, v) for v in value]
+
+
+def _none_of(action: argparse.Action) -> bool:
+    """Whether the flag's type reads ``none`` as None (``--layer-decay none``)."""
+    try:
+        return action.type is not None and action.type("none") is None
+    except (argparse.ArgumentTypeError, TypeError, ValueError):
+        return False
+
+
+def _config_item(action: argparse.Action, value):
+    if isinstance(value, (list, dict)):
+        raise argparse.ArgumentTypeError(f"expected one value, got {value!r}")
+    if action.type is None:
+        if not isinstance(value, str):
+            raise argparse.ArgumentTypeError(f"expected text, got {value!r}")
+        parsed = value
+    else:
+        if isinstance(value, bool):
+            raise argparse.ArgumentTypeError(f"expected a value, got {value!r}")
+        parsed = action.type(value if isinstance(value, str) else repr(value))
+    if action.choices is not None and parsed not in action.choices:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(map(str, action.choices))}, got {parsed!r}")
+    return parsed
 
 
 def build_validate_parser(description: str) -> argparse.ArgumentParser:
@@ -439,8 +547,14 @@ def add_level_args(p: argparse.ArgumentParser) -> None:
                    help="write the threshold for --target-tpr into --checkpoint (key 'open_set') for test.py")
 
 
-def parse_identify_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
-    """test.py's flags, parsed and checked (a bad value exits with argparse's usage line)."""
+def parse_validate_config(description: str, argv: list[str] | None = None) -> EvalConfig:
+    """validate.py's flags as its frozen config; a combination argparse cannot check is a one-line
+    :class:`UserError` (see :meth:`EvalConfig.problems`)."""
+    return EvalConfig.from_flags(vars(build_validate_parser(description).parse_args(argv)))
+
+
+def parse_identify_config(description: str, argv: list[str] | None = None) -> IdentifyConfig:
+    """test.py's flags, parsed and checked, as its frozen config (a bad value exits with argparse's usage line)."""
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
     g = p.add_argument_group("Model parameters")
@@ -481,15 +595,16 @@ def parse_identify_args(description: str, argv: list[str] | None = None) -> argp
     r.add_argument("--workers", type=nonneg_int, default=2, help="image-decoding worker processes (0: in this process)")
     add_inference_args(r)
     add_submission_args(p)
-    args = p.parse_args(argv)
-    if args.metadata:  # images given after --metadata's items (FIELD=VALUE) were swallowed by its nargs
-        args.inputs += [m for m in args.metadata if "=" not in m]
-        args.metadata = [m for m in args.metadata if "=" in m]
-    if not args.inputs and not args.submission:
+    flags = vars(p.parse_args(argv))
+    metadata, inputs = flags["metadata"], flags["inputs"]
+    if metadata:  # images given after --metadata's items (FIELD=VALUE) were swallowed by its nargs
+        inputs = inputs + [m for m in metadata if "=" not in m]
+        metadata = [m for m in metadata if "=" in m]
+    if not inputs and not flags["submission"]:
         p.error("give images or folders, or --submission OUT.csv --test-path TEST.csv")
-    if args.submission and not args.test_path:
+    if flags["submission"] and not flags["test_path"]:
         p.error("--submission needs --test-path (the FungiTastic/FungiCLEF test metadata CSV)")
-    return args
+    return IdentifyConfig.from_flags(flags, inputs=tuple(inputs), metadata=None if metadata is None else tuple(metadata))
 
 
 def add_distill_args(parser: argparse.ArgumentParser) -> None:

@@ -26,7 +26,7 @@ import torch
 from amanita.decode import Decoder
 from amanita.taxonomy import LEAF, RANKS, Taxonomy, roll_up
 
-from amanita.config import DECISION_HELP, DECISIONS, DEFAULT_DECISION  # noqa: F401
+from amanita.config import DECISION_HELP, DECISIONS, DEFAULT_DECISION, DecisionConfig  # noqa: F401
 SPECIES_COL = RANKS.index("species")
 
 
@@ -118,9 +118,9 @@ def make_decoder(taxonomy: Taxonomy, device, mode: str, decision: str = DEFAULT_
     return DecisionDecoder(taxonomy, device, mode, decision, costs)
 
 
-def costs_from_args(args) -> Costs:
+def costs_of(cfg: DecisionConfig) -> Costs:
     """The cost flags as :class:`Costs`."""
-    return Costs(args.poisonous_as_edible_cost, args.edible_as_poisonous_cost, args.mistake_cost)
+    return Costs(cfg.poisonous_as_edible_cost, cfg.edible_as_poisonous_cost, cfg.mistake_cost)
 
 
 # ---------------------------------------------------------------------- the cost sweep

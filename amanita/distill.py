@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from amanita import checkpoint as ck
+from amanita.config import DistillConfig
 from amanita.io import UserError
 from amanita.decode import rank_log_probs
 from amanita.taxonomy import HEADS, Taxonomy
@@ -92,26 +93,24 @@ class Teacher:
     data_config: dict      # the student is fed with it too
     description: str
 
-    def criterion(self, hard: nn.Module, taxonomy: Taxonomy, args) -> DistillationLoss:
-        return DistillationLoss(hard, taxonomy, args.distill_alpha, args.distill_temperature)
+    def criterion(self, hard: nn.Module, taxonomy: Taxonomy, cfg: DistillConfig) -> DistillationLoss:
+        return DistillationLoss(hard, taxonomy, cfg.distill_alpha, cfg.distill_temperature)
 
     def wrap(self, student: nn.Module) -> Distiller:
         return Distiller(student, self.model)
 
 
-def load_teacher(args, taxonomy: Taxonomy, device) -> Teacher | None:
-    """``--teacher``: the model (EMA weights when present) and its data config; None without it.
+def load_teacher(cfg: DistillConfig, taxonomy: Taxonomy, device) -> Teacher:
+    """``--teacher``: the model (EMA weights when present) and its data config.
 
     Its taxonomy must be the run's: the soft targets are indexed by the same classes.
     """
-    path = getattr(args, "teacher", None)
-    if not path:
-        return None
+    path = cfg.teacher
     model, tax, data_config, info = ck.load_for_eval(path, device)
     if tax.sha256() != taxonomy.sha256():
         raise UserError(f"--teacher {path} was trained with another taxonomy (sha256 {tax.sha256()[:12]}…, "
                         f"this run {taxonomy.sha256()[:12]}…); pass its mappings with --mappings")
     text = (f"teacher {path}: {info['architecture']} ({info['kind']}, epoch {info['epoch']}, "
             f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters); "
-            f"alpha {args.distill_alpha}, temperature {args.distill_temperature}")
+            f"alpha {cfg.distill_alpha}, temperature {cfg.distill_temperature}")
     return Teacher(model, dict(data_config), text)

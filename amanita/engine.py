@@ -19,7 +19,8 @@ from amanita.io import UserError
 from amanita.distributed import all_gather_objects, all_reduce_sum, is_main_process, sync_batchnorm, world_size
 from amanita.run import Run
 from amanita.taxonomy import KEYS, LEAF, Taxonomy, label_column
-from amanita.openset import FLAG_COLUMN, SCORES, leaf_energy, score_column, unknown_scores
+from amanita.openset import leaf_energy, unknown_scores
+from amanita.predictions import COLUMNS, FLOAT_COLUMNS, INT_COLUMNS
 from amanita.config import TTA_MODES  # noqa: F401
 
 
@@ -215,11 +216,13 @@ class BatchPredictor:
         return logp, self.decoder.decode(logp)
 
 
-def iter_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=None, readout: Readout | None = None):
-    """Yield ``(log_probs, labels, idx, energy)`` per batch, on the device (see :meth:`BatchPredictor.log_probs`)."""
+def iter_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=None, readout: Readout | None = None,
+                   progress: bool = True):
+    """Yield ``(log_probs, labels, idx, energy)`` per batch, on the device (see :meth:`BatchPredictor.log_probs`);
+    ``progress``: a bar on stderr (rank 0)."""
     step = BatchPredictor(model, taxonomy, device, amp=amp, readout=readout)
-    for images, labels, idx in tqdm(loader, disable=not is_main_process(), desc="predict", dynamic_ncols=True,
-                                    leave=False):
+    for images, labels, idx in tqdm(loader, disable=not (progress and is_main_process()), desc="predict",
+                                    dynamic_ncols=True, leave=False):
         logp, energy = step.log_probs(images)
         yield logp, labels.to(step.device, non_blocking=True), idx, energy
 
@@ -233,7 +236,7 @@ def predict(model: nn.Module, loader, taxonomy: Taxonomy, device, decode: str = 
     ``{key}_true``, ``{key}_pred``, ``{key}_conf``, ``{key}_lconf``, ``{key}_ptrue`` and
     ``{key}_top1..5`` for ``key`` in leaf and the six ranks, and the unknown-species scores
     ``unknown_{msp,entropy,energy}`` (see ``amanita/predictions.py``). ``readout``: test-time
-    augmentation and temperatures. See :func:`with_metadata` for the ``filename``,
+    augmentation and temperatures. See :func:`amanita.predictions.with_metadata` for the ``filename``,
     ``observationID`` and ``unknown_species`` columns. Results stay on the device until the split
     ends, then come to the host in two copies (integer and float columns), not per batch.
     """
@@ -275,16 +278,6 @@ def prediction_columns(logp: dict[str, torch.Tensor], labels: torch.Tensor, idx,
     return _host_columns([ints], [floats], [torch.as_tensor(idx)])
 
 
-def with_metadata(preds: pd.DataFrame, metadata: pd.DataFrame) -> pd.DataFrame:
-    """``preds`` with the ``filename``, ``observationID`` and unknown-species flag (``category_id`` -1)
-    of each row's ``index`` in ``metadata`` (the CSV)."""
-    meta = metadata.iloc[preds["index"].to_numpy()]
-    preds.insert(1, "filename", meta["filename"].astype(str).to_numpy())
-    preds.insert(2, "observationID", meta["observationID"].to_numpy() if "observationID" in meta else np.nan)
-    preds[FLAG_COLUMN] = (pd.to_numeric(meta["category_id"], errors="coerce") == -1).to_numpy()
-    return preds
-
-
 def predict_observations(pooler, labels: torch.Tensor, taxonomy: Taxonomy, decode: str = DEFAULT_DECODE
                          ) -> pd.DataFrame:
     """The per-observation predictions table from a pooler filled by :func:`predict_batches`.
@@ -292,7 +285,7 @@ def predict_observations(pooler, labels: torch.Tensor, taxonomy: Taxonomy, decod
     Same columns as :func:`predict`'s table, one row per observation with a readable image:
     ``index`` is its first image's, and so are the true labels (as FungiCLEF's evaluate.py,
     which keeps the first row of each observation); plus ``n_images``. ``labels`` is the
-    dataset's ``(n, 7)`` label tensor. Pass the result to :func:`with_metadata` for names.
+    dataset's ``(n, 7)`` label tensor. Pass the result to :func:`amanita.predictions.with_metadata` for names.
     """
     logp, count, extra = pooler.result()
     keep = torch.nonzero(count.cpu() > 0).squeeze(1)
@@ -325,16 +318,10 @@ def collect_log_probs(model: nn.Module, loader, taxonomy: Taxonomy, device, amp=
     return {k: torch.cat(v) for k, v in parts.items()}, torch.cat(labels)
 
 
-INT_COLUMNS = [f"{k}_{c}" for k in KEYS for c in ("true", "pred", "top1", "top2", "top3", "top4", "top5")]
-SCORE_COLUMNS = [score_column(s) for s in SCORES]
-FLOAT_COLUMNS = [f"{k}_{c}" for k in KEYS for c in ("conf", "lconf", "ptrue")] + SCORE_COLUMNS
-COLUMNS = ["index"] + [f"{k}_{c}" for k in KEYS for c in ("true", "pred", "conf", "lconf", "ptrue", "top1", "top2",
-                                                           "top3", "top4", "top5")] + SCORE_COLUMNS
-
-
 def _device_columns(logp: dict, labels: torch.Tensor, decoder: Decoder, energy: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch's columns, on the device: ``(B, len(INT_COLUMNS))`` int64, ``(B, len(FLOAT_COLUMNS))`` float32."""
+    """One batch's columns, on the device: ``(B, len(INT_COLUMNS))`` int64, ``(B, len(FLOAT_COLUMNS))`` float32,
+    in the order of :data:`amanita.predictions.COLUMNS`."""
     from amanita.calibration import lineage_confidence
     preds = decoder.decode(logp)
     lconf = lineage_confidence(logp[LEAF], preds, decoder.ancestors)

@@ -1,26 +1,30 @@
 """Evaluation: a predictions table (from a model or a file) → metrics.json, figures and the HTML report.
 
-``validate.py`` parses its flags (:func:`amanita.cli.parse_validate_args`) and calls
+``validate.py`` parses its flags into an :class:`~amanita.config.EvalConfig` (:func:`amanita.cli.parse_validate_config`) and calls
 :func:`validate`; the scale benchmark and the tests call :func:`evaluate` on a table they made.
 Both return an :class:`Evaluation` holding the metrics they wrote, so nothing reads
 ``metrics.json`` back.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from amanita.config import EvalConfig
 from amanita.io import UserError, check_output_dir, file_sha256, staged_output
 from amanita.metrics import compute_metrics
 from amanita.predictions import read_predictions, write_predictions
 from amanita.report import ReportInputs, base_provenance, extra_sections, make_figures, write_html, write_metrics
-from amanita.taxonomy import DISPLAY_ORDER, Taxonomy, use_mappings
+from amanita.taxonomy import DISPLAY_ORDER, Taxonomy
+
+if TYPE_CHECKING:  # the model stack is imported only when a model runs
+    from amanita.inference import LoadedModel, Source
 
 
 @dataclass
@@ -59,71 +63,45 @@ def evaluate(preds: pd.DataFrame, tax: Taxonomy, out_dir: str | os.PathLike,
 
 
 # ---------------------------------------------------------------------- validate.py
-def check_args(args: argparse.Namespace) -> None:
-    """Combinations of validate.py's flags that argparse cannot express, as one-line errors."""
-    if args.from_predictions is None and args.checkpoint is None:
-        raise UserError("give --checkpoint (with --val-path) or --from-predictions")
-    if args.from_predictions is not None and args.mappings is None:
-        raise UserError("--from-predictions needs --mappings "
-                        "(the taxonomic_mappings.json the predictions were made with)")
-    if args.checkpoint is not None and args.val_path is None:
-        raise UserError("--checkpoint needs --val-path (the validation CSV)")
-    if args.from_predictions is not None and (args.baseline_checkpoint or args.baseline_model):
-        raise UserError("with --from-predictions, give the baseline as --baseline-predictions")
-    if args.calibrate and (args.checkpoint is None or args.no_temperatures):
-        raise UserError("--calibrate needs --checkpoint (the model to calibrate) and not --no-temperatures")
-    if not 0 < args.target_tpr <= 1:
-        raise UserError(f"--target-tpr {args.target_tpr} is not a share in (0, 1]")
-    if args.from_predictions is not None and (args.priors or args.decision != "argmax"):
-        raise UserError("--priors and --decision need --checkpoint (a predictions file keeps no probabilities)")
-    if args.fit_prior_weight and (not args.priors or args.checkpoint is None):
-        raise UserError("--fit-prior-weight needs --priors and --checkpoint (where the weight is stored)")
-    if args.store_threshold and (args.checkpoint is None or not args.open_set):
-        raise UserError("--store-threshold needs --open-set and --checkpoint (where the threshold is written)")
-
-
-def validate(args: argparse.Namespace) -> Evaluation:
+def validate(cfg: EvalConfig) -> Evaluation:
     """validate.py: predictions (run once, or read) per image and per observation, a baseline, then
     :func:`evaluate`, written through a staging folder; with ``--store-threshold`` the open-set
     threshold goes into the checkpoint."""
-    check_args(args)
-    out = check_output_dir(args.output_dir, "--output-dir")  # a file, read-only or full: said before inference
-    preds, obs, tax, prov = load_predictions(args)
+    out = check_output_dir(cfg.output_dir, "--output-dir")  # a file, read-only or full: said before inference
+    preds, obs, tax, prov = load_predictions(cfg)
     if len(preds) == 0:
         raise UserError("no prediction to evaluate: every image was unreadable or the predictions file is empty")
-    if obs is None and "image" not in args.aggregate:
-        raise UserError(f"--aggregate observation: {args.val_path or args.from_predictions} gives no "
+    if obs is None and "image" not in cfg.aggregate:
+        raise UserError(f"--aggregate observation: {cfg.val_path or cfg.from_predictions} gives no "
                         "observation-level predictions (no observationID column?)")
-    baseline, baseline_obs, baseline_name, baseline_prov = load_baseline(args, tax)
+    baseline, baseline_obs, baseline_name, baseline_prov = load_baseline(cfg, tax)
     priors_section, baseline, baseline_obs, baseline_name = prior_variants(prov, baseline, baseline_obs, baseline_name)
-    provenance = prov | {"n_predictions": len(preds)} | base_provenance(tax, vars(args))
+    provenance = prov | {"n_predictions": len(preds)} | base_provenance(tax, cfg.to_dict())
     if baseline_prov:
         provenance["baseline"] = baseline_prov
-    both = len(set(args.aggregate)) == 2
-    main_preds = preds if "image" in args.aggregate else obs
+    both = len(set(cfg.aggregate)) == 2
+    main_preds = preds if "image" in cfg.aggregate else obs
     inputs = ReportInputs(
-        baseline_preds=baseline if "image" in args.aggregate else baseline_obs, baseline_name=baseline_name,
-        focus=args.focus_species, provenance=provenance, image_paths=specimen_paths(args, main_preds),
-        training_log=training_log(args), observation_preds=obs if both else None,
-        baseline_observation_preds=baseline_obs if both else None, combine=args.combine,
-        open_set={"score": args.unknown_score, "target_tpr": args.target_tpr} if args.open_set else None,
+        baseline_preds=baseline if "image" in cfg.aggregate else baseline_obs, baseline_name=baseline_name,
+        focus=cfg.focus_species, provenance=provenance, image_paths=specimen_paths(cfg, main_preds),
+        training_log=training_log(cfg), observation_preds=obs if both else None,
+        baseline_observation_preds=baseline_obs if both else None, combine=cfg.combine,
+        open_set={"score": cfg.unknown_score, "target_tpr": cfg.target_tpr} if cfg.open_set else None,
         priors=priors_section)
     # the previous results stay whole until the new ones are complete; no report file replaces an input
-    with staged_output(out, inputs=protected_inputs(args), known=RESULT_FILES) as stage:
+    with staged_output(out, inputs=protected_inputs(cfg), known=RESULT_FILES) as stage:
         save_predictions(stage, tax, preds, obs, prefix="")
         if baseline is not None:  # also when read from a file: the folder's result set is this run's (and whole)
             save_predictions(stage, tax, baseline, baseline_obs, prefix="baseline_")
         result = evaluate(main_preds, tax, stage, inputs)
     result.report = out / result.report.name
-    if args.store_threshold:
-        store_threshold(args, result.metrics)
-    elif args.calibrate:
-        refit_threshold(args, main_preds, result.metrics)
-    if getattr(args, "log_wandb", False) or getattr(args, "log_tensorboard", None):
-        from amanita.config import TrackingConfig
+    if cfg.store_threshold:
+        store_threshold(cfg, result.metrics)
+    elif cfg.calibrate:
+        refit_threshold(cfg, main_preds, result.metrics)
+    if cfg.tracked:
         from amanita.tracking import log_validation
-        tracking = TrackingConfig.from_flags({k: getattr(args, k) for k in TrackingConfig.field_names()})
-        log_validation(tracking, args.checkpoint, vars(args), out / "metrics.json", out)
+        log_validation(cfg, cfg.checkpoint, cfg.to_dict(), out / "metrics.json", out)
     return result
 
 
@@ -144,14 +122,15 @@ def prior_variants(prov: dict, baseline, baseline_obs, baseline_name):
 
 
 def with_metadata_of(preds, metadata):
-    from amanita.engine import with_metadata
+    from amanita.predictions import with_metadata
     return with_metadata(preds, metadata)
 
 
-def protected_inputs(args: argparse.Namespace) -> dict:
+def protected_inputs(cfg: EvalConfig) -> dict:
     """validate.py's inputs that no file of the report may replace (``--from-predictions`` may: it is regenerated)."""
-    flags = ("checkpoint", "val_path", "mappings", "training_log", "baseline_checkpoint", "baseline_predictions")
-    return {f"--{f.replace('_', '-')}": getattr(args, f, None) for f in flags}
+    return {"--checkpoint": cfg.checkpoint, "--val-path": cfg.val_path, "--mappings": cfg.mappings,
+            "--training-log": cfg.training_log, "--baseline-checkpoint": cfg.baseline_checkpoint,
+            "--baseline-predictions": cfg.baseline_predictions}
 
 
 OBSERVATION_FILE = "observation_predictions.csv"  # beside predictions.csv; baseline_ prefix for the baseline
@@ -166,125 +145,97 @@ def save_predictions(folder: Path, tax: Taxonomy, preds, obs, prefix: str) -> No
         write_predictions(obs, folder / f"{prefix}{OBSERVATION_FILE}", tax)
 
 
-def store_threshold(args: argparse.Namespace, doc: dict) -> None:
+def store_threshold(cfg: EvalConfig, doc: dict) -> None:
     """Write the unknown-species threshold into --checkpoint for test.py (key ``open_set``), with the
     temperatures and TTA its scores were computed under (test.py refuses it under others)."""
-    d = doc["open_set"]["detection"][args.unknown_score]
+    d = doc["open_set"]["detection"][cfg.unknown_score]
     if d["threshold"] is None:
-        raise UserError(f"{args.val_path} has no known-species image: no threshold to store")
-    write_threshold(args, doc, args.unknown_score, d, args.target_tpr)
+        raise UserError(f"{cfg.val_path} has no known-species image: no threshold to store")
+    write_threshold(cfg, doc, cfg.unknown_score, d, cfg.target_tpr)
 
 
-def write_threshold(args: argparse.Namespace, doc: dict, score: str, d: dict, target_tpr: float) -> None:
+def write_threshold(cfg: EvalConfig, doc: dict, score: str, d: dict, target_tpr: float) -> None:
     """``open_set`` in --checkpoint: the threshold of detection ``d`` and what it was fitted under."""
     from amanita.checkpoint import update_checkpoint
     from amanita.openset import readout_conditions
-    temperatures = None if args.no_temperatures else doc["provenance"].get("temperatures")
-    update_checkpoint(args.checkpoint, open_set={
+    temperatures = None if cfg.no_temperatures else doc["provenance"].get("temperatures")
+    update_checkpoint(cfg.checkpoint, open_set={
         "score": score, "threshold": d["threshold"], "target_tpr": target_tpr,
-        "tpr": d["tpr"], "tnr": d["tnr_at_tpr"], "auroc": d["auroc"], "val_path": str(args.val_path)}
-        | readout_conditions(temperatures, args.tta))
-    print(f"stored in {args.checkpoint}: unknown-species threshold {d['threshold']:.4g} "
+        "tpr": d["tpr"], "tnr": d["tnr_at_tpr"], "auroc": d["auroc"], "val_path": str(cfg.val_path)}
+        | readout_conditions(temperatures, cfg.tta))
+    print(f"stored in {cfg.checkpoint}: unknown-species threshold {d['threshold']:.4g} "
           f"({score}, {100 * d['tpr']:.1f}% of known images accepted)")
 
 
-def refit_threshold(args: argparse.Namespace, preds: pd.DataFrame, doc: dict) -> None:
+def refit_threshold(cfg: EvalConfig, preds: pd.DataFrame, doc: dict) -> None:
     """After --calibrate: a threshold stored earlier was fitted under the old temperatures; refit it at
     its target TPR on this run's known images (now scored under the new ones)."""
     from amanita.openset import FLAG_COLUMN, detection_metrics, score_column
     stored = doc["provenance"].get("open_set") or {}
     if stored.get("threshold") is None:
         return
-    score, target = stored.get("score", "msp"), float(stored.get("target_tpr", args.target_tpr))
+    score, target = stored.get("score", "msp"), float(stored.get("target_tpr", cfg.target_tpr))
     d = detection_metrics(preds[score_column(score)].to_numpy(), preds[FLAG_COLUMN].to_numpy(dtype=bool), target)
     if d["threshold"] is None:
-        raise UserError(f"{args.val_path} has no known-species image: the unknown-species threshold stored in "
-                        f"{args.checkpoint} cannot be refitted for the new temperatures")
+        raise UserError(f"{cfg.val_path} has no known-species image: the unknown-species threshold stored in "
+                        f"{cfg.checkpoint} cannot be refitted for the new temperatures")
     print(f"the new temperatures change the unknown-species scores: refitting the stored threshold "
           f"({float(stored['threshold']):.4g})")
-    write_threshold(args, doc, score, d, target)
+    write_threshold(cfg, doc, score, d, target)
 
 
-def load_model(args: argparse.Namespace, device, spec: str | None = None, taxonomy: Taxonomy | None = None):
-    """``(model, taxonomy, data_config, info)`` of ``--checkpoint``, or of a baseline ``spec``.
-
-    A baseline checkpoint is loaded like the main one; a ``--baseline-model`` is a timm classifier
-    (one output per ``category_id``, like the stock model) made a single-head model over ``taxonomy``.
-    """
-    from amanita.checkpoint import load_for_eval
-    if spec is None or spec == args.baseline_checkpoint:
-        return load_for_eval(spec or args.checkpoint, device)
-    from amanita.backbone import create_timm_model, resolve_data_config
-    from amanita.model import single_head
-    model = single_head(create_timm_model(spec), taxonomy).to(device).eval()
-    return model, taxonomy, resolve_data_config(model, spec), {"model": spec, "kind": "single-head (stock)"}
-
-
-def run_inference(args: argparse.Namespace, spec: str | None = None, taxonomy: Taxonomy | None = None):
-    """Predict the validation set with ``--checkpoint``, or with the baseline ``spec`` over ``taxonomy``.
+def run_inference(cfg: EvalConfig, loaded: LoadedModel, baseline: bool = False):
+    """Predict ``--val-path`` with a loaded model (``baseline``: the model compared against, which is
+    neither calibrated nor given priors or decisions) through :func:`amanita.inference.predict`.
 
     Returns ``(preds, obs_preds, tax, info)``: the predictions table (see amanita.predictions),
     the per-observation one (None unless ``--aggregate observation``), the taxonomy of the
     model's heads and what the checkpoint says about itself.
     """
-    from amanita.data import (DeviceLoader, FungiTasticDataset, check_labels, check_unreadable, create_transforms,
-                              make_loader, read_split)
-    from amanita.distributed import resolve_device
-    from amanita.engine import Readout, iter_log_probs, predict_batches, predict_observations, with_metadata
-    from amanita.observations import ObservationPooler
-    device = resolve_device(args.device)
-    model, tax, data_config, info = load_model(args, device, spec, taxonomy)
-    if spec is None and args.mappings:  # checked against the checkpoint's tree, then used (its poisonous flags)
-        tax = use_mappings(tax, args.mappings, args.checkpoint)
-    check_same_taxonomy(tax, taxonomy, spec or args.checkpoint)
-    metadata = read_split(args.val_path, open_set=args.open_set)  # for the filename/observationID columns
-    dataset = FungiTasticDataset(args.val_path, tax, transform=create_transforms(data_config, train=False),
-                                 image_root=args.image_root, input_size=data_config["input_size"], metadata=metadata)
-    check_labels(dataset, args.max_bad_image_fraction, "validation")
-    loader = DeviceLoader(make_loader(dataset, args.batch_size, args.workers, device, persistent=False),
-                          device, data_config)  # normalised on the device
-    if args.calibrate and spec is None:
-        info["calibration"] = calibrate(args, model, loader, tax, device)
-        info["temperatures"] = info["calibration"]["temperatures"]
-    temperatures = None if args.no_temperatures else info.get("temperatures")
-    pooler = None
-    if "observation" in args.aggregate and "observationID" in metadata:
-        pooler = ObservationPooler(metadata["observationID"].to_numpy(), args.combine)
-    batches = iter_log_probs(model, loader, tax, device, args.amp, readout=Readout(args.tta, temperatures))
-    batches, decode = with_variants(args, spec, batches, tax, info, device, (dataset.labels, metadata), pooler)
-    preds = predict_batches(batches, tax, decode, pooler)
-    check_unreadable(len(dataset), len(preds), args.max_bad_image_fraction, "validation")
-    obs = None if pooler is None else with_metadata(predict_observations(pooler, dataset.labels, tax, decode),
-                                                    metadata)
-    return with_metadata(preds, metadata), obs, tax, info
+    from amanita.data import check_labels, check_unreadable
+    from amanita.inference import Settings, predict, readout, split_source
+    source = split_source(loaded, cfg.val_path, cfg.image_root, observations="observation" in cfg.aggregate,
+                          open_set=cfg.open_set)
+    check_labels(source.dataset, cfg.max_bad_image_fraction, "validation")
+    if cfg.calibrate and not baseline:
+        loaded.info["calibration"] = calibrate(cfg, loaded, source)
+        loaded.info["temperatures"] = loaded.info["calibration"]["temperatures"]
+    transform, decode = (None, cfg.decode) if baseline else with_variants(cfg, loaded, source)
+    how = Settings(decode, cfg.amp, readout(cfg, loaded.info), cfg.combine, cfg.batch_size, cfg.workers)
+    result = predict(loaded, source, how, transform)
+    check_unreadable(len(source.dataset), len(result.images), cfg.max_bad_image_fraction, "validation")
+    return result.images, result.observations, loaded.taxonomy, loaded.info
 
 
-def with_variants(args: argparse.Namespace, spec, batches, tax: Taxonomy, info: dict, device, data: tuple, pooler):
-    """``(batches, decode)``: as they are, or (--priors, --decision) kept for every variant, with the
-    priors applied and the decision's decoder; the :class:`~amanita.prior_eval.Variants` go in
-    ``info["_variants"]`` for :func:`validate`."""
+def with_variants(cfg: EvalConfig, loaded: LoadedModel, source: Source):
+    """``(transform, decode)``: none and ``--decode``, or (--priors, --decision) the pass kept for every
+    variant, with the priors applied, and the decision's decoder; the
+    :class:`~amanita.prior_eval.Variants` go in ``loaded.info["_variants"]`` for :func:`validate`."""
     from amanita.prior_eval import Variants, wanted
-    if spec is not None or not wanted(args):
-        return batches, args.decode
-    variants = Variants(args, tax, info, device)
-    variants.labels, variants.metadata = data  # the dataset's (n, 7) labels and the CSV's rows
-    variants.observation_ids = None if pooler is None else variants.metadata["observationID"].to_numpy()
-    info["_variants"] = variants
-    return variants.run(batches), variants.decoder
+    if not wanted(cfg):
+        return None, cfg.decode
+    variants = Variants(cfg, loaded.taxonomy, loaded.info, loaded.device)
+    variants.labels, variants.metadata = source.labels, source.metadata  # (n, 7) labels and the CSV's rows
+    variants.observation_ids = source.observations
+    loaded.info["_variants"] = variants
+    return variants.run, variants.decoder
 
 
-def calibrate(args: argparse.Namespace, model, loader, tax: Taxonomy, device) -> dict:
+def calibrate(cfg: EvalConfig, loaded: LoadedModel, source: Source) -> dict:
     """Fit the temperatures on the validation images and store them in the checkpoint; returns the summary."""
     from amanita.calibration import calibration_summary
     from amanita.checkpoint import update_checkpoint
     from amanita.engine import Readout, collect_log_probs
-    log_probs, labels = collect_log_probs(model, loader, tax, device, args.amp, readout=Readout(args.tta))
+    from amanita.inference import device_loader
+    loader = device_loader(loaded, source.dataset, cfg.batch_size, cfg.workers)
+    log_probs, labels = collect_log_probs(loaded.model, loader, loaded.taxonomy, loaded.device, cfg.amp,
+                                          readout=Readout(cfg.tta))
     if len(labels) == 0:
-        raise UserError(f"--calibrate: no readable image in {args.val_path}")
-    summary = calibration_summary(log_probs, labels, f"{args.val_path} (tta {args.tta})")
-    update_checkpoint(args.checkpoint, temperatures=summary["temperatures"], calibration=summary)
+        raise UserError(f"--calibrate: no readable image in {cfg.val_path}")
+    summary = calibration_summary(log_probs, labels, f"{cfg.val_path} (tta {cfg.tta})")
+    update_checkpoint(cfg.checkpoint, temperatures=summary["temperatures"], calibration=summary)
     print("temperatures " + " ".join(f"{k} {t:.3f}" for k, t in summary["temperatures"].items())
-          + f" stored in {args.checkpoint}")
+          + f" stored in {cfg.checkpoint}")
     return summary
 
 
@@ -303,19 +254,20 @@ def model_provenance(path: str, info: dict) -> dict:
     return out | {k: v for k, v in (info or {}).items() if k not in out}
 
 
-def load_predictions(args: argparse.Namespace):
+def load_predictions(cfg: EvalConfig):
     """Predictions (per image and per observation), taxonomy and provenance, from files or by running
     the model. With --from-predictions, the observation file beside it is used if there."""
-    if args.from_predictions:
-        tax = Taxonomy.load(args.mappings)
-        preds = read_predictions(args.from_predictions, tax)
-        obs = read_beside(args.from_predictions, OBSERVATION_FILE, tax)
-        prov = {"predictions": args.from_predictions, "predictions_sha256": file_sha256(args.from_predictions),
-                **mappings_provenance(args.mappings)}
-        return preds, obs, tax, prov | earlier_provenance(Path(args.from_predictions).parent / "metrics.json")
-    preds, obs, tax, info = run_inference(args)
-    return preds, obs, tax, (model_provenance(args.checkpoint, info) | {"decode": args.decode, "tta": args.tta}
-                             | mappings_provenance(args.mappings))
+    if cfg.from_predictions:
+        tax = Taxonomy.load(cfg.mappings)
+        preds = read_predictions(cfg.from_predictions, tax)
+        obs = read_beside(cfg.from_predictions, OBSERVATION_FILE, tax)
+        prov = {"predictions": cfg.from_predictions, "predictions_sha256": file_sha256(cfg.from_predictions),
+                **mappings_provenance(cfg.mappings)}
+        return preds, obs, tax, prov | earlier_provenance(Path(cfg.from_predictions).parent / "metrics.json")
+    from amanita.inference import load_model
+    preds, obs, tax, info = run_inference(cfg, load_model(cfg.checkpoint, cfg.device, cfg.mappings))
+    return preds, obs, tax, (model_provenance(cfg.checkpoint, info) | {"decode": cfg.decode, "tta": cfg.tta}
+                             | mappings_provenance(cfg.mappings))
 
 
 def mappings_provenance(path) -> dict:
@@ -340,35 +292,38 @@ def earlier_provenance(metrics_json: Path) -> dict:
     return {"original_run": prov.get("original_run", prov)}
 
 
-def load_baseline(args: argparse.Namespace, tax: Taxonomy):
+def load_baseline(cfg: EvalConfig, tax: Taxonomy):
     """``(predictions, observation predictions, name, provenance)`` of the baseline, or Nones and ``{}``."""
-    if args.baseline_predictions:
-        path = args.baseline_predictions
+    if cfg.baseline_predictions:
+        path = cfg.baseline_predictions
         return (read_predictions(path, tax), read_beside(path, f"baseline_{OBSERVATION_FILE}", tax), path,
                 {"predictions": path, "predictions_sha256": file_sha256(path)})
-    spec = args.baseline_checkpoint or args.baseline_model
+    spec = cfg.baseline_checkpoint or cfg.baseline_model
     if spec is None:
         return None, None, None, {}
-    preds, obs, _, info = run_inference(args, spec, taxonomy=tax)
-    return preds, obs, spec, model_provenance(spec, info) if args.baseline_checkpoint else info
+    from amanita.inference import load_model, load_single_head_model
+    loaded = (load_model(spec, cfg.device) if cfg.baseline_checkpoint else load_single_head_model(spec, cfg.device, tax))
+    check_same_taxonomy(loaded.taxonomy, tax, spec)
+    preds, obs, _, info = run_inference(cfg, loaded, baseline=True)
+    return preds, obs, spec, model_provenance(spec, info) if cfg.baseline_checkpoint else info
 
 
-def specimen_paths(args: argparse.Namespace, preds: pd.DataFrame) -> list[str | None] | None:
+def specimen_paths(cfg: EvalConfig, preds: pd.DataFrame) -> list[str | None] | None:
     """Image path of each prediction row, from the validation CSV (or --image-root + filename)."""
     from amanita.data import image_paths, read_split
-    if args.val_path:
-        paths = image_paths(read_split(args.val_path, open_set=args.open_set), args.val_path, args.image_root)
+    if cfg.val_path:
+        paths = image_paths(read_split(cfg.val_path, open_set=cfg.open_set), cfg.val_path, cfg.image_root)
         return [paths[i] if 0 <= i < len(paths) else None for i in preds["index"].astype(int)]
-    if args.image_root:
-        return [str(Path(args.image_root) / f) for f in preds["filename"].astype(str)]
+    if cfg.image_root:
+        return [str(Path(cfg.image_root) / f) for f in preds["filename"].astype(str)]
     return None
 
 
-def training_log(args: argparse.Namespace) -> str | None:
+def training_log(cfg: EvalConfig) -> str | None:
     """``--training-log``, or the metrics.jsonl beside ``--checkpoint``."""
-    if args.training_log:
-        return args.training_log
-    return str(Path(args.checkpoint).parent / "metrics.jsonl") if args.checkpoint else None
+    if cfg.training_log:
+        return cfg.training_log
+    return str(Path(cfg.checkpoint).parent / "metrics.jsonl") if cfg.checkpoint else None
 
 
 def summary_lines(result: Evaluation) -> list[str]:

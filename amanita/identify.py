@@ -1,9 +1,9 @@
-"""Name the fungus in photos: the package side of ``test.py`` (its flags: :func:`amanita.cli.build_identify_parser`).
+"""Name the fungus in photos: the package side of ``test.py`` (its flags: :func:`amanita.cli.parse_identify_config`).
 
 For each image: the predicted class and confidence at each of the six ranks, the top-k species
 (accepted names; a synonym's own scientificName beside it), the finest rank whose confidence
 reaches ``--backoff``, and whether any top-k species is poisonous. Predictions come from
-:class:`amanita.engine.BatchPredictor`, the same step as validation.
+:func:`amanita.inference.predict`, the pipeline validation and the submission use too.
 """
 from __future__ import annotations
 
@@ -14,114 +14,46 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from amanita.calibration import lineage_confidence
-from amanita.checkpoint import load_for_eval
-from amanita.data import IMAGE_ERRORS, DeviceLoader, create_transforms, make_loader, read_image
-from amanita.decisions import costs_from_args, make_decoder, poison_probability, poisonous_leaves
-from amanita.distributed import resolve_device
-from amanita.engine import BatchPredictor, Readout
+from amanita.config import IdentifyConfig
+from amanita.data import BAD_IMAGE
+from amanita.decisions import costs_of, make_decoder, poison_probability, poisonous_leaves
+from amanita.decode import Decoder
+from amanita.inference import LoadedModel, Settings, expand_inputs, files_source, load_model, predict, readout
 from amanita.io import UserError, check_output_file
-from amanita.observations import pool_observations
 from amanita.openset import is_unknown, readout_conditions, score_column, unknown_scores
 from amanita.openset import unknown_rule as openset_rule
-from amanita.taxonomy import LEAF, RANKS, Taxonomy, use_mappings
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
-
-
-# ---------------------------------------------------------------------- inputs
-def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Image paths (folders expanded, sorted, recursive) and error lines for missing inputs.
-
-    Each file once, at its first appearance (a folder inside another folder given, a file named
-    twice), so no image is predicted or pooled twice."""
-    paths, errors, seen = [], [], set()
-    for text in inputs:
-        path = Path(text)
-        if path.is_dir():
-            found = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                errors.append(f"{path}: no image files ({' '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
-        elif path.is_file():
-            found = [path]  # named explicitly: tried whatever its extension
-        else:
-            found = []
-            errors.append(f"{path}: no such file or folder")
-        for f in found:
-            if f.resolve() not in seen:
-                seen.add(f.resolve())
-                paths.append(f)
-    return paths, errors
-
-
-class ImageFiles(Dataset):
-    """A map-style dataset: ``(uint8 tensor, error)``; an unreadable file gives zeros and its reason."""
-
-    def __init__(self, paths: list[Path], transform, shape: tuple[int, int, int]):
-        self.paths, self.transform, self.shape = paths, transform, shape
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        try:
-            return self.transform(read_image(self.paths[i])), ""
-        except Image.UnidentifiedImageError:
-            return torch.zeros(self.shape, dtype=torch.uint8), "not an image (unrecognised file format)"
-        except IMAGE_ERRORS as e:
-            return torch.zeros(self.shape, dtype=torch.uint8), f"not an image ({type(e).__name__}: {str(e).splitlines()[0]})"
-
-
-# ---------------------------------------------------------------------- model
-def load_model(args):
-    """``(model, taxonomy, data_config, info, device)``; --mappings must hold the checkpoint's tree."""
-    device = resolve_device(args.device)
-    model, tax, data_config, info = load_for_eval(args.checkpoint, device, use_ema=not args.no_ema)
-    if args.mappings is not None:
-        tax = use_mappings(tax, args.mappings, args.checkpoint)
-    return model, tax, data_config, info, device
+from amanita.taxonomy import LEAF, RANKS, Taxonomy, label_column
 
 
 # ---------------------------------------------------------------------- inference
-def identify_batch(predictor: BatchPredictor, images: torch.Tensor, top_k: int, score: str = "msp",
-                   priors=None) -> dict:
-    """Per-rank predicted index, lineage and own confidence, the top-k leaves with their probabilities
-    and the unknown-species ``score``.
+def batch_answers(decoder: Decoder, logp: dict, energy: torch.Tensor, top_k: int, score: str) -> dict:
+    """Per-rank predicted index, lineage and own confidence, the top-k leaves with their probabilities,
+    the unknown-species ``score`` and the probability of poison, from log-probabilities (of images, or of
+    pooled finds) ``{key: (B, C)}`` and the leaf energy (B,).
 
     Returns numpy arrays: ``pred[rank]``, ``conf[rank]`` (lineage) and ``head_conf[rank]`` (B,),
-    ``top_leaf`` and ``top_p`` (B, k), ``unknown`` (B,); and the tensors ``logp`` and ``energy``.
+    ``top_leaf`` and ``top_p`` (B, k), ``unknown`` and ``poison`` (B,).
     """
-    logp, energy = predictor.log_probs(images)
-    if priors is not None:  # (Priors, (1, n_fields) codes of --metadata): the same values for every photo
-        logp = priors[0].apply(logp, priors[1].expand(len(energy), -1))
-    return summarise(predictor, logp, energy, top_k, score)
-
-
-def summarise(predictor: BatchPredictor, logp: dict, energy: torch.Tensor, top_k: int, score: str) -> dict:
-    """:func:`identify_batch`'s dict from log-probabilities (of images, or of pooled finds)."""
-    preds = predictor.decoder.decode(logp)
-    lineage = lineage_confidence(logp[LEAF], preds, predictor.decoder.ancestors)
+    preds = decoder.decode(logp)
+    lineage = lineage_confidence(logp[LEAF], preds, decoder.ancestors)
     top = logp[LEAF].topk(min(top_k, logp[LEAF].shape[1]), dim=1)
     return {"pred": {r: preds[r].cpu().numpy() for r in RANKS},
             "conf": {r: lineage[r].cpu().numpy() for r in RANKS},
             "head_conf": {r: logp[r].gather(1, preds[r][:, None]).squeeze(1).exp().cpu().numpy() for r in RANKS},
             "top_leaf": top.indices.cpu().numpy(), "top_p": top.values.exp().cpu().numpy(),
             "unknown": unknown_scores(logp[LEAF], energy)[score_column(score)].cpu().numpy(),
-            "poison": poison_probability(logp[LEAF], torch.as_tensor(poisonous_leaves(predictor.decoder.taxonomy),
-                                                                     device=logp[LEAF].device)).cpu().numpy(),
-            "logp": logp, "energy": energy}
+            "poison": poison_probability(logp[LEAF], torch.as_tensor(poisonous_leaves(decoder.taxonomy),
+                                                                     device=logp[LEAF].device)).cpu().numpy()}
 
 
-def unknown_rule(args, info: dict) -> tuple[str, float | None]:
+def unknown_rule(cfg: IdentifyConfig, info: dict) -> tuple[str, float | None]:
     """``(score, threshold)`` of :func:`amanita.openset.unknown_rule` for test.py's flags and the checkpoint
     (threshold None: no verdict); the submission applies the same rule."""
-    temperatures = None if args.no_temperatures else info.get("temperatures")
-    return openset_rule(info.get("open_set"), args.unknown_score, args.unknown_threshold,
-                        readout_conditions(temperatures, args.tta))
+    return openset_rule(info.get("open_set"), cfg.unknown_score, cfg.unknown_threshold,
+                        readout_conditions(cfg.temperatures(info), cfg.tta))
 
 
 def unknown_answer(record: dict, score: float, threshold: float | None, backoff: float) -> None:
@@ -183,49 +115,57 @@ def find_of(path: Path, inputs: list[str]) -> str:
     return str(max(holders, key=lambda d: len(d.resolve().parts))) if holders else "files given by name"
 
 
-def identify_files(args, loaded, paths: list[Path], on_result, on_error) -> None:
-    """Predict ``paths`` in batches; ``on_result(record)`` per image (per find with --observation),
-    ``on_error(path, reason, bar)`` per bad file."""
-    model, tax, data_config, info, device = loaded
-    temperatures = None if args.no_temperatures else info.get("temperatures")
-    predictor = BatchPredictor(model, tax, device, args.decode, args.amp, Readout(args.tta, temperatures))
-    predictor.decoder = make_decoder(tax, predictor.device, args.decode, args.decision, costs_from_args(args))
-    priors = metadata_priors(args, tax, info)
-    poisonous = poisonous_leaves(tax)
-    score, threshold = unknown_rule(args, info)
-    dataset = ImageFiles(paths, create_transforms(data_config, train=False), tuple(data_config["input_size"]))
-    loader = DeviceLoader(make_loader(dataset, args.batch_size, args.workers, device, persistent=False),
-                          device, data_config)  # normalised on the device
-    folders = any(Path(p).is_dir() for p in args.inputs)
+def identify_files(cfg: IdentifyConfig, loaded: LoadedModel, paths: list[Path], on_result, on_error) -> None:
+    """Predict ``paths`` through :func:`amanita.inference.predict`; ``on_result(record)`` per image (per
+    find with --observation), as the batches come, ``on_error(path, reason, bar)`` per bad file."""
+    decoder = make_decoder(loaded.taxonomy, loaded.device, cfg.decode, cfg.decision, costs_of(cfg))
+    priors = metadata_priors(cfg, loaded)
+    unknown = unknown_rule(cfg, loaded.info)
+    finds = [find_of(p, cfg.inputs) for p in paths] if cfg.observation else None
+    source = files_source(loaded, paths, finds)
+    folders = any(Path(p).is_dir() for p in cfg.inputs)
     # disable=None: a bar only on a terminal, so logs and pipes stay clean; always on stderr
     bar = tqdm(total=len(paths), disable=None if folders else True, desc="images", unit="img", file=sys.stderr)
-    start, kept, unreadable = 0, [], []
-    for images, errors in loader:
-        batch = identify_batch(predictor, images, args.top_k, score, priors)
-        for i, error in enumerate(errors):
-            if error:
-                on_error(paths[start + i], error, bar)
-                unreadable.append(paths[start + i])
-            elif args.observation:
-                kept.append((paths[start + i], {k: v[i:i + 1].cpu() for k, v in batch["logp"].items()},
-                             batch["energy"][i:i + 1].cpu()))
-            else:
-                record = describe(paths[start + i], batch, i, tax, poisonous, args.backoff)
-                unknown_answer(record, float(batch["unknown"][i]), threshold, args.backoff)
-                poison_answer(record, batch, i, args.poison_warning)
-                on_result(record)
-        start += len(errors)
-        bar.update(len(errors))
+    answers = ImageAnswers(cfg, decoder, source.dataset, unknown, bar, on_result, on_error)
+    transform = None if priors is None else (lambda batches: priors[0].batches(batches, priors[1].expand(len(paths), -1)))
+    how = Settings(decoder, cfg.amp, readout(cfg, loaded.info), cfg.combine, cfg.batch_size, cfg.workers,
+                   progress=False)
+    result = predict(loaded, source, how, transform, on_batch=answers)
     bar.close()
-    if kept:
-        identify_finds(args, predictor, kept, (score, threshold), on_result)
-    if args.observation:
-        unanswered_finds(args.inputs, kept, unreadable, on_result)
+    if cfg.observation:
+        answered = identify_finds(cfg, answers, result.pooler, finds, on_result)
+        unanswered_finds(cfg.inputs, answered, [p for p, ok in zip(paths, answers.readable) if not ok], on_result)
 
 
-def unanswered_finds(inputs: list[str], kept: list, unreadable: list[Path], on_result) -> None:
+class ImageAnswers:
+    """test.py's answers as the batches of the pass come: a record per readable image (none with
+    --observation: the finds are answered after the pass), an error per unreadable file."""
+
+    def __init__(self, cfg: IdentifyConfig, decoder: Decoder, dataset, unknown: tuple, bar, on_result, on_error):
+        self.cfg, self.decoder, self.dataset, self.unknown, self.bar = cfg, decoder, dataset, unknown, bar
+        self.on_result, self.on_error = on_result, on_error
+        self.poisonous = poisonous_leaves(decoder.taxonomy)
+        self.readable = np.ones(len(dataset), dtype=bool)
+
+    def __call__(self, batch: tuple) -> None:
+        logp, labels, rows, energy = batch
+        cfg, paths = self.cfg, self.dataset.paths
+        bad = (label_column(labels, LEAF) == BAD_IMAGE).cpu().numpy()
+        answers = None if cfg.observation else batch_answers(self.decoder, logp, energy, cfg.top_k, self.unknown[0])
+        for j, i in enumerate(torch.as_tensor(rows).tolist()):
+            if bad[j]:
+                self.readable[i] = False
+                self.on_error(paths[i], self.dataset.reason(i), self.bar)
+            elif answers is not None:
+                record = describe(paths[i], answers, j, self.decoder.taxonomy, self.poisonous, cfg.backoff)
+                unknown_answer(record, float(answers["unknown"][j]), self.unknown[1], cfg.backoff)
+                poison_answer(record, answers, j, cfg.poison_warning)
+                self.on_result(record)
+        self.bar.update(len(bad))
+
+
+def unanswered_finds(inputs, answered: set[str], unreadable: list[Path], on_result) -> None:
     """A record for each find none of whose images could be read: it gets no answer, and says so."""
-    answered = {find_of(path, inputs) for path, _, _ in kept}
     finds: dict[str, list[Path]] = {}
     for path in unreadable:
         finds.setdefault(find_of(path, inputs), []).append(path)
@@ -236,11 +176,11 @@ def unanswered_finds(inputs: list[str], kept: list, unreadable: list[Path], on_r
                        "error": f"no answer: none of its {len(files)} image(s) could be read"})
 
 
-def metadata_priors(args, tax: Taxonomy, info: dict):
+def metadata_priors(cfg: IdentifyConfig, loaded: LoadedModel):
     """``(Priors, (1, n_fields) codes)`` of ``--priors`` and ``--metadata``, or None without ``--priors``."""
     from amanita.priors import parse_metadata, resolve_priors
-    given = parse_metadata(args.metadata)
-    priors = resolve_priors(args, tax, info)
+    given = parse_metadata(cfg.metadata)
+    priors = resolve_priors(cfg, loaded.taxonomy, loaded.info)
     if priors is None:
         if given:
             raise UserError("--metadata needs --priors (a file from compute_metadata_priors.py)")
@@ -255,25 +195,32 @@ def metadata_priors(args, tax: Taxonomy, info: dict):
     unseen = [f"{f}={given[f]!r}" for j, f in enumerate(priors.fields) if f in given and codes[0, j] < 0]
     if unseen:
         print(f"warning: --metadata {', '.join(unseen)}: never seen in training, so it changes nothing", file=sys.stderr)
-    return priors, codes.to(resolve_device(args.device))
+    return priors, codes
 
 
-def identify_finds(args, predictor: BatchPredictor, kept: list, unknown: tuple, on_result) -> None:
-    """One record per find from its readable images' ``(path, logp, energy)``, pooled (--combine)."""
-    finds = [find_of(path, args.inputs) for path, _, _ in kept]
-    logp = {k: torch.cat([lp[k] for _, lp, _ in kept]) for k in kept[0][1]}
-    pooled, first, count, extra = pool_observations(logp, finds, args.combine,
-                                                    {"energy": torch.cat([e for _, _, e in kept])})
-    pooled = {k: v.to(predictor.device) for k, v in pooled.items()}
-    batch = summarise(predictor, pooled, extra["energy"].to(predictor.device), args.top_k, unknown[0])
-    poisonous = poisonous_leaves(predictor.decoder.taxonomy)
-    for j, i in enumerate(first):
-        record = describe(Path(finds[i]), batch, j, predictor.decoder.taxonomy, poisonous, args.backoff)
+def identify_finds(cfg: IdentifyConfig, answers: ImageAnswers, pooler, finds: list[str], on_result) -> set[str]:
+    """One record per find with a readable image, from its images' pooled log-probabilities (--combine),
+    in the order of the finds' first readable images; returns the finds answered."""
+    decoder, unknown, readable = answers.decoder, answers.unknown, answers.readable
+    logp, count, extra = pooler.result()
+    names = [finds[i] for i in pooler.first]  # observation j's find
+    first_readable: dict[str, int] = {}
+    for i in np.flatnonzero(readable):
+        first_readable.setdefault(finds[i], int(i))
+    order = sorted((j for j in range(len(names)) if count[j] > 0), key=lambda j: first_readable[names[j]])
+    if not order:
+        return set()
+    keep = torch.as_tensor(order, device=count.device)
+    pooled = batch_answers(decoder, {k: v[keep] for k, v in logp.items()}, extra["energy"][keep], cfg.top_k, unknown[0])
+    kept = [(p, f) for p, f, ok in zip(answers.dataset.paths, finds, readable) if ok]
+    for n, j in enumerate(order):
+        record = describe(Path(names[j]), pooled, n, decoder.taxonomy, answers.poisonous, cfg.backoff)
         record["n_images"] = int(count[j])
-        record["images"] = [printable(p) for (p, _, _), f in zip(kept, finds) if f == finds[i]]
-        unknown_answer(record, float(batch["unknown"][j]), unknown[1], args.backoff)
-        poison_answer(record, batch, j, args.poison_warning)
+        record["images"] = [printable(p) for p, f in kept if f == names[j]]
+        unknown_answer(record, float(pooled["unknown"][n]), unknown[1], cfg.backoff)
+        poison_answer(record, pooled, n, cfg.poison_warning)
         on_result(record)
+    return {names[j] for j in order}
 
 
 # ---------------------------------------------------------------------- output
@@ -325,31 +272,32 @@ def _safe_names(record: dict) -> dict:
     return out
 
 
-def identify(args) -> int:
+def identify(cfg: IdentifyConfig) -> int:
     """test.py: print a record per image (or a JSON line); returns the exit code (1: some image failed)."""
-    if args.submission:  # before any work: never onto an input, and into a folder that takes a file
-        check_output_file(args.submission, "--submission", {"--checkpoint": args.checkpoint,
-                          "--test-path": args.test_path, "--mappings": args.mappings})
-    loaded = load_model(args)  # first, so a bad checkpoint is exit code 2 whatever the images
-    info = loaded[3]
+    if cfg.submission:  # before any work: never onto an input, and into a folder that takes a file
+        check_output_file(cfg.submission, "--submission", {"--checkpoint": cfg.checkpoint,
+                          "--test-path": cfg.test_path, "--mappings": cfg.mappings})
+    # first, so a bad checkpoint is exit code 2 whatever the images
+    loaded = load_model(cfg.checkpoint, cfg.device, cfg.mappings, use_ema=not cfg.no_ema)
+    info = loaded.info
     kind = {"multitask": "multi-task", "single": "single-head"}.get(info["kind"], info["kind"])
     print(f"{info['path']}: {kind} model, epoch {info['epoch']}, update {info['step']}"
-          f"{', EMA weights' if info['ema'] else ''}; decode {args.decode}, tta {args.tta}, "
-          f"{'calibrated' if info.get('temperatures') and not args.no_temperatures else 'uncalibrated'} confidences"
-          f"{f'; taxonomy and poisonous flags from --mappings {args.mappings}' if args.mappings else ''}",
+          f"{', EMA weights' if info['ema'] else ''}; decode {cfg.decode}, tta {cfg.tta}, "
+          f"{'calibrated' if info.get('temperatures') and not cfg.no_temperatures else 'uncalibrated'} confidences"
+          f"{f'; taxonomy and poisonous flags from --mappings {cfg.mappings}' if cfg.mappings else ''}",
           file=sys.stderr)
-    rule = unknown_rule(args, info)  # before any image: a stored threshold that does not apply is refused
-    if args.submission:
+    rule = unknown_rule(cfg, info)  # before any image: a stored threshold that does not apply is refused
+    if cfg.submission:
         from amanita.submission import submit
-        return submit(args, loaded, rule)
-    paths, errors = expand_inputs(args.inputs)
+        return submit(cfg, loaded, rule)
+    paths, errors = expand_inputs(cfg.inputs)
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
     failed = len(errors)
 
     def on_result(record: dict) -> None:
-        print(json.dumps(record, ensure_ascii=False) if args.json else
-              format_human(record, args.top_k, args.backoff) + "\n", flush=True)
+        print(json.dumps(record, ensure_ascii=False) if cfg.json else
+              format_human(record, cfg.top_k, cfg.backoff) + "\n", flush=True)
 
     def on_error(path: Path, reason: str, bar) -> None:
         nonlocal failed
@@ -357,5 +305,5 @@ def identify(args) -> int:
         bar.write(f"error: {terminal_safe(printable(path))}: {reason}", file=sys.stderr)
 
     if paths:
-        identify_files(args, loaded, paths, on_result, on_error)
+        identify_files(cfg, loaded, paths, on_result, on_error)
     return 1 if failed else 0

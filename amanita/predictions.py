@@ -10,9 +10,17 @@ probabilities, -1 padding when a head has fewer classes) and ``{key}_ptrue`` (pr
 the true class, NaN when unknown; optional) and ``{key}_lconf`` (the lineage confidence: the
 probability that the prediction is right from the phylum down to this key, never rising towards
 the leaf, see :mod:`amanita.calibration`; optional). Plus ``index`` (row in the validation CSV),
-``filename`` and ``observationID``.
+``filename`` and ``observationID``, the unknown-species scores ``unknown_{msp,entropy,energy}`` and the
+flag ``unknown_species`` (``category_id`` -1; see :mod:`amanita.openset`).
 
-Synthetic tables of any size (tests, the scale benchmark) come from :mod:`amanita.demo.predictions`.
+The schema is defined here, once: :data:`COLUMNS` (what the pipeline computes, in this order:
+:data:`INT_COLUMNS`, :data:`FLOAT_COLUMNS`, :data:`SCORE_COLUMNS`), :func:`with_metadata` (the CSV's
+``filename``, ``observationID`` and the unknown flag) and the file's required and top-k columns. The
+engine computes a batch's columns in this order (``amanita.engine.prediction_columns``: computing them
+needs :mod:`amanita.calibration`'s lineage confidence, and calibration imports metrics, which imports
+this module), and :func:`amanita.inference.predict` fills the table.
+
+Synthetic tables of any size (tests, the scale benchmark) come from :mod:`amanita.demo.synthetic_predictions`.
 """
 from __future__ import annotations
 
@@ -23,10 +31,30 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from amanita.config import SCORES
 from amanita.io import UserError, atomic_write_text
+from amanita.openset import FLAG_COLUMN, score_column
 from amanita.taxonomy import KEYS, Taxonomy
 
 TOPK = 5
+
+
+# ---------------------------------------------------------------------- the table's columns
+INT_COLUMNS = [f"{k}_{c}" for k in KEYS for c in ("true", "pred", "top1", "top2", "top3", "top4", "top5")]
+SCORE_COLUMNS = [score_column(s) for s in SCORES]
+FLOAT_COLUMNS = [f"{k}_{c}" for k in KEYS for c in ("conf", "lconf", "ptrue")] + SCORE_COLUMNS
+COLUMNS = ["index"] + [f"{k}_{c}" for k in KEYS for c in ("true", "pred", "conf", "lconf", "ptrue", "top1", "top2",
+                                                           "top3", "top4", "top5")] + SCORE_COLUMNS
+
+
+def with_metadata(preds: pd.DataFrame, metadata: pd.DataFrame) -> pd.DataFrame:
+    """``preds`` with the ``filename``, ``observationID`` and unknown-species flag (``category_id`` -1)
+    of each row's ``index`` in ``metadata`` (the CSV)."""
+    meta = metadata.iloc[preds["index"].to_numpy()]
+    preds.insert(1, "filename", meta["filename"].astype(str).to_numpy())
+    preds.insert(2, "observationID", meta["observationID"].to_numpy() if "observationID" in meta else np.nan)
+    preds[FLAG_COLUMN] = (pd.to_numeric(meta["category_id"], errors="coerce") == -1).to_numpy()
+    return preds
 
 
 def topk_columns(key: str, k: int = TOPK) -> list[str]:
@@ -46,6 +74,7 @@ def required_columns() -> list[str]:
     return cols
 
 
+# ---------------------------------------------------------------------- the file
 def write_predictions(df: pd.DataFrame, path: str | os.PathLike, taxonomy: Taxonomy | None = None) -> None:
     """Write the predictions table as CSV, atomically (floats to 6 significant digits).
 

@@ -29,8 +29,8 @@ import torch
 import torch.distributed as tdist
 from tqdm import tqdm
 
-from amanita.checkpoint import plain_args
 from amanita.checkpoint_writer import CheckpointWriter
+from amanita.config import DataConfig, PreflightConfig
 from amanita.data import IMAGE_ERRORS, FungiTasticDataset, image_paths, make_loader, read_image, read_split
 from amanita.distributed import DistInfo, all_gather_objects, barrier
 from amanita.engine import amp_dtype, autocast
@@ -77,7 +77,7 @@ class Budget:
 @dataclass
 class Context:
     """What the checks share: the flags, the processes, and what earlier checks found."""
-    args: object
+    cfg: PreflightConfig  # resolved (training.resolve_config), as the run would resolve it
     dist: DistInfo
     budget: Budget
     taxonomy: Taxonomy | None = None
@@ -92,9 +92,9 @@ class Context:
 
 
 # ---------------------------------------------------------------------- running and reporting
-def preflight(args, dist: DistInfo) -> dict:
+def preflight(cfg: PreflightConfig, dist: DistInfo) -> dict:
     """Run every check on every rank; the merged report (with the forecast) on every rank."""
-    ctx = Context(args, dist, Budget(args.max_seconds))
+    ctx = Context(cfg, dist, Budget(cfg.max_seconds))
     t0 = time.perf_counter()
     local = [guarded(name, fn, ctx) for name, fn in LOCAL_CHECKS]
     local += [check_distributed(ctx), check_checkpoint(ctx)]  # collectives: every rank, whatever came before
@@ -104,7 +104,7 @@ def preflight(args, dist: DistInfo) -> dict:
     checks = {name: checks[name] for name in CHECKS}
     return {"status": worst(c["status"] for c in checks.values()), "seconds": round(time.perf_counter() - t0, 1),
             "world_size": dist.world_size, "device": str(dist.device), "checks": checks,
-            "args": plain_args(args)}
+            "args": cfg.to_dict()}
 
 
 def guarded(name: str, fn: Callable[[Context], Check], ctx: Context) -> Check:
@@ -178,8 +178,8 @@ def check_environment(ctx: Context) -> Check:
                f"bf16 {'yes' if n['bf16'] else 'no'}" if cuda else f"CPU only ({n['cpu_count']} cores)"), n)
     for problem in version_problems(n):
         c.worse("WARN", f"{problem}: install requirements.txt's versions (pip install -r requirements.txt)")
-    if cuda and amp_dtype(ctx.args.amp, dev) == torch.bfloat16 and not n["bf16"]:
-        c.worse("FAIL", f"--amp {ctx.args.amp} asks for bf16, which {n['gpu']} lacks: use --amp fp16")
+    if cuda and amp_dtype(ctx.cfg.amp, dev) == torch.bfloat16 and not n["bf16"]:
+        c.worse("FAIL", f"--amp {ctx.cfg.amp} asks for bf16, which {n['gpu']} lacks: use --amp fp16")
     return c
 
 
@@ -207,36 +207,36 @@ def version_problems(found: dict, requirements: str | os.PathLike | None = None)
 
 
 # ---------------------------------------------------------------------- data
-def run_splits(args) -> dict[str, str]:
-    return {s: p for s, p in (("train", args.train_path), ("val", args.val_path), ("test", args.test_path)) if p}
+def run_splits(cfg: DataConfig) -> dict[str, str]:
+    return {s: p for s, p in (("train", cfg.train_path), ("val", cfg.val_path), ("test", cfg.test_path)) if p}
 
 
 def check_data(ctx: Context) -> Check:
     """CSVs readable with amanita's columns, their taxonomy against the mappings, sampled images per split."""
-    args = ctx.args
-    ctx.frames = {s: read_split(p) for s, p in run_splits(args).items()}
+    cfg = ctx.cfg
+    ctx.frames = {s: read_split(p) for s, p in run_splits(cfg).items()}
     csv_tax = build_taxonomy(list(ctx.frames.values()), count_frame=ctx.frames["train"])
     c = Check("data", numbers={"rows": {s: len(f) for s, f in ctx.frames.items()},
                                "taxonomy_sha256_csv": csv_tax.sha256()})
-    if Path(args.mappings).is_file():
-        ctx.taxonomy = Taxonomy.load(args.mappings)
+    if Path(cfg.mappings).is_file():
+        ctx.taxonomy = Taxonomy.load(cfg.mappings)
         c.numbers["taxonomy_sha256_mappings"] = ctx.taxonomy.sha256()
         diff = taxonomy_difference(csv_tax, ctx.taxonomy)
         if diff:
-            c.worse("FAIL", f"{args.mappings} does not match the CSVs: {diff}; rebuild it with "
+            c.worse("FAIL", f"{cfg.mappings} does not match the CSVs: {diff}; rebuild it with "
                             "create_taxonomic_mappings.py from these CSVs")
         elif csv_tax.sha256() != ctx.taxonomy.sha256():
             c.worse("WARN", f"the CSVs hold {csv_tax.n_leaves} of the {ctx.taxonomy.n_leaves} leaves of "
-                            f"{args.mappings} (same lineages; the heads follow the mappings)")
+                            f"{cfg.mappings} (same lineages; the heads follow the mappings)")
     else:
         ctx.taxonomy = csv_tax
-        c.worse("WARN", f"{args.mappings} does not exist: the run builds it from the CSVs at start-up")
+        c.worse("WARN", f"{cfg.mappings} does not exist: the run builds it from the CSVs at start-up")
     deadline = ctx.budget.deadline(SHARES["data"])
     per_split = {}
     for split, frame in ctx.frames.items():
         per_split[split] = sample_images(ctx, split, frame, deadline)
     c.numbers["images"] = per_split
-    judge_images(c, per_split, args.max_bad_image_fraction)
+    judge_images(c, per_split, cfg.max_bad_image_fraction)
     return c
 
 
@@ -259,11 +259,11 @@ def taxonomy_difference(csv_tax: Taxonomy, mappings: Taxonomy) -> str | None:
 
 def sample_images(ctx: Context, split: str, frame, deadline: float) -> dict:
     """Read and decode up to ``--sample-images`` rows of ``split`` (this rank's share): counts, MB/s, images/s."""
-    args, dist = ctx.args, ctx.dist
-    rng = np.random.default_rng(args.seed)
-    rows = rng.permutation(len(frame))[: args.sample_images * dist.world_size][dist.rank::dist.world_size]
+    cfg, dist = ctx.cfg, ctx.dist
+    rng = np.random.default_rng(cfg.seed)
+    rows = rng.permutation(len(frame))[: cfg.sample_images * dist.world_size][dist.rank::dist.world_size]
     ctx.samples[split] = frame.iloc[np.sort(rows)]
-    paths = image_paths(ctx.samples[split], run_splits(args)[split], args.image_root, args.image_size_folder)
+    paths = image_paths(ctx.samples[split], run_splits(cfg)[split], cfg.image_root, cfg.image_size_folder)
     n = dict(sampled=0, missing=0, unreadable=0, bytes=0, read_s=0.0, decode_s=0.0, example=None)
     for path in tqdm(paths, desc=f"preflight: {split} images", disable=not dist.is_main, leave=False):
         if n["sampled"] and time.monotonic() > deadline:
@@ -326,12 +326,12 @@ class StepProbe:
     (tests: a batch that does not fit, without a GPU).
     """
 
-    def __init__(self, model, criterion, optimizer, args, taxonomy: Taxonomy, input_size, device):
+    def __init__(self, model, criterion, optimizer, cfg: PreflightConfig, taxonomy: Taxonomy, input_size, device):
         self.model, self.criterion, self.optimizer, self.taxonomy = model, criterion, optimizer, taxonomy
-        self.input_size, self.device, self.clip = tuple(input_size), device, args.clip_grad
-        self.dtype = amp_dtype(args.amp, device)
+        self.input_size, self.device, self.clip = tuple(input_size), device, cfg.clip_grad
+        self.dtype = amp_dtype(cfg.amp, device)
         self.scaler = torch.amp.GradScaler(device.type) if self.dtype == torch.float16 else None
-        self.channels_last = args.channels_last
+        self.channels_last = cfg.channels_last
 
     def __call__(self, batch: int) -> None:
         limit = os.environ.get(OOM_ENV)
@@ -381,36 +381,30 @@ def largest_batch(step: Callable[[int], None], batch: int, on_oom: Callable[[], 
 
 def build_probe(ctx: Context) -> StepProbe:
     """The run's model (offline unless ``--allow-download``), optimizer and criterion, as training builds them."""
-    import copy
-
-    from amanita.optim import resolve_lr
     from amanita.training import build_model, make_criterion, make_optimizer
-    args, dev = ctx.args, ctx.dist.device
+    cfg, dev = ctx.cfg, ctx.dist.device
     if ctx.taxonomy is None:
         raise UserError("not measured: no taxonomy (see the data check)")
-    with hub_offline(not args.allow_download):
-        model, spec = build_model(args, ctx.taxonomy, True)
+    with hub_offline(not cfg.allow_download):
+        model, spec = build_model(cfg, ctx.taxonomy)
     model.to(dev)
-    if args.channels_last:
+    if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     ctx.data_config = spec.data_config
     ctx.grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    run_args = copy.copy(args)  # the learning rate resolved as training does, without touching the flags
-    run_args.lr = resolve_lr(args.lr, args.lr_base, args.lr_base_size, args.lr_base_scale, args.opt,
-                             args.batch_size * args.accum_steps * ctx.dist.world_size)["lr"]
-    optimizer = make_optimizer(model, run_args, dev)
+    optimizer = make_optimizer(model, cfg, dev)
     ctx.model, ctx.state = model, {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
-    train_model = torch.compile(model) if args.compile else model
-    probe = StepProbe(train_model, make_criterion(args, ctx.taxonomy, True, dev), optimizer, args, ctx.taxonomy,
+    train_model = torch.compile(model) if cfg.compile else model
+    probe = StepProbe(train_model, make_criterion(cfg, ctx.taxonomy, dev), optimizer, cfg, ctx.taxonomy,
                       spec.data_config["input_size"], dev)
     return probe
 
 
 def check_model(ctx: Context) -> Check:
     """Forward + backward + optimizer step at the configured batch, amp and compile: images/s, peak memory."""
-    args, dev = ctx.args, ctx.dist.device
+    cfg, dev = ctx.cfg, ctx.dist.device
     probe = build_probe(ctx)
-    fit = largest_batch(probe, args.batch_size, probe.free)  # its first step is the warm-up (and the compile)
+    fit = largest_batch(probe, cfg.batch_size, probe.free)  # its first step is the warm-up (and the compile)
     if not fit:
         return Check("model", "FAIL", f"even a batch of 1 does not fit on {dev} (out of memory): a smaller "
                                       "model or a larger device", {"largest_batch": 0})
@@ -423,16 +417,16 @@ def check_model(ctx: Context) -> Check:
     ctx.step_s = (time.perf_counter() - t0) / steps
     ctx.images_per_s = fit / ctx.step_s
     ctx.state = {"model": ctx.model.state_dict(), "optimizer": probe.optimizer.state_dict()}  # with AdamW's moments
-    n = dict(model=args.model, batch=args.batch_size, largest_batch=fit, steps_timed=steps,
+    n = dict(model=cfg.model, batch=cfg.batch_size, largest_batch=fit, steps_timed=steps,
              step_s=round(ctx.step_s, 4), images_per_s=round(fit / ctx.step_s, 1), amp=str(probe.dtype).removeprefix("torch.") if probe.dtype else "none",
-             compile=bool(args.compile), grad_mb=round(ctx.grad_bytes / 1e6, 1), **peak_memory(dev))
+             compile=bool(cfg.compile), grad_mb=round(ctx.grad_bytes / 1e6, 1), **peak_memory(dev))
     where = "GPU" if dev.type == "cuda" else "process"
     c = Check("model", "PASS", f"{fit / ctx.step_s:.0f} images/s per {where} at batch {fit} (amp {n['amp']}, "
-                               f"compile {'on' if args.compile else 'off'}), peak {n['peak_memory_gib']} GiB "
+                               f"compile {'on' if cfg.compile else 'off'}), peak {n['peak_memory_gib']} GiB "
                                f"{n['peak_memory_kind']}", n)
-    if fit < args.batch_size:
-        accum = args.accum_steps * args.batch_size // fit
-        c.worse("FAIL", f"--batch-size {args.batch_size} does not fit on {dev} (out of memory); the largest batch "
+    if fit < cfg.batch_size:
+        accum = cfg.accum_steps * cfg.batch_size // fit
+        c.worse("FAIL", f"--batch-size {cfg.batch_size} does not fit on {dev} (out of memory); the largest batch "
                         f"that fits (halving) is {fit}: --batch-size {fit} --accum-steps {accum} keeps the "
                         "global batch")
     return c
@@ -451,42 +445,42 @@ def peak_memory(dev: torch.device) -> dict:
 def check_loader(ctx: Context) -> Check:
     """The real train and eval transforms with ``--workers`` over the sampled images: images/s per worker."""
     from amanita.training import run_transforms
-    args = ctx.args
+    cfg = ctx.cfg
     if ctx.data_config is None or "train" not in ctx.samples:
         raise UserError("not measured: the data or model check failed (see them)")
-    train_tf, eval_tf = run_transforms(args, ctx.data_config)
+    train_tf, eval_tf = run_transforms(cfg, ctx.data_config)
     deadline = ctx.budget.deadline(SHARES["loader"])
     eval_split = "val" if "val" in ctx.samples else "train"
     rates = {kind: loader_rate(ctx, split, tf, deadline)
              for kind, split, tf in (("train", "train", train_tf), ("eval", eval_split, eval_tf))}
-    workers = max(args.workers, 1)  # --workers 0: this process loads
+    workers = max(cfg.workers, 1)  # --workers 0: this process loads
     per_worker = rates["train"] / workers
     model_rate = ctx.images_per_s
     needed = math.ceil(model_rate / per_worker) if model_rate and per_worker else None
     procs = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    n = dict(workers=args.workers, train_images_per_s=round(rates["train"], 1), eval_images_per_s=round(rates["eval"], 1),
+    n = dict(workers=cfg.workers, train_images_per_s=round(rates["train"], 1), eval_images_per_s=round(rates["eval"], 1),
              train_images_per_s_per_worker=round(per_worker, 1), workers_needed=needed, cpu_count=os.cpu_count(),
              processes_on_node=procs)
-    c = Check("loader", "PASS", f"{rates['train']:.0f} train images/s with --workers {args.workers} "
+    c = Check("loader", "PASS", f"{rates['train']:.0f} train images/s with --workers {cfg.workers} "
                                 f"({per_worker:.0f} a worker), eval {rates['eval']:.0f}; "
                                 f"{needed} worker(s) per {'GPU' if ctx.dist.device.type == 'cuda' else 'process'} keep up "
                                 "with the model", n)
     if needed and needed > workers:
-        c.worse("WARN", f"the loader bounds the run: --workers {args.workers} give {rates['train']:.0f} images/s, "
+        c.worse("WARN", f"the loader bounds the run: --workers {cfg.workers} give {rates['train']:.0f} images/s, "
                         f"the model takes {model_rate:.0f}; use --workers {needed}")
-    if args.workers * procs > (os.cpu_count() or 1):
-        c.worse("WARN", f"--workers {args.workers} × {procs} processes is more than the node's {os.cpu_count()} cores")
+    if cfg.workers * procs > (os.cpu_count() or 1):
+        c.worse("WARN", f"--workers {cfg.workers} × {procs} processes is more than the node's {os.cpu_count()} cores")
     return c
 
 
 def loader_rate(ctx: Context, split: str, transform, deadline: float) -> float:
     """Images/s of a loader over the sampled rows of ``split``; the first batch (workers starting) not counted."""
-    args = ctx.args
-    ds = FungiTasticDataset(run_splits(args)[split], ctx.taxonomy, transform, image_root=args.image_root,
-                            image_size_folder=args.image_size_folder, input_size=ctx.data_config["input_size"],
-                            metadata=ctx.samples[split], seed=args.seed)
-    batch = max(1, len(ds) // (4 * max(args.workers, 1)))
-    loader = make_loader(ds, batch, args.workers, ctx.dist.device, None, args.prefetch_factor, args.seed, False)
+    cfg = ctx.cfg
+    ds = FungiTasticDataset(run_splits(cfg)[split], ctx.taxonomy, transform, image_root=cfg.image_root,
+                            image_size_folder=cfg.image_size_folder, input_size=ctx.data_config["input_size"],
+                            metadata=ctx.samples[split], seed=cfg.seed)
+    batch = max(1, len(ds) // (4 * max(cfg.workers, 1)))
+    loader = make_loader(ds, batch, cfg.workers, ctx.dist.device, None, cfg.prefetch_factor, cfg.seed, False)
     t0, t_first, first, n = time.perf_counter(), None, 0, 0
     for images, _, _ in loader:
         if t_first is None:
@@ -520,7 +514,7 @@ def check_distributed(ctx: Context) -> Check:
     w = dist.world_size
     n.update(all_reduce_s=round(seconds, 4), bus_gb_per_s=round(2 * (w - 1) / w * int(size) / seconds / 1e9, 2))
     n["share_of_step"] = round(seconds / (seconds + ctx.step_s), 3) if ctx.step_s else None
-    share = "" if n["share_of_step"] is None else f", {100 * n['share_of_step']:.0f}% of a step at batch {ctx.args.batch_size}"
+    share = "" if n["share_of_step"] is None else f", {100 * n['share_of_step']:.0f}% of a step at batch {ctx.cfg.batch_size}"
     c = Check("distributed", "PASS", f"{reached}; all-reduce of {n['buffer_mb']:g} MB (the gradients): "
                                      f"{1000 * seconds:.0f} ms, bus {n['bus_gb_per_s']:g} GB/s{share} without overlap", n)
     if n["share_of_step"] and n["share_of_step"] > 0.5:
@@ -555,7 +549,7 @@ def check_checkpoint(ctx: Context) -> Check:
     Rank 0 writes a token there and every rank reads it back. Nothing is left behind: the token,
     the test checkpoint and any folder the check made are removed.
     """
-    dist, folder = ctx.dist, Path(ctx.args.save_dir)
+    dist, folder = ctx.dist, Path(ctx.cfg.checkpoint_dir)
     c, token, created = Check("checkpoint", numbers={"folder": str(folder)}), None, []
     if dist.is_main:
         try:
@@ -689,21 +683,21 @@ def forecast_parts(per_rank: list[list[dict]], batch: int, accum: int) -> dict[s
 
 def forecast(ctx: Context, per_rank: list[list[dict]]) -> Check:
     """An epoch's and the whole run's time from the measured rates, and the part that bounds it."""
-    args = ctx.args
+    cfg = ctx.cfg
     fit = rank_values(per_rank, "model", "largest_batch")
-    parts = forecast_parts(per_rank, int(min(fit)) if fit else args.batch_size, args.accum_steps)
+    parts = forecast_parts(per_rank, int(min(fit)) if fit else cfg.batch_size, cfg.accum_steps)
     if "train" not in ctx.frames or COMPUTE not in parts or "loader" not in parts:
         return Check("forecast", "WARN", "no forecast: the data, model or loader check measured nothing")
     per_image = max(parts[COMPUTE] + parts.get("all-reduce", 0.0), parts["loader"], parts.get("storage", 0.0))
     images = math.ceil(len(ctx.frames["train"]) / ctx.dist.world_size)
     epoch_s = images * per_image
     bound = max(parts, key=parts.get)
-    n = dict(epoch_s=round(epoch_s, 1), run_s=round(epoch_s * args.epochs, 1), bound=bound, epochs=args.epochs,
+    n = dict(epoch_s=round(epoch_s, 1), run_s=round(epoch_s * cfg.epochs, 1), bound=bound, epochs=cfg.epochs,
              train_images=len(ctx.frames["train"]), seconds_per_image={k: float(f"{v:.3g}") for k, v in parts.items()},
              note="a forecast from this preflight's own measurements; training only (no validation), "
                   "the all-reduce counted without overlap")
     return Check("forecast", "PASS", f"forecast: an epoch of {n['train_images']} images ≈ {duration(epoch_s)}, "
-                                     f"{args.epochs} epochs ≈ {duration(n['run_s'])} (training only), bounded by {bound}", n)
+                                     f"{cfg.epochs} epochs ≈ {duration(n['run_s'])} (training only), bounded by {bound}", n)
 
 
 def duration(seconds: float) -> str:
@@ -720,19 +714,19 @@ LOCAL_CHECKS = (("environment", check_environment), ("data", check_data), ("mode
                 ("loader", check_loader))  # no collectives inside: a failure on one rank cannot hang the others
 
 
-def run(args) -> int:
+def run(cfg: PreflightConfig) -> int:
     """preflight.py: every check under this process group; table and ``--output`` on rank 0; 1 when any FAILs."""
     from amanita.seeding import seed_everything
     from amanita.distributed import cleanup, init_distributed
-    from amanita.training import apply_cluster_environment
-    apply_cluster_environment(args)
-    output = args.output or default_output()
-    dist = init_distributed(args.device, timeout_minutes=max(2.0, args.max_seconds / 60))
+    from amanita.training import resolve_config
+    output = cfg.output or default_output()
+    dist = init_distributed(cfg.device, timeout_minutes=max(2.0, cfg.max_seconds / 60))
     try:
-        seed_everything(args.seed + dist.rank)
+        cfg = resolve_config(cfg, dist.world_size)  # the lr and folders the run would use
+        seed_everything(cfg.seed + dist.rank)
         torch.backends.cuda.matmul.allow_tf32 = True  # as the run sets them
         torch.backends.cudnn.allow_tf32 = True
-        report = preflight(args, dist)
+        report = preflight(cfg, dist)
         if dist.is_main:
             write_report(report, output)
             print(table(report) + f" ({output})", flush=True)

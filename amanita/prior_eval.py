@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from amanita.decisions import Costs, make_decoder, sweep, sweep_stats
+from amanita.config import EvalConfig
+from amanita.decisions import costs_of, make_decoder, sweep, sweep_stats
 from amanita.io import file_sha256, read_metadata_csv
 from amanita.priors import Priors, fit_prior_weight, resolve_priors
 from amanita.taxonomy import LEAF, Taxonomy, label_column
@@ -26,23 +27,23 @@ NONE = "without priors"
 ALL = "all fields"
 
 
-def wanted(args) -> bool:
+def wanted(cfg: EvalConfig) -> bool:
     """Whether validate.py keeps the pass for priors and decisions."""
-    return bool(getattr(args, "priors", None)) or getattr(args, "decision", "argmax") != "argmax"
+    return bool(cfg.priors) or cfg.decision != "argmax"
 
 
 class Variants:
     """The kept batches of one pass, the priors (or None) and the decision's decoder."""
 
-    def __init__(self, args, tax: Taxonomy, info: dict, device):
-        self.args, self.tax, self.info = args, tax, info
-        self.priors: Priors | None = resolve_priors(args, tax, info)
+    def __init__(self, cfg: EvalConfig, tax: Taxonomy, info: dict, device):
+        self.cfg, self.tax, self.info = cfg, tax, info
+        self.priors: Priors | None = resolve_priors(cfg, tax, info)
         self.codes = None
         if self.priors is not None:
-            fields = read_metadata_csv(args.val_path, columns=self.priors.fields)
+            fields = read_metadata_csv(cfg.val_path, columns=self.priors.fields)
             self.codes = self.priors.codes(fields)
-        self.costs = Costs(args.poisonous_as_edible_cost, args.edible_as_poisonous_cost, args.mistake_cost)
-        self.decoder = make_decoder(tax, device, args.decode, args.decision, self.costs)
+        self.costs = costs_of(cfg)
+        self.decoder = make_decoder(tax, device, cfg.decode, cfg.decision, self.costs)
         self.kept: list = []
         self.labels: torch.Tensor | None = None  # the dataset's (n, 7) labels, set by the caller
         self.observation_ids = None              # per dataset row, None: no observation level
@@ -52,7 +53,7 @@ class Variants:
         """Keep ``batches`` (on the CPU), fit the weight if asked, and yield them with the priors applied."""
         for logp, labels, idx, energy in batches:
             self.kept.append(({k: v.cpu() for k, v in logp.items()}, labels.cpu(), torch.as_tensor(idx), energy.cpu()))
-        if self.priors is not None and getattr(self.args, "fit_prior_weight", False):
+        if self.priors is not None and self.cfg.fit_prior_weight:
             self.fit_weight()
         yield from self.variant(self.priors.fields if self.priors else ())
 
@@ -73,19 +74,19 @@ class Variants:
         labels = torch.where(labels == BAD_IMAGE, -1, labels)
         fit = fit_prior_weight(leaf, self.priors.bonus(LEAF, self.codes[idx]), labels)
         self.priors.weight = fit["weight"]
-        entry = fit | {"fields": list(self.priors.fields), "priors": str(self.args.priors),
-                       "priors_sha256": file_sha256(self.args.priors), "fitted_on": str(self.args.val_path)}
-        update_checkpoint(self.args.checkpoint, metadata_priors=entry)
+        entry = fit | {"fields": list(self.priors.fields), "priors": str(self.cfg.priors),
+                       "priors_sha256": file_sha256(self.cfg.priors), "fitted_on": str(self.cfg.val_path)}
+        update_checkpoint(self.cfg.checkpoint, metadata_priors=entry)
         self.info["metadata_priors"] = entry
         print(f"prior weight {fit['weight']:.3f} (leaf NLL {fit['nll_without']:.4f} → {fit['nll_with']:.4f}) "
-              f"stored in {self.args.checkpoint}")
+              f"stored in {self.cfg.checkpoint}")
 
     def decode(self, fields, decoder=None):
         """``(preds, obs_preds, image_stats, obs_stats)`` of one variant (obs None without observation ids)."""
         from amanita.engine import predict_batches, predict_observations
         from amanita.observations import ObservationPooler
         decoder = decoder or self.decoder
-        pooler = None if self.observation_ids is None else ObservationPooler(self.observation_ids, self.args.combine)
+        pooler = None if self.observation_ids is None else ObservationPooler(self.observation_ids, self.cfg.combine)
         stats, index = [], []
 
         def watched():
@@ -138,7 +139,7 @@ def evaluate_variants(v: Variants) -> tuple[dict, tuple]:
     # the curve of the main variant (all fields): truths of the rows decoded, in the same order
     preds, obs, img_stats, obs_stats = v.decode(fields)
     costs = sorted(set(SWEEP_COSTS) | {v.costs.poisonous_as_edible})
-    argmax = make_decoder(v.tax, v.decoder.ancestors.device, v.args.decode)
+    argmax = make_decoder(v.tax, v.decoder.ancestors.device, v.cfg.decode)
     a_preds, a_obs, _, _ = v.decode(fields, decoder=argmax)
     curves = {"image": {"points": sweep(img_stats, preds["species_true"].to_numpy(np.int64), v.tax, costs, v.costs),
                         "argmax": variant_metrics(a_preds, v.tax)}}
@@ -146,7 +147,7 @@ def evaluate_variants(v: Variants) -> tuple[dict, tuple]:
         curves["observation"] = {"points": sweep(obs_stats, obs["species_true"].to_numpy(np.int64), v.tax, costs,
                                                  v.costs), "argmax": variant_metrics(a_obs, v.tax)}
     section = {"fields": list(fields), "weight": v.priors.weight if v.priors else None,
-               "priors": str(v.args.priors) if v.priors else None, "decision": v.args.decision,
+               "priors": str(v.cfg.priors) if v.priors else None, "decision": v.cfg.decision,
                "costs": asdict(v.costs), "main_variant": main, "rows": rows, "sweep": curves,
                "chosen_cost": v.costs.poisonous_as_edible}
     return section, plain

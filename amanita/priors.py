@@ -45,7 +45,7 @@ from amanita.taxonomy import KEYS, LEAF, Taxonomy, map_distinct
 
 FORMAT = "amanita-metadata-priors"
 VERSION = 1
-from amanita.config import PRIOR_FIELDS  # noqa: F401
+from amanita.config import PRIOR_FIELDS, PriorsConfig  # noqa: F401
 DEFAULT_FIELDS = ("habitat", "substrate", "month")
 MONTHS = tuple(str(m) for m in range(1, 13))
 DEFAULT_SMOOTHING = 10.0
@@ -246,17 +246,17 @@ def stored_weight(info: dict, priors_path: str | os.PathLike, fields) -> float |
     return None
 
 
-def resolve_priors(args, tax: Taxonomy, info: dict | None) -> Priors | None:
+def resolve_priors(cfg: PriorsConfig, tax: Taxonomy, info: dict | None) -> Priors | None:
     """``--priors`` / ``--prior-fields`` / ``--prior-weight`` as :class:`Priors` (None without ``--priors``).
 
     The weight: the flag's, else the one stored in the checkpoint for this file and fields, else 1.
     """
-    path = getattr(args, "priors", None)
+    path = cfg.priors
     if not path:
         return None
     doc = load_priors(path, tax)
-    fields = tuple(args.prior_fields or doc["fields"])
-    weight = args.prior_weight if args.prior_weight is not None else stored_weight(info, path, fields)
+    fields = tuple(cfg.prior_fields or doc["fields"])
+    weight = cfg.prior_weight if cfg.prior_weight is not None else stored_weight(info, path, fields)
     return Priors.from_doc(doc, tax, fields, 1.0 if weight is None else weight)
 
 

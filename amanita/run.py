@@ -1,13 +1,12 @@
 """The run object: everything one training run holds, built once and read by the loop and the checkpointer.
 
-:func:`amanita.training.build_run` builds a :class:`Run` from the command line;
+:func:`amanita.training.build_run` builds a :class:`Run` from the script's resolved config;
 :func:`amanita.engine.train_one_epoch` trains with it; :mod:`amanita.checkpoint_writer` saves it and
 restores it. Unit tests build a small one by hand (a model, an optimizer and a criterion are
 enough for the loop).
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -19,6 +18,7 @@ from amanita.checkpoint_writer import Checkpointer
 from amanita.data import BadImageCounter
 from amanita.distributed import DistInfo, ResumableDistributedSampler
 from amanita.backbone import ModelSpec
+from amanita.config import TrainConfig
 from amanita.taxonomy import Taxonomy
 from amanita.tracking import Tracker
 
@@ -51,7 +51,8 @@ class StepConfig:
 @dataclass
 class Run:
     """One training run. ``model`` is the plain module (saved, evaluated, averaged by the EMA);
-    ``train_model`` the same module under ``torch.compile``/DDP when used (None: ``model``)."""
+    ``train_model`` the same module under ``torch.compile``/DDP when used (None: ``model``).
+    ``cfg`` is the script's config (flags and resolved values); ``config`` how one update is made."""
     model: nn.Module
     optimizer: torch.optim.Optimizer
     criterion: Callable[[dict, torch.Tensor], dict]
@@ -65,7 +66,7 @@ class Run:
     bad_images: BadImageCounter | None = None
     checkpointer: Checkpointer | None = None
     # what the run is about; set by build_run, not needed by unit tests of the loop
-    args: argparse.Namespace | None = None
+    cfg: TrainConfig | None = None     # the flags and the values resolved from them (training.resolve_config)
     taxonomy: Taxonomy | None = None
     spec: ModelSpec | None = None
     train_loader: Iterable | None = None  # built once (amanita.data.DeviceLoader); .dataset is the split
@@ -73,7 +74,6 @@ class Run:
     evals: dict[str, DataLoader] = field(default_factory=dict)
     tracker: Tracker | None = None      # W&B / TensorBoard on rank 0 (amanita.tracking)
     tracking: dict = field(default_factory=dict)  # the tracker state a resumed checkpoint held
-    lr_scaling: dict | None = None     # amanita.optim.resolve_lr: the peak lr and the global batch
     updates_per_epoch: int | None = None  # in this run's layout (batch × processes × accumulation): sizes the schedule
 
     @property

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from amanita.config import IdentifyConfig, SubmissionConfig
 from amanita.io import UserError, atomic_to_csv, read_metadata_csv
 from amanita.openset import is_unknown
+
+if TYPE_CHECKING:  # the model stack is imported only when a model runs
+    from amanita.inference import LoadedModel
 
 COLUMNS = ("observationID", "class_id")
 UNKNOWN = -1
@@ -88,38 +93,34 @@ def write_submission(path: str | os.PathLike, sub: pd.DataFrame, metadata: pd.Da
     atomic_to_csv(sub.loc[:, list(COLUMNS)], path)
 
 
-def observation_answers(model, taxonomy, data_config: dict, metadata: pd.DataFrame, args, device,
-                        readout=None, answer: tuple | None = None) -> pd.DataFrame:
-    """Per-observation predictions of ``metadata``'s images (:func:`amanita.engine.predict_observations`).
+def observation_answers(loaded: LoadedModel, metadata: pd.DataFrame, cfg: IdentifyConfig) -> pd.DataFrame:
+    """Per-observation predictions of ``metadata``'s images through :func:`amanita.inference.predict`.
 
-    ``args`` gives ``test_path``, ``image_root``/``image_size_folder``, ``decode``, ``combine``,
-    ``batch_size``, ``workers`` and ``amp``; ``readout`` the TTA and temperatures. One row per
-    observation with a readable image: ``observationID``, ``leaf_pred`` and the ``unknown_*``
-    scores of the pooled leaf distribution, among the predictions-table columns. ``answer``:
-    ``(Priors or None, decoder)`` (:func:`answer_rule`), the metadata priors read from the rows.
+    ``cfg`` gives ``test_path``, ``image_root``/``image_size_folder``, the readout, ``--priors``
+    (their values read from the rows), ``--decision``, ``combine``, ``batch_size``, ``workers`` and
+    ``amp``. One row per observation with a readable image: ``observationID``, ``leaf_pred`` and the
+    ``unknown_*`` scores of the pooled leaf distribution, among the predictions-table columns.
     """
-    from amanita.data import DeviceLoader, FungiTasticDataset, create_transforms, default_image_root, make_loader
-    from amanita.engine import iter_log_probs, predict_batches, predict_observations, with_metadata
-    from amanita.observations import ObservationPooler
-    root = args.image_root or default_image_root(args.test_path, args.image_size_folder)
-    ds = FungiTasticDataset(metadata, taxonomy, create_transforms(data_config, False), image_root=root,
-                            input_size=data_config["input_size"])
-    loader = DeviceLoader(make_loader(ds, args.batch_size, args.workers, device, persistent=False), device, data_config)
-    pooler = ObservationPooler(metadata["observationID"].to_numpy(), args.combine)
-    batches = iter_log_probs(model, loader, taxonomy, device, args.amp, readout)
-    priors, decode = answer or (None, args.decode)
-    if priors is not None:
-        batches = priors.batches(batches, priors.codes(metadata))
-    predict_batches(batches, taxonomy, decode, pooler)
-    return with_metadata(predict_observations(pooler, ds.labels, taxonomy, decode), metadata)
+    from amanita.inference import Settings, predict, readout, split_source
+    source = split_source(loaded, metadata, image_root(cfg), observations=True)
+    priors, decoder = answer_rule(cfg, loaded)
+    transform = None if priors is None else (lambda batches: priors.batches(batches, priors.codes(metadata)))
+    how = Settings(decoder, cfg.amp, readout(cfg, loaded.info), cfg.combine, cfg.batch_size, cfg.workers)
+    return predict(loaded, source, how, transform).observations
 
 
-def answer_rule(args, taxonomy, info: dict, device) -> tuple:
+def image_root(cfg: SubmissionConfig):
+    """``--image-root``, else the FungiTastic layout beside ``--test-path``."""
+    from amanita.data import default_image_root
+    return cfg.image_root or default_image_root(cfg.test_path, cfg.image_size_folder)
+
+
+def answer_rule(cfg: IdentifyConfig, loaded: LoadedModel) -> tuple:
     """``(Priors or None, decoder)`` of ``--priors`` and ``--decision`` (see amanita.priors, amanita.decisions)."""
-    from amanita.decisions import costs_from_args, make_decoder
+    from amanita.decisions import costs_of, make_decoder
     from amanita.priors import resolve_priors
-    return (resolve_priors(args, taxonomy, info),
-            make_decoder(taxonomy, device, args.decode, args.decision, costs_from_args(args)))
+    return (resolve_priors(cfg, loaded.taxonomy, loaded.info),
+            make_decoder(loaded.taxonomy, loaded.device, cfg.decode, cfg.decision, costs_of(cfg)))
 
 
 def unknown_mask(obs_preds: pd.DataFrame, rule: tuple[str, float | None]) -> np.ndarray | None:
@@ -136,23 +137,18 @@ def unknown_mask(obs_preds: pd.DataFrame, rule: tuple[str, float | None]) -> np.
 
 
 
-def submit(args, loaded, rule: tuple[str, float | None]) -> int:
+def submit(cfg: IdentifyConfig, loaded: LoadedModel, rule: tuple[str, float | None]) -> int:
     """--submission: pooled observation answers → a checked FungiCLEF CSV; ``rule`` is test.py's
     ``(score, threshold)`` (:func:`amanita.identify.unknown_rule`)."""
-    from amanita.engine import Readout
-    model, tax, data_config, info, device = loaded
-    metadata = read_test_metadata(args.test_path)
-    temperatures = None if args.no_temperatures else info.get("temperatures")
-    obs = observation_answers(model, tax, data_config, metadata, args, device, Readout(args.tta, temperatures),
-                              answer_rule(args, tax, info, device))
+    metadata = read_test_metadata(cfg.test_path)
+    obs = observation_answers(loaded, metadata, cfg)
     if len(obs) == 0:
-        from amanita.data import default_image_root
-        root = args.image_root or default_image_root(args.test_path, args.image_size_folder)
-        raise UserError(f"no image of {args.test_path} could be read from {root}; pass --image-root")
+        raise UserError(f"no image of {cfg.test_path} could be read from {image_root(cfg)}; pass --image-root")
     unknown = unknown_mask(obs, rule)
+    tax = loaded.taxonomy
     sub = submission_frame(obs, tax.category_ids, metadata, unknown)
-    write_submission(args.submission, sub, metadata, tax.category_ids)
+    write_submission(cfg.submission, sub, metadata, tax.category_ids)
     n_unknown = int((sub["class_id"] == -1).sum())
-    print(f"wrote {args.submission}: {len(sub)} observations from {len(metadata)} images, "
+    print(f"wrote {cfg.submission}: {len(sub)} observations from {len(metadata)} images, "
           f"{n_unknown} answered -1 (unknown species)", file=sys.stderr)
     return 0

@@ -14,17 +14,16 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import yaml
 
 from amanita import checkpoint as ck
 from amanita.backbone import ModelSpec, parse_model_args, resolve_architecture, resolve_data_config
-from amanita.checkpoint import plain_args
 from amanita.checkpoint_writer import Checkpointer, remove_stale_temporaries
-from amanita.cli import build_train_parser, check_train_args, cli_main
 from amanita.data import (BadImageCounter, DeviceLoader, FungiTasticDataset, check_labels, check_unreadable,
                           create_transforms, make_loader, read_split)
 from amanita.distill import load_teacher
 from amanita.faults import dump_rank_state, fault_point
-from amanita.config import TrackingConfig
+from amanita.config import AugmentConfig, DataConfig, DistillConfig, ModelConfig, TrainConfig
 from amanita.tracking import create_tracker, epoch_scalars
 from amanita.distributed import (DistInfo, ResumableDistributedSampler, ShardSampler, barrier,
                                  broadcast_from_main, cleanup, init_distributed, wrap_for_training)
@@ -40,7 +39,7 @@ from amanita.run import Run, StepConfig
 from amanita.seeding import seed_everything
 from amanita.taxonomy import DISPLAY_ORDER, HEADS, LEAF, Taxonomy, build_taxonomy
 
-RUN_FILES = ("last.pth", "best_model.pth", "metrics.jsonl", "args.json", "test_metrics.json")  # in --save-dir
+RUN_FILES = ("last.pth", "best_model.pth", "metrics.jsonl", "args.yaml", "test_metrics.json")  # in --save-dir
 
 
 def log(dist: DistInfo, *msg) -> None:
@@ -49,62 +48,68 @@ def log(dist: DistInfo, *msg) -> None:
 
 
 # ---------------------------------------------------------------------- set-up
-def apply_cluster_environment(args) -> None:
-    """On Strong Compute ISC: checkpoints in $CHECKPOINT_ARTIFACT_PATH, small logs in $LOSSY_ARTIFACT_PATH."""
-    if os.environ.get("CHECKPOINT_ARTIFACT_PATH"):
-        args.save_dir = os.environ["CHECKPOINT_ARTIFACT_PATH"]
-    args.log_dir = os.environ.get("LOSSY_ARTIFACT_PATH") or args.save_dir
+def resolve_config(cfg: TrainConfig, world_size: int) -> TrainConfig:
+    """The config with its resolved values, computed once: the peak lr for the global batch
+    (:func:`amanita.optim.resolve_lr`), the folders (on Strong Compute ISC: checkpoints in
+    $CHECKPOINT_ARTIFACT_PATH, small logs in $LOSSY_ARTIFACT_PATH) and the evaluation batch."""
+    checkpoint_dir = os.environ.get("CHECKPOINT_ARTIFACT_PATH") or cfg.save_dir
+    lr_scaling = resolve_lr(cfg.lr, cfg.lr_base, cfg.lr_base_size, cfg.lr_base_scale, cfg.opt,
+                            cfg.batch_size * max(cfg.accum_steps, 1) * world_size)
+    return cfg.replace(world_size=world_size, lr_scaling=lr_scaling, checkpoint_dir=checkpoint_dir,
+                       log_dir=os.environ.get("LOSSY_ARTIFACT_PATH") or checkpoint_dir,
+                       eval_batch=cfg.eval_batch_size or 2 * cfg.batch_size)
 
 
-def load_taxonomy(args, dist: DistInfo) -> Taxonomy:
+def load_taxonomy(cfg: DataConfig, dist: DistInfo) -> Taxonomy:
     """The mappings file, or (when it does not exist) the taxonomy of the given CSVs, saved there."""
-    if Path(args.mappings).is_file():
-        return Taxonomy.load(args.mappings)
-    frames = [read_split(p) for p in (args.train_path, args.val_path, args.test_path) if p]
+    if Path(cfg.mappings).is_file():
+        return Taxonomy.load(cfg.mappings)
+    frames = [read_split(p) for p in (cfg.train_path, cfg.val_path, cfg.test_path) if p]
     tax = build_taxonomy(frames, count_frame=frames[0])
     if dist.is_main:
-        tax.save(args.mappings)
-        print(f"built {args.mappings} from the CSVs: {tax.summary()}")
+        tax.save(cfg.mappings)
+        print(f"built {cfg.mappings} from the CSVs: {tax.summary()}")
     return tax
 
 
-def build_model(args, tax: Taxonomy, multitask: bool) -> tuple[nn.Module, ModelSpec]:
+def build_model(cfg: TrainConfig, tax: Taxonomy) -> tuple[nn.Module, ModelSpec]:
     """The model to train and the spec that rebuilds it offline (architecture, kwargs, data config)."""
-    model_args = parse_model_args(args.model_args)
-    pretrained = {"auto": None, "yes": True, "no": False}[args.pretrained]
-    kw = dict(model_args=model_args, pretrained=pretrained, pretrained_file=args.pretrained_file,
-              drop_path_rate=args.drop_path, drop_rate=args.drop)
-    kind, head_mode = ("multitask", args.head_mode) if multitask else ("single", None)
-    if args.init_from:
-        model, src = _model_from_checkpoint(args.init_from, tax, multitask, args)
-        return model, ModelSpec(kind, src.architecture, src.kwargs, override_data_config(src.data_config, args),
+    model_args = parse_model_args(cfg.model_args)
+    pretrained = {"auto": None, "yes": True, "no": False}[cfg.pretrained]
+    kw = dict(model_args=model_args, pretrained=pretrained, pretrained_file=cfg.pretrained_file,
+              drop_path_rate=cfg.drop_path, drop_rate=cfg.drop)
+    multitask = cfg.multitask
+    kind, head_mode = ("multitask", cfg.head_mode) if multitask else ("single", None)
+    if cfg.init_from:
+        model, src = _model_from_checkpoint(cfg.init_from, tax, cfg)
+        return model, ModelSpec(kind, src.architecture, src.kwargs, override_data_config(src.data_config, cfg),
                                 head_mode)
     if multitask:
-        model = create_multitask_model(args.model, tax, **kw, head_mode=args.head_mode)
+        model = create_multitask_model(cfg.model, tax, **kw, head_mode=cfg.head_mode)
     else:
-        model = create_single_head_model(args.model, tax, **kw)
-    arch, arch_kwargs = resolve_architecture(args.model, model_args)
-    cfg = resolve_data_config(model.backbone, args.model)
-    return model, ModelSpec(kind, arch, arch_kwargs, override_data_config(cfg, args), head_mode)
+        model = create_single_head_model(cfg.model, tax, **kw)
+    arch, arch_kwargs = resolve_architecture(cfg.model, model_args)
+    data_config = resolve_data_config(model.backbone, cfg.model)
+    return model, ModelSpec(kind, arch, arch_kwargs, override_data_config(data_config, cfg), head_mode)
 
 
-def restrict_training(model: nn.Module, spec: ModelSpec, args) -> ModelSpec:
+def restrict_training(model: nn.Module, spec: ModelSpec, cfg: TrainConfig) -> ModelSpec:
     """``--lora-rank``: LoRA adapters on the frozen backbone; ``--freeze-backbone``: the heads only.
 
     The heads (the classifier of a single-head model) always train. Returns the spec, with the
     adapters recorded so that evaluation rebuilds and merges them.
     """
-    if not getattr(args, "lora_rank", 0) and not getattr(args, "freeze_backbone", False):
+    if not cfg.lora_rank and not cfg.freeze_backbone:
         return spec
-    if args.lora_rank:
-        lora = LoraSpec(args.lora_rank, args.lora_alpha, args.lora_dropout, tuple(args.lora_targets))
+    if cfg.lora_rank:
+        lora = LoraSpec(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.lora_targets))
         try:
             adapt(model, lora, spec.data_config["input_size"])
         except ValueError as e:
             raise UserError(f"--lora-targets: {e}") from None
         record = lora.plain()
-        if getattr(args, "lora_save", "full") == "adapters":  # checkpoints without the frozen weights
-            record |= {"adapters_only": True, "base": str(Path(args.init_from).resolve()),
+        if cfg.lora_save == "adapters":  # checkpoints without the frozen weights
+            record |= {"adapters_only": True, "base": str(Path(cfg.init_from).resolve()),
                        "base_sha256": frozen_digest(model)}
         spec = dataclasses.replace(spec, lora=record)
     else:
@@ -114,112 +119,103 @@ def restrict_training(model: nn.Module, spec: ModelSpec, args) -> ModelSpec:
     return spec
 
 
-def override_data_config(cfg: dict, args) -> dict:
+def override_data_config(data_config: dict, cfg: ModelConfig) -> dict:
     """Apply ``--crop-pct``/``--crop-mode``/``--interpolation``/``--mean``/``--std`` when given."""
-    for key in ("crop_pct", "crop_mode", "interpolation", "mean", "std"):
-        value = getattr(args, key, None)
-        if value is not None:
-            cfg[key] = tuple(value) if isinstance(value, list) else value
-    return cfg
+    given = dict(crop_pct=cfg.crop_pct, crop_mode=cfg.crop_mode, interpolation=cfg.interpolation, mean=cfg.mean,
+                 std=cfg.std)
+    return data_config | {k: v for k, v in given.items() if v is not None}
 
 
-def _model_from_checkpoint(path, tax: Taxonomy, multitask: bool, args) -> tuple[nn.Module, ModelSpec]:
+def _model_from_checkpoint(path, tax: Taxonomy, cfg: TrainConfig) -> tuple[nn.Module, ModelSpec]:
     """``--init-from``: a single-head checkpoint seeds the heads as the stock model would (it plays the stock model).
 
     Returns the model to train and the source checkpoint's spec (architecture, data config)."""
+    multitask = cfg.multitask
     src = ck.load_checkpoint(path, for_model=True)
     spec = ck.model_spec(src)
     if not multitask and spec.kind == "multitask":
         raise UserError(f"--init-from {path} holds a multi-task model; train_minimal.py starts from a single-head one")
     # heads are taken by category_id: another taxonomy would silently rename the classes
-    ck.check_compatible(src, tax, src.get("kind"), path, getattr(args, "head_mode", "residual"))
+    ck.check_compatible(src, tax, src.get("kind"), path, cfg.head_mode if multitask else "residual")
     source, _, _ = ck.build_from_checkpoint(src)
     arch = spec.architecture
-    kw = dict(model_args=spec.kwargs, pretrained=False, drop_path_rate=args.drop_path, drop_rate=args.drop)
+    kw = dict(model_args=spec.kwargs, pretrained=False, drop_path_rate=cfg.drop_path, drop_rate=cfg.drop)
     try:
         if not multitask:
             model = create_single_head_model(arch, tax, **kw)
             model.load_state_dict(source.state_dict())
         elif spec.kind == "multitask":
-            model = create_multitask_model(arch, tax, **kw, head_mode=args.head_mode)
+            model = create_multitask_model(arch, tax, **kw, head_mode=cfg.head_mode)
             model.load_state_dict(source.state_dict())
         else:
-            model = create_multitask_model(arch, tax, **kw, head_mode=args.head_mode)
+            model = create_multitask_model(arch, tax, **kw, head_mode=cfg.head_mode)
             init_from_single_head(model, source, tax)
     except (RuntimeError, ValueError) as e:
         raise UserError(f"--init-from {path} does not fit this run: {str(e).strip().splitlines()[0][:200]}") from None
     return model, spec
 
 
-def make_loaders(args, tax: Taxonomy, data_config: dict, dist: DistInfo):
+def make_loaders(cfg: TrainConfig, tax: Taxonomy, data_config: dict, dist: DistInfo):
     """The train loader (resumable shuffling sampler) and eval loaders (each sample on one rank).
 
     Each is built once for the run, with persistent workers; batches arrive on the device,
     normalised there (:class:`amanita.data.DeviceLoader`). Returns ``(train_loader, sampler, evals)``.
     """
-    common = dict(image_root=args.image_root, image_size_folder=args.image_size_folder,
+    common = dict(image_root=cfg.image_root, image_size_folder=cfg.image_size_folder,
                   input_size=data_config["input_size"])
-    train_tf, eval_tf = run_transforms(args, data_config)
-    train_ds = FungiTasticDataset(args.train_path, tax, train_tf, **common, seed=args.seed)
-    check_labels(train_ds, args.max_bad_image_fraction, "train")
-    sampler = ResumableDistributedSampler(len(train_ds), dist.world_size, dist.rank, True, args.seed)
-    train_loader = _loader(train_ds, sampler, args, dist, data_config)
+    train_tf, eval_tf = run_transforms(cfg, data_config)
+    train_ds = FungiTasticDataset(cfg.train_path, tax, train_tf, **common, seed=cfg.seed)
+    check_labels(train_ds, cfg.max_bad_image_fraction, "train")
+    sampler = ResumableDistributedSampler(len(train_ds), dist.world_size, dist.rank, True, cfg.seed)
+    train_loader = _loader(train_ds, sampler, cfg, dist, data_config)
     evals = {}
-    for split, path in (("val", args.val_path), ("test", args.test_path)):
+    for split, path in (("val", cfg.val_path), ("test", cfg.test_path)):
         if path:  # used once per epoch or once per run: workers that come and go hold no memory between
             ds = FungiTasticDataset(path, tax, eval_tf, **common)
-            check_labels(ds, args.max_bad_image_fraction, split)
-            evals[split] = _loader(ds, ShardSampler(len(ds), dist.world_size, dist.rank), args, dist, data_config,
-                                   persistent=False, batch_size=eval_batch_size(args))
+            check_labels(ds, cfg.max_bad_image_fraction, split)
+            evals[split] = _loader(ds, ShardSampler(len(ds), dist.world_size, dist.rank), cfg, dist, data_config,
+                                   persistent=False, batch_size=cfg.eval_batch)
     return train_loader, sampler, evals
 
 
-def run_transforms(args, data_config: dict):
+def run_transforms(cfg: AugmentConfig, data_config: dict):
     """The run's train transform (its augmentation flags) and eval transform, for ``data_config``."""
-    aa = None if str(args.auto_augment).lower() in ("none", "") else args.auto_augment
-    return (create_transforms(data_config, True, args.hflip, args.vflip, tuple(args.scale), aa, args.color_jitter),
+    aa = None if str(cfg.auto_augment).lower() in ("none", "") else cfg.auto_augment
+    return (create_transforms(data_config, True, cfg.hflip, cfg.vflip, tuple(cfg.scale), aa, cfg.color_jitter),
             create_transforms(data_config, False))
 
 
-def _loader(ds, sampler, args, dist, data_config, persistent=True, batch_size=None) -> DeviceLoader:
-    loader = make_loader(ds, batch_size or args.batch_size, args.workers, dist.device, sampler, args.prefetch_factor,
-                         args.seed, persistent)
-    return DeviceLoader(loader, dist.device, data_config, args.channels_last)
+def _loader(ds, sampler, cfg: TrainConfig, dist, data_config, persistent=True, batch_size=None) -> DeviceLoader:
+    loader = make_loader(ds, batch_size or cfg.batch_size, cfg.workers, dist.device, sampler, cfg.prefetch_factor,
+                         cfg.seed, persistent)
+    return DeviceLoader(loader, dist.device, data_config, cfg.channels_last)
 
 
-def eval_batch_size(args) -> int:
-    """``--eval-batch-size``, by default twice the training batch (inference stores no activations)."""
-    size = args.eval_batch_size or 2 * args.batch_size
-    if size < 1:
-        raise UserError(f"--eval-batch-size must be at least 1, got {size}")
-    return size
-
-
-def make_criterion(args, tax: Taxonomy, multitask: bool, device) -> MultiTaskLoss:
-    if not multitask:  # the single head: the leaf alone
-        return MultiTaskLoss(tax, {LEAF: 1.0}, label_smoothing=args.label_smoothing).to(device)
+def make_criterion(cfg: TrainConfig, tax: Taxonomy, device) -> MultiTaskLoss:
+    if not cfg.multitask:  # the single head: the leaf alone
+        return MultiTaskLoss(tax, {LEAF: 1.0}, label_smoothing=cfg.label_smoothing).to(device)
     weights = None
-    if args.use_class_weights:
-        weights = (load_tensor_file(args.class_weights, "a class_weights.pt from compute_class_weights.py")
-                   if args.class_weights else compute_class_weights(tax, args.class_weight_method))
+    if cfg.use_class_weights:
+        weights = (load_tensor_file(cfg.class_weights, "a class_weights.pt from compute_class_weights.py")
+                   if cfg.class_weights else compute_class_weights(tax, cfg.class_weight_method))
         for k in HEADS:
             if not isinstance(weights, dict) or not isinstance(weights.get(k), torch.Tensor):
-                raise UserError(f"{args.class_weights} has no {k} weights; make it with compute_class_weights.py")
+                raise UserError(f"{cfg.class_weights} has no {k} weights; make it with compute_class_weights.py")
             if len(weights[k]) != tax.num_classes(k):
-                raise UserError(f"{args.class_weights}: {k} has {len(weights[k])} weights, the taxonomy "
+                raise UserError(f"{cfg.class_weights}: {k} has {len(weights[k])} weights, the taxonomy "
                                 f"{tax.num_classes(k)} classes; recompute them for these mappings")
-    return MultiTaskLoss(tax, dict(zip(HEADS, args.rank_weights)), weights, args.label_smoothing,
-                         args.consistency_weight).to(device)
+    return MultiTaskLoss(tax, dict(zip(HEADS, cfg.rank_weights)), weights, cfg.label_smoothing,
+                         cfg.consistency_weight).to(device)
 
 
-def make_optimizer(model: nn.Module, args, device):
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device):
     """timm optimizer over layer-decay groups; the heads get ``--head-lr-scale`` on top."""
     from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
     nwd = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    if args.layer_decay:
-        groups = param_groups_layer_decay(model, args.weight_decay, nwd, layer_decay=args.layer_decay)
+    if cfg.layer_decay:
+        groups = param_groups_layer_decay(model, cfg.weight_decay, nwd, layer_decay=cfg.layer_decay)
     else:
-        groups = [dict(g, lr_scale=1.0) for g in param_groups_weight_decay(model, args.weight_decay, no_weight_decay_list=nwd)]
+        groups = [dict(g, lr_scale=1.0) for g in param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=nwd)]
     head_ids = {id(p) for p in model.head_parameters()}
     split = []
     for g in groups:
@@ -228,11 +224,11 @@ def make_optimizer(model: nn.Module, args, device):
         if body:
             split.append(dict(g, params=body))
         if head:
-            split.append(dict(g, params=head, lr_scale=g["lr_scale"] * args.head_lr_scale, is_head=True))
-    extra = {"momentum": args.momentum} if args.opt.lower() in ("sgd", "momentum") else {}
-    if args.opt.lower() in ("adamw", "adam") and device.type == "cuda":
+            split.append(dict(g, params=head, lr_scale=g["lr_scale"] * cfg.head_lr_scale, is_head=True))
+    extra = {"momentum": cfg.momentum} if cfg.opt.lower() in ("sgd", "momentum") else {}
+    if cfg.opt.lower() in ("adamw", "adam") and device.type == "cuda":
         extra["fused"] = True
-    return create_optimizer_v2(split, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, **extra)
+    return create_optimizer_v2(split, opt=cfg.opt, lr=cfg.peak_lr, weight_decay=cfg.weight_decay, **extra)
 
 
 def group_table(model: nn.Module, optimizer) -> str:
@@ -268,43 +264,45 @@ def log_record(run: Run, record: dict) -> None:
     """The one place an epoch's record goes: the history (saved in checkpoints) and metrics.jsonl."""
     run.state.history.append(record)
     if run.dist.is_main:
-        write_metrics(run.state.history, run.args.log_dir)
+        write_metrics(run.state.history, run.cfg.log_dir)
     if run.tracker:
         run.tracker.log(epoch_scalars(record), record["step"])
 
 
 # ---------------------------------------------------------------------- the run
-def main(description: str, multitask: bool) -> None:
-    """A training script: parse its flags (amanita.cli), train, and exit; bad input is one line and exit 2."""
-    cli_main(lambda: train(build_train_parser(description, multitask).parse_args(), multitask))()
+def train(cfg: TrainConfig) -> int:
+    """Train (or resume) and evaluate; returns the process exit code.
 
-
-def train(args, multitask: bool) -> int:
-    """Train (or resume) and evaluate; returns the process exit code."""
-    check_train_args(args)
-    apply_cluster_environment(args)
-    check_run_outputs(args)
-    dist = init_distributed(args.device)
+    ``cfg`` is the script's parsed config (``cli.parse_train_config``); its values for this run's
+    layout are resolved once the processes are known (:func:`resolve_config`)."""
+    dist = init_distributed(cfg.device)
     try:
-        return _run(args, multitask, dist)
+        cfg = resolve_config(cfg, dist.world_size)
+        check_run_outputs(cfg)
+        return _run(cfg, dist)
     finally:
         cleanup()
 
 
-RUN_FILES = ("last.pth", "best_model.pth", "metrics.jsonl", "args.json", "test_metrics.json")  # in --save-dir
-
-
-def check_run_outputs(args) -> None:
+def check_run_outputs(cfg: TrainConfig) -> None:
     """No file a run writes in ``--save-dir`` may be one of its inputs (a ``--teacher``, an ``--init-from``, a CSV)."""
-    flags = ("train_path", "val_path", "test_path", "mappings", "class_weights", "init_from", "teacher")
-    inputs = {f"--{f.replace('_', '-')}": getattr(args, f, None) for f in flags}
+    flags = cfg.flags()
+    names = ("train_path", "val_path", "test_path", "mappings", "class_weights", "init_from", "teacher")
+    inputs = {f"--{f.replace('_', '-')}": flags[f] for f in names if f in flags}
     for name in RUN_FILES:
-        check_not_inputs({"--save-dir": Path(args.save_dir) / name}, inputs)
+        check_not_inputs({"--save-dir": Path(cfg.checkpoint_dir) / name}, inputs)
 
 
-def _run(args, multitask: bool, dist: DistInfo) -> int:
-    run = build_run(args, multitask, dist)
-    clean_save_dir(args, dist)
+def write_run_flags(cfg: TrainConfig, folder) -> Path:
+    """``folder/args.yaml``: the run's flags as given (not the resolved values), for ``--config`` to replay."""
+    path = Path(folder) / "args.yaml"
+    atomic_write_text(path, yaml.safe_dump(cfg.flags(), sort_keys=False))
+    return path
+
+
+def _run(cfg: TrainConfig, dist: DistInfo) -> int:
+    run = build_run(cfg, dist)
+    clean_save_dir(cfg, dist)
     resume = run.checkpointer.resume_path()
     if resume is not None:
         run.checkpointer.restore(run, resume)
@@ -313,10 +311,9 @@ def _run(args, multitask: bool, dist: DistInfo) -> int:
     run.scheduler.step_update(num_updates=run.state.step)
     announce(run)
     if dist.is_main:
-        Path(args.save_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(args.save_dir) / "args.json", json.dumps(plain_args(args), indent=1))
-    tracking = TrackingConfig.from_flags({k: getattr(args, k) for k in TrackingConfig.field_names()})
-    run.tracker = create_tracker(tracking, dist.is_main, tracking_config(run), run.tracking, run.state.step)
+        Path(cfg.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        write_run_flags(cfg, cfg.checkpoint_dir)
+    run.tracker = create_tracker(cfg, dist.is_main, tracking_config(run), run.tracking, run.state.step)
     run.checkpointer.start(run)
     try:
         train_and_test(run)
@@ -328,21 +325,21 @@ def _run(args, multitask: bool, dist: DistInfo) -> int:
     run.checkpointer.close()  # the process ends only once the last checkpoint is on disk
     dump_rank_state(run.model, dist.rank)  # tests only (AMANITA_DUMP_RANK_STATE)
     best = run.state.best_metric
-    log(dist, f"done: best val {args.early_stopping_metric} = {best if best is None else f'{best:.4f}'}; "
-              f"checkpoints in {args.save_dir}")
+    log(dist, f"done: best val {cfg.early_stopping_metric} = {best if best is None else f'{best:.4f}'}; "
+              f"checkpoints in {cfg.checkpoint_dir}")
     return 0
 
 
 def tracking_config(run: Run) -> dict:
     """The tracked run's config: the arguments, taxonomy hash, git SHA, model and data config."""
-    return {"args": plain_args(run.args), "taxonomy_sha256": run.taxonomy.sha256(), "git_sha": git_sha(),
+    return {"args": run.cfg.to_dict(), "taxonomy_sha256": run.taxonomy.sha256(), "git_sha": git_sha(),
             "architecture": run.spec.architecture, "data_config": dict(run.spec.data_config),
             "world_size": run.dist.world_size}
 
 
 def train_and_test(run: Run) -> None:
     """The epochs that remain, then the test split with the best checkpoint."""
-    while run.state.epoch < run.args.epochs:
+    while run.state.epoch < run.cfg.epochs:
         if train_epoch(run):
             break
     if "test" in run.evals:
@@ -351,60 +348,57 @@ def train_and_test(run: Run) -> None:
         test_best(run)
 
 
-def build_run(args, multitask: bool, dist: DistInfo) -> Run:
-    """Everything the run needs, built once from the arguments, in an order that seeds reproducibly."""
-    seed_everything(args.seed + dist.rank)
+def build_run(cfg: TrainConfig, dist: DistInfo) -> Run:
+    """Everything the run needs, built once from the resolved config, in an order that seeds reproducibly."""
+    seed_everything(cfg.seed + dist.rank)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    tax = load_taxonomy(args, dist)
-    model, spec = build_model(args, tax, multitask)
-    spec = restrict_training(model, spec, args)
-    teacher = load_teacher(args, tax, dist.device)  # distill.py only
+    tax = load_taxonomy(cfg, dist)
+    model, spec = build_model(cfg, tax)
+    spec = restrict_training(model, spec, cfg)
+    teacher = load_teacher(cfg, tax, dist.device) if isinstance(cfg, DistillConfig) else None
     if teacher is not None:  # one batch feeds the student and the teacher
         spec = dataclasses.replace(spec, data_config=teacher.data_config)
     model.to(dist.device)
-    if args.channels_last:
+    if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    train_loader, sampler, evals = make_loaders(args, tax, spec.data_config, dist)
-    criterion = make_criterion(args, tax, multitask, dist.device)
+    train_loader, sampler, evals = make_loaders(cfg, tax, spec.data_config, dist)
+    criterion = make_criterion(cfg, tax, dist.device)
     if teacher is not None:
-        criterion = teacher.criterion(criterion, tax, args).to(dist.device)
+        criterion = teacher.criterion(criterion, tax, cfg).to(dist.device)
         log(dist, teacher.description)
-    lr_scaling = resolve_lr(args.lr, args.lr_base, args.lr_base_size, args.lr_base_scale, args.opt,
-                            args.batch_size * max(args.accum_steps, 1) * dist.world_size)
-    args.lr = lr_scaling["lr"]  # resolved once: the optimizer, args.json and the checkpoint agree
-    optimizer = make_optimizer(model, args, dist.device)
-    n_updates = updates_per_epoch(-(-len(sampler) // args.batch_size), max(args.accum_steps, 1))
+    optimizer = make_optimizer(model, cfg, dist.device)
+    n_updates = updates_per_epoch(-(-len(sampler) // cfg.batch_size), max(cfg.accum_steps, 1))
     from timm.scheduler import create_scheduler_v2
-    scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=args.epochs, min_lr=args.min_lr,
-                                       warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs,
+    scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=cfg.epochs, min_lr=cfg.min_lr,
+                                       warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs,
                                        step_on_epochs=False, updates_per_epoch=n_updates)
-    dtype = amp_dtype(args.amp, dist.device)
-    train_model = wrap_for_training(model if teacher is None else teacher.wrap(model), dist, args.compile)
+    dtype = amp_dtype(cfg.amp, dist.device)
+    train_model = wrap_for_training(model if teacher is None else teacher.wrap(model), dist, cfg.compile)
     ema = None
-    if args.model_ema:  # after DDP's broadcast, so every rank averages rank 0's starting weights
+    if cfg.model_ema:  # after DDP's broadcast, so every rank averages rank 0's starting weights
         from timm.utils import ModelEmaV3
-        ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=True)
+        ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=True)
     return Run(model=model, optimizer=optimizer, criterion=criterion, dist=dist,
-               config=StepConfig(max(args.accum_steps, 1), args.clip_grad or None, dtype, args.log_interval),
+               config=StepConfig(max(cfg.accum_steps, 1), cfg.clip_grad or None, dtype, cfg.log_interval),
                train_model=train_model, scheduler=scheduler,
                scaler=torch.amp.GradScaler(dist.device.type) if dtype == torch.float16 else None, ema=ema,
-               bad_images=BadImageCounter(len(sampler), args.max_bad_image_fraction,
+               bad_images=BadImageCounter(len(sampler), cfg.max_bad_image_fraction,
                                           f"train images on rank {dist.rank}"),
-               checkpointer=Checkpointer(args.save_dir, args.resume, args.save_every_steps, args.save_every_minutes),
-               args=args, taxonomy=tax, spec=spec, train_loader=train_loader, sampler=sampler, evals=evals,
-               lr_scaling=lr_scaling, updates_per_epoch=n_updates)
+               checkpointer=Checkpointer(cfg.checkpoint_dir, cfg.resume, cfg.save_every_steps, cfg.save_every_minutes),
+               cfg=cfg, taxonomy=tax, spec=spec, train_loader=train_loader, sampler=sampler, evals=evals,
+               updates_per_epoch=n_updates)
 
 
 def train_epoch(run: Run) -> bool:
     """Train the rest of one epoch, validate, log, save; True when early stopping says stop."""
-    args, state, dist = run.args, run.state, run.dist
+    cfg, state, dist = run.cfg, run.state, run.dist
     t0 = time.perf_counter() - state.epoch_seconds  # a resumed epoch: its training time before the kill counts
     train = reduce_mean(train_one_epoch(run, epoch_loader(run)), dist.device)
     finite_or_raise(train, state.epoch)
     val = summarize(evaluate_split(run, run.eval_model, "val"), run.taxonomy)
     record = epoch_record(run, train, val, time.perf_counter() - t0)
-    log(dist, f"epoch {state.epoch + 1}/{args.epochs}: lr {record['lr']:.2e}, {record['images_per_s']:.0f} images/s, "
+    log(dist, f"epoch {state.epoch + 1}/{cfg.epochs}: lr {record['lr']:.2e}, {record['images_per_s']:.0f} images/s, "
               f"{record['epoch_time_s']:.0f} s\n{rank_table(train, val)}")
     improved = update_best(run, val)
     state.epoch += 1
@@ -413,9 +407,9 @@ def train_epoch(run: Run) -> bool:
     log_record(run, record)
     run.checkpointer.save(run, "last.pth", also=("best_model.pth",) if improved else ())
     barrier()
-    stop = bool(args.early_stopping_patience) and state.bad_epochs >= args.early_stopping_patience
+    stop = bool(cfg.early_stopping_patience) and state.bad_epochs >= cfg.early_stopping_patience
     if stop:
-        log(dist, f"early stopping: {args.early_stopping_metric} has not improved for {state.bad_epochs} epochs")
+        log(dist, f"early stopping: {cfg.early_stopping_metric} has not improved for {state.bad_epochs} epochs")
     return stop
 
 
@@ -425,7 +419,7 @@ def epoch_loader(run: Run) -> DeviceLoader:
     Set before iterating: the sampler and the dataset's epoch are read then."""
     state = run.state
     run.sampler.set_epoch(state.epoch)
-    run.sampler.set_start(state.batch_in_epoch * run.args.batch_size)
+    run.sampler.set_start(state.batch_in_epoch * run.cfg.batch_size)
     run.train_loader.dataset.set_epoch(state.epoch)
     return run.train_loader
 
@@ -442,7 +436,7 @@ def epoch_record(run: Run, train: dict, val: dict, seconds: float) -> dict:
 
 def update_best(run: Run, val: dict) -> bool:
     """Track ``--early-stopping-metric``; True when this epoch is the best so far."""
-    name, state = run.args.early_stopping_metric, run.state
+    name, state = run.cfg.early_stopping_metric, run.state
     metric = val.get(name)
     if metric is None:
         raise UserError(f"--early-stopping-metric {name} is not one of {sorted(val)}")
@@ -456,15 +450,15 @@ def update_best(run: Run, val: dict) -> bool:
 
 def test_best(run: Run) -> None:
     """Evaluate the test split with best_model.pth and record it in test_metrics.json."""
-    args, dist, tax = run.args, run.dist, run.taxonomy
-    path = Path(args.save_dir) / "best_model.pth"
+    cfg, dist, tax = run.cfg, run.dist, run.taxonomy
+    path = Path(cfg.checkpoint_dir) / "best_model.pth"
     if not broadcast_from_main(path.is_file()):  # rank 0 wrote it: every rank follows its answer
         return
     best_model, _, _, info = ck.load_on_every_rank(lambda p: ck.load_for_eval(p, dist.device), path, dist.rank)
     test = summarize(evaluate_split(run, best_model, "test"), tax)
     log(dist, f"test split, best checkpoint (epoch {info['epoch']}):\n{rank_table({}, test, 'test')}")
     if dist.is_main:
-        atomic_write_text(Path(args.save_dir) / "test_metrics.json",
+        atomic_write_text(Path(cfg.checkpoint_dir) / "test_metrics.json",
                           json.dumps({"epoch": info["epoch"]} | {f"test/{k}": v for k, v in test.items()}, indent=1))
 
 
@@ -473,15 +467,15 @@ def evaluate_split(run: Run, model: nn.Module, split: str):
     loader = run.evals[split]
     if split == "val":
         fault_point("validation", run.state.epoch + 1, settle=run.checkpointer.wait)
-    preds = predict(model, loader, run.taxonomy, run.dist.device, run.args.decode, run.config.amp)
-    check_unreadable(len(loader.dataset), len(preds), run.args.max_bad_image_fraction, split)
+    preds = predict(model, loader, run.taxonomy, run.dist.device, run.cfg.decode, run.config.amp)
+    check_unreadable(len(loader.dataset), len(preds), run.cfg.max_bad_image_fraction, split)
     return preds
 
 
-def clean_save_dir(args, dist: DistInfo) -> None:
+def clean_save_dir(cfg: TrainConfig, dist: DistInfo) -> None:
     """Delete the temporary files a killed write of this run's files left (each up to a checkpoint's size)."""
     if dist.is_main:
-        for f in remove_stale_temporaries(args.save_dir, RUN_FILES):
+        for f in remove_stale_temporaries(cfg.checkpoint_dir, RUN_FILES):
             print(f"removed {f}, left by an interrupted write", flush=True)
 
 
@@ -489,9 +483,9 @@ def announce(run: Run) -> None:
     """Start-up: git SHA, resolved arguments, model, data config, train transform, parameter groups."""
     if not run.dist.is_main:
         return
-    n_batches = -(-len(run.sampler) // run.args.batch_size)
+    n_batches = -(-len(run.sampler) // run.cfg.batch_size)
     print(f"amanita {git_sha() or 'unknown'} | {' '.join(sys.argv)}")
-    print("arguments: " + json.dumps(plain_args(run.args), sort_keys=True))
+    print("arguments: " + json.dumps(run.cfg.to_dict(), sort_keys=True))
     print(f"taxonomy: {run.taxonomy.summary()}")
     print(f"model: {describe(run.model)}; {trainable_parameters(run.model) / 1e6:.3f} M trainable"
           + (f" (LoRA rank {run.spec.lora['rank']} on {', '.join(run.spec.lora['targets'])})" if run.spec.lora else ""))
@@ -499,5 +493,5 @@ def announce(run: Run) -> None:
     print(f"train transform: {run.train_loader.dataset.transform}")
     print(f"{len(run.train_loader.dataset)} training images, {run.dist.world_size} process(es) on {run.dist.device}, "
           f"{updates_per_epoch(n_batches, run.config.accum_steps)} updates per epoch")
-    print(f"{describe_lr(run.lr_scaling)}; evaluation batch {eval_batch_size(run.args)} per process")
+    print(f"{describe_lr(run.cfg.lr_scaling)}; evaluation batch {run.cfg.eval_batch} per process")
     print(group_table(run.model, run.optimizer))

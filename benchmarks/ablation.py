@@ -39,7 +39,7 @@ from tqdm import tqdm
 from amanita import training
 from amanita.calibration import apply_temperatures, fit_temperatures
 from amanita.checkpoint import load_for_eval
-from amanita.cli import HelpFormatter, build_train_parser, cli_main
+from amanita.cli import HelpFormatter, cli_main, parse_train_config
 from amanita.data import DeviceLoader, FungiTasticDataset, create_transforms, image_paths, make_loader, read_split
 from amanita.decode import Decoder
 from amanita.demo.dataset import generate_dataset
@@ -123,10 +123,10 @@ def common_flags(args, train_path: str, val_path: str) -> list[str]:
 
 def train(flags: list[str], multitask: bool, log: Path) -> None:
     """One training run in this process, its output in ``log``; a failure names the log."""
-    parsed = build_train_parser("ablation run", multitask).parse_args(flags)
+    cfg = parse_train_config("ablation run", multitask, flags)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        code = training.train(parsed, multitask)
+        code = training.train(cfg)
     if code:
         raise UserError(f"training failed (exit {code}); see {log}")
 

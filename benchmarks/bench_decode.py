@@ -21,7 +21,7 @@ import time
 import torch
 
 from amanita.decode import Decoder, decode, rank_log_probs
-from amanita.demo.predictions import synthetic_taxonomy
+from amanita.demo.synthetic_predictions import synthetic_taxonomy
 from amanita.taxonomy import LEAF
 
 SMOKE = {"batch_size": 4, "rounds": 2}  # --smoke (tests/test_benchmarks.py runs every benchmark so)

@@ -2,7 +2,7 @@
 """test.py on one photo: from a training checkpoint against the inference model file (issue 21).
 
 Builds a multi-task BEiT-B with random weights over 2,829 leaves (the taxonomy of
-``amanita.demo.predictions.synthetic_taxonomy``), a training checkpoint as a run writes it
+``amanita.demo.synthetic_predictions.synthetic_taxonomy``), a training checkpoint as a run writes it
 (model, AdamW moments, scheduler, RNG, history), and its model files
 (``amanita.modelfile.write_model_file``: float32 and bfloat16 weights). Then ``test.py`` names one
 photo from each, every run in its own process, interleaved over ``--rounds``: wall time and peak
@@ -33,7 +33,7 @@ from PIL import Image
 
 from amanita import checkpoint as ck
 from amanita.backbone import resolve_data_config
-from amanita.demo.predictions import synthetic_taxonomy
+from amanita.demo.synthetic_predictions import synthetic_taxonomy
 from amanita.model import create_multitask_model
 from amanita.seeding import capture_rng
 from amanita.modelfile import write_model_file

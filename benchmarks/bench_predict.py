@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from amanita.backbone import parse_model_args
 from amanita.data import DeviceLoader
-from amanita.demo.predictions import synthetic_taxonomy
+from amanita.demo.synthetic_predictions import synthetic_taxonomy
 from amanita.engine import predict
 from amanita.model import create_multitask_model
 

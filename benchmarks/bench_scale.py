@@ -3,7 +3,7 @@
 
 Generates a FungiTastic-format train CSV of 433,701 rows with all 32 columns (``captions``
 of 200–500 characters) over 2,829 leaves with long-tailed counts (the taxonomy of
-``amanita.demo.predictions.synthetic_taxonomy``) and a validation CSV of 89,659 rows, then measures,
+``amanita.demo.synthetic_predictions.synthetic_taxonomy``) and a validation CSV of 89,659 rows, then measures,
 each in its own process (wall time, and peak RSS as the VmHWM of its own memory map):
 
 - ``create_taxonomic_mappings.py`` (train + val), ``compute_class_weights.py``,
@@ -33,7 +33,7 @@ from _measure import measure  # benchmarks/_measure.py: a child's own peak memor
 import numpy as np
 import pandas as pd
 
-from amanita.demo.predictions import synthetic_taxonomy
+from amanita.demo.synthetic_predictions import synthetic_taxonomy
 from amanita.taxonomy import RANKS
 
 ROOT = Path(__file__).resolve().parents[1]

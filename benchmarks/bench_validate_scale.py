@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from amanita.evaluate import evaluate
-from amanita.demo.predictions import FUNGITASTIC_SIZES, FUNGITASTIC_VAL_SIZE, synthetic_predictions, synthetic_taxonomy
+from amanita.demo.synthetic_predictions import FUNGITASTIC_SIZES, FUNGITASTIC_VAL_SIZE, synthetic_predictions, synthetic_taxonomy
 from amanita.predictions import write_predictions
 from amanita.report import ReportInputs, base_provenance
 

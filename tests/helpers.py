@@ -198,3 +198,18 @@ def one_line(text: str) -> str:
     lines = text.strip().splitlines()
     assert len(lines) == 1, text
     return lines[0]
+
+
+def train_config(*flags, multitask: bool = False, world_size: int = 1, cls=None, extra: dict | None = None,
+                 **changes):
+    """A resolved training config as the scripts build it: the training parser's defaults for
+    ``flags`` (plus placeholder CSV paths), ``extra`` flags of ``cls`` (a subclass's own), then
+    ``changes``; resolved for ``world_size`` processes."""
+    from amanita import cli
+    from amanita.config import MultitaskTrainConfig, TrainConfig
+    from amanita.training import resolve_config
+    argv = ["--train-path", "train.csv", "--val-path", "val.csv", *map(str, flags)]
+    parsed = cli.parse_flags(cli.build_train_parser("test", multitask), argv)
+    cls = cls or (MultitaskTrainConfig if multitask else TrainConfig)
+    cfg = cls.from_flags(parsed | (extra or {})).replace(**changes)
+    return resolve_config(cfg, world_size)

@@ -1,4 +1,5 @@
-"""ARCHITECTURE.md's module table names every module of ``amanita/`` (recursively), and nothing else."""
+"""ARCHITECTURE.md's module table names every module of ``amanita/`` (recursively), and nothing else; the
+package never imports its command line."""
 import re
 
 from tests.helpers import ROOT
@@ -37,3 +38,35 @@ def test_every_module_is_in_the_architecture_table():
 def test_the_architecture_table_names_no_missing_module():
     extra = table_modules((ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")) - package_modules()
     assert not extra, f"ARCHITECTURE.md's module table names modules that do not exist: {sorted(extra)}"
+
+
+def amanita_imports(path) -> set[str]:
+    """The ``amanita`` modules ``path`` imports, at its top or inside a function."""
+    import ast
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.split(".")[0] == "amanita"}
+        elif isinstance(node, ast.ImportFrom):
+            module = f"amanita.{node.module or ''}".rstrip(".") if node.level else node.module or ""
+            if module.split(".")[0] == "amanita":  # ``from amanita import cli`` imports the module amanita.cli
+                out |= {f"amanita.{a.name}" for a in node.names} if module == "amanita" else {module}
+    return out
+
+
+def test_import_reader_sees_every_spelling(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("import amanita.cli\nfrom amanita import cli, io\ndef f():\n    from amanita.cli import x\n"
+                 "from .cli import y\nimport json\n")
+    assert amanita_imports(f) == {"amanita.cli", "amanita.io"}
+    f.write_text("from . import cli\nimport numpy\n")
+    assert amanita_imports(f) == {"amanita.cli"}
+
+
+def test_flags_stop_at_the_scripts():
+    """No module of the package imports ``cli`` (the scripts parse), and ``cli`` imports no domain
+    module: only ``amanita.config``, the contract both sides share."""
+    importers = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "amanita").rglob("*.py")
+                       if p.name != "cli.py" and "amanita.cli" in amanita_imports(p))
+    assert not importers, f"these modules import amanita.cli: {importers}"
+    assert amanita_imports(ROOT / "amanita" / "cli.py") <= {"amanita.config"}

@@ -23,7 +23,7 @@ from PIL import Image
 from amanita import cli
 from amanita.checkpoint_writer import CheckpointWriter, remove_stale_temporaries
 from amanita.data import BAD_IMAGE, FungiTasticDataset, read_split, scan_images
-from amanita.demo.predictions import synthetic_predictions, synthetic_taxonomy
+from amanita.demo.synthetic_predictions import synthetic_predictions, synthetic_taxonomy
 from amanita.evaluate import Evaluation, summary_lines, validate
 from amanita.identify import identify
 from amanita.io import UserError, atomic_torch_save, load_tensor_file
@@ -42,7 +42,7 @@ def one_line(text: str) -> str:
 
 def parse_validate(argv: list):
     """validate.py's flags (amanita.cli)."""
-    return cli.build_validate_parser("validate.py").parse_args(argv)
+    return cli.parse_validate_config("validate.py", argv)
 
 
 class Script:
@@ -53,9 +53,9 @@ class Script:
 
 
 VALIDATE = Script(lambda argv: print("\n".join(summary_lines(validate(parse_validate(argv))))))
-TEST_PY = Script(lambda argv: identify(cli.parse_identify_args("test.py", argv)))
-TRAIN_MULTITASK = Script(lambda argv: train(cli.build_train_parser("t", multitask=True).parse_args(argv), True))
-TRAIN_MINIMAL = Script(lambda argv: train(cli.build_train_parser("t", multitask=False).parse_args(argv), False))
+TEST_PY = Script(lambda argv: identify(cli.parse_identify_config("test.py", argv)))
+TRAIN_MULTITASK = Script(lambda argv: train(cli.parse_train_config("t", True, argv)))
+TRAIN_MINIMAL = Script(lambda argv: train(cli.parse_train_config("t", False, argv)))
 
 
 def run_main(module, argv: list) -> tuple[int, str, str]:
@@ -238,11 +238,10 @@ def test_test_split_table_is_headed_test():
 
 
 def test_training_flag_combinations(tmp_path):
-    parser = cli.build_train_parser("t", multitask=True)
     with pytest.raises(UserError, match=r"--scale 1 0.5: give the smaller crop fraction first"):
-        cli.check_train_args(parser.parse_args(TRAIN + ["--scale", "1", "0.5"]))
+        cli.parse_train_config("t", True, TRAIN + ["--scale", "1", "0.5"])
     with pytest.raises(UserError, match=r"--rank-weights are all 0"):
-        cli.check_train_args(parser.parse_args(TRAIN + ["--rank-weights", *["0"] * 6]))
+        cli.parse_train_config("t", True, TRAIN + ["--rank-weights", *["0"] * 6])
 
 
 # ---------------------------------------------------------------------- writes
@@ -372,10 +371,10 @@ def trained(tmp_path_factory):
     data = make_image_dataset(root, n_train=24, n_val=12)
     base = ["--train-path", data["train"], "--val-path", data["val"], "--mappings", root / "m.json", *SMALL_MODEL,
             "--batch-size", 12, "--workers", 0, "--auto-augment", "none", "--epochs", 1, "--lr", 1e-3]
-    args = cli.build_train_parser("t", multitask=True).parse_args([str(a) for a in base + ["--save-dir", root / "run"]])
+    cfg = cli.parse_train_config("t", True, [str(a) for a in base + ["--save-dir", root / "run"]])
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
-        assert train(args, multitask=True) == 0
+        assert train(cfg) == 0
     return {"root": root, "data": data, "base": [str(a) for a in base], "ckpt": root / "run" / "best_model.pth",
             "log": log.getvalue()}
 

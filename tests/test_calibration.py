@@ -186,14 +186,14 @@ def test_validate_calibrate_stores_temperatures_and_reports_ece_before_and_after
 
 
 def test_readme_explains_calibration_and_tta_with_flags_that_exist():
-    from amanita.cli import build_validate_parser, parse_identify_args
+    from amanita.cli import parse_identify_config, parse_validate_config
     from tests.helpers import ROOT
     readme = (ROOT / "README.md").read_text()
     for words in ("validate.py --checkpoint", "--calibrate", "--tta flip", "--no-temperatures", "Lineage confidence",
                   "probability mass of the predicted node", "ECE before and after"):
         assert words in readme, words
-    args = parse_identify_args("test.py", ["--checkpoint", "x.pth", "--tta", "flip", "--no-temperatures", "a.jpg"])
+    args = parse_identify_config("test.py", ["--checkpoint", "x.pth", "--tta", "flip", "--no-temperatures", "a.jpg"])
     assert args.tta == "flip" and args.no_temperatures
-    args = build_validate_parser("validate.py").parse_args(["--checkpoint", "x.pth", "--val-path", "v.csv",
-                                                            "--calibrate", "--tta", "flip"])
+    args = parse_validate_config("validate.py", ["--checkpoint", "x.pth", "--val-path", "v.csv", "--calibrate",
+                                                 "--tta", "flip"])
     assert args.calibrate and args.tta == "flip"

@@ -15,7 +15,7 @@ from amanita.io import UserError
 from amanita.model import create_multitask_model
 from amanita.run import TrainState
 from amanita.taxonomy import LEAF, build_taxonomy
-from tests.helpers import TRAIN_IDS, rows
+from tests.helpers import TRAIN_IDS, rows, train_config
 
 SMALL = {"depth": 1, "embed_dim": 32, "num_heads": 2, "img_size": 16, "patch_size": 8}
 

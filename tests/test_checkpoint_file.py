@@ -13,15 +13,15 @@ from amanita.taxonomy import build_taxonomy
 from amanita.training import train
 from tests.helpers import SMALL_MODEL, call_main, in_process, make_image_dataset, one_line, tiny_checkpoint
 
-TEST_PY = in_process(lambda argv: identify(cli.parse_identify_args("test.py", argv)))
+TEST_PY = in_process(lambda argv: identify(cli.parse_identify_config("test.py", argv)))
 VALIDATE = in_process(lambda argv: print("\n".join(summary_lines(validate(
-    cli.build_validate_parser("validate.py").parse_args(argv))))))
-TRAIN = in_process(lambda argv: train(cli.build_train_parser("t", multitask=True).parse_args(argv), True))
+    cli.parse_validate_config("validate.py", argv))))))
+TRAIN = in_process(lambda argv: train(cli.parse_train_config("t", True, argv)))
 
 
 def _distill(argv):
     import distill
-    return train(distill.parse_args(argv), multitask=True)
+    return train(distill.parse_args(argv))
 
 
 DISTILL = in_process(_distill)

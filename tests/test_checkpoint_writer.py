@@ -1,7 +1,6 @@
 """The checkpoint writer in-process: an exact resume of the loop through the Checkpointer, saves by the
 clock, background writing (snapshots, ordering, best-model links, failures), the save schedule and stale
 temporaries."""
-import argparse
 import os
 
 import pytest
@@ -18,7 +17,7 @@ from amanita.losses import MultiTaskLoss
 from amanita.run import Run
 from amanita.seeding import capture_rng, seed_everything
 from amanita.taxonomy import LEAF, build_taxonomy
-from tests.helpers import TRAIN_IDS, LeafModel, rows
+from tests.helpers import TRAIN_IDS, LeafModel, rows, train_config
 
 
 @pytest.fixture
@@ -41,7 +40,7 @@ def _tiny_run(tax, save_dir, every_steps: int, init_seed: int = 0) -> Run:
     sched = CosineLRScheduler(opt, t_initial=6, warmup_t=2, warmup_lr_init=0.01, t_in_epochs=False)
     crit = MultiTaskLoss(tax, {LEAF: 1.0})
     return Run(model, opt, crit, scheduler=sched, checkpointer=Checkpointer(save_dir, "auto", every_steps),
-               args=argparse.Namespace(batch_size=2, seed=0), taxonomy=tax,
+               cfg=train_config(batch_size=2, seed=0), taxonomy=tax,
                spec=ModelSpec("single", "tiny", {}, {"input_size": (3, 2, 2)}))
 
 

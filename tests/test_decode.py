@@ -38,7 +38,7 @@ def test_rank_log_probs_sum_leaves_for_a_single_head_model(tax):
 
 def test_roll_up_is_the_rollup_matrix_product_unknown_ancestors_included():
     from amanita.taxonomy import roll_up
-    from amanita.demo.predictions import synthetic_taxonomy
+    from amanita.demo.synthetic_predictions import synthetic_taxonomy
     tax = synthetic_taxonomy({"phylum": 3, "class": 5, "order": 8, "family": 12, "genus": 20, "species": 40}, seed=1)
     p = torch.rand(4, tax.n_leaves).softmax(1)
     anc = tax.ancestor_matrix()

@@ -74,7 +74,8 @@ def test_predict_keeps_results_on_the_device_and_copies_once_per_split(monkeypat
     import numpy as np
 
     from amanita.data import BAD_IMAGE
-    from amanita.engine import COLUMNS, predict
+    from amanita.engine import predict
+    from amanita.predictions import COLUMNS
     from amanita.taxonomy import build_taxonomy, encode_labels
     from tests.helpers import TRAIN_IDS, rows
     df = rows(TRAIN_IDS)

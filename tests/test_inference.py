@@ -1,6 +1,6 @@
 """test.py: inference on images with a multi-task and a single-head checkpoint trained here.
 
-test.py's flags and main run in this process (amanita.cli.parse_identify_args, amanita.identify);
+test.py's flags and main run in this process (amanita.cli.parse_identify_config, amanita.identify);
 one test runs the script itself."""
 import json
 import shutil
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from amanita.checkpoint import load_for_eval, update_checkpoint
-from amanita.cli import cli_main, parse_identify_args
+from amanita.cli import cli_main, parse_identify_config
 from amanita.data import create_transforms, read_image
 from amanita.identify import identify
 from amanita.taxonomy import LEAF, RANKS, Taxonomy
@@ -37,7 +37,7 @@ def trained(tmp_path_factory):
 def run(capsys, *args):
     """test.py's parsing, main and error handling in this process; returns (exit code, stdout, stderr)."""
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(lambda: identify(parse_identify_args("test.py", [str(a) for a in args])))()
+        cli_main(lambda: identify(parse_identify_config("test.py", [str(a) for a in args])))()
     out, err = capsys.readouterr()
     return exit_info.value.code, out, err
 
@@ -264,3 +264,57 @@ def test_unknown_threshold_from_the_flag_and_from_the_checkpoint(trained, capsys
     assert r["unknown_species"] is False and 0 <= r["unknown_score"] <= 1 and "answer" not in r
     _, out, _ = run(capsys, "--checkpoint", trained["multi"], "--workers", 0, "--json", image)
     assert "unknown_species" not in records(out)[0]  # no threshold anywhere: no verdict
+
+
+def test_validate_test_py_and_the_submission_give_one_table(tmp_path, capsys, monkeypatch):
+    """One pipeline (amanita.inference.predict): validate.py's predictions.csv and
+    observation_predictions.csv, test.py's records on the same photos and finds, and the submission's
+    answers are the same predictions."""
+    import numpy as np
+    import pandas as pd
+
+    from amanita.predictions import read_predictions
+    from amanita.taxonomy import build_taxonomy
+    from tests.helpers import TRAIN_IDS, rows, tiny_checkpoint
+    from tests.test_report import run_validate
+    monkeypatch.setattr("amanita.evaluate.make_figures", lambda *a, **k: ([], []))
+    data = make_image_dataset(tmp_path, n_train=6, n_val=8)
+    folder = tmp_path / "FungiTastic" / "val" / "300p"
+    obs = [1, 1, 2, 3, 3, 3, 4, 5]
+    val = pd.read_csv(data["val"]).assign(observationID=obs)
+    val.to_csv(data["val"], index=False)
+    tax = build_taxonomy([rows(TRAIN_IDS)])
+    tiny_checkpoint(tmp_path / "m.pth", tax)
+    common = ["--checkpoint", tmp_path / "m.pth", "--decode", "independent", "--workers", 0]
+    code, _, err = run_validate(*common, "--val-path", data["val"], "--output-dir", tmp_path / "v")
+    assert code == 0, err
+    images = read_predictions(tmp_path / "v" / "predictions.csv", tax)
+    finds = read_predictions(tmp_path / "v" / "observation_predictions.csv", tax)
+    assert images["filename"].tolist() == val["filename"].tolist() and finds["observationID"].tolist() == [1, 2, 3, 4, 5]
+
+    def same(record, row):
+        for step in record["lineage"]:
+            rank = step["rank"]
+            assert step["name"] == tax.classes[rank][row[f"{rank}_pred"]]
+            assert step["confidence"] == pytest.approx(row[f"{rank}_lconf"], rel=1e-5, abs=1e-6)
+            assert step["rank_confidence"] == pytest.approx(row[f"{rank}_conf"], rel=1e-5, abs=1e-6)
+        assert record["unknown_score"] == pytest.approx(row["unknown_msp"], rel=1e-5, abs=1e-6)
+
+    code, out, err = run(capsys, *common, "--json", *[folder / f for f in val["filename"]])
+    assert code == 0, err
+    for record, (_, row) in zip(records(out), images.iterrows(), strict=True):
+        same(record, row)
+    for o, name in zip(obs, val["filename"]):
+        (tmp_path / "finds" / str(o)).mkdir(parents=True, exist_ok=True)
+        shutil.copy(folder / name, tmp_path / "finds" / str(o) / name)
+    code, out, err = run(capsys, *common, "--json", "--observation", *[tmp_path / "finds" / str(o) for o in dict.fromkeys(obs)])
+    assert code == 0, err
+    for record, (_, row) in zip(records(out), finds.iterrows(), strict=True):
+        same(record, row)
+        assert record["n_images"] == obs.count(row["observationID"])
+    val.drop(columns=["category_id"]).to_csv(tmp_path / "test.csv", index=False)
+    code, _, err = run(capsys, *common, "--submission", tmp_path / "sub.csv", "--test-path", tmp_path / "test.csv",
+                       "--image-root", folder)
+    assert code == 0, err
+    sub = pd.read_csv(tmp_path / "sub.csv")
+    assert sub["class_id"].tolist() == np.asarray(tax.category_ids)[finds["leaf_pred"]].tolist()

@@ -1,6 +1,5 @@
 """LoRA adapters (amanita/lora.py): every target really adapts, BEiT's fused qkv included; merging;
 layer decay, resume and the training scripts with adapters."""
-import argparse
 import copy
 
 import pytest
@@ -9,7 +8,7 @@ import torch
 from amanita.lora import LoraSpec, add_adapters, adapters, merge_adapters, trainable_parameters
 from amanita.model import create_multitask_model
 from amanita.taxonomy import build_taxonomy
-from tests.helpers import TRAIN_IDS, make_image_dataset, rows, run_script, tiny_checkpoint
+from tests.helpers import TRAIN_IDS, make_image_dataset, rows, run_script, tiny_checkpoint, train_config
 
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 8}
 ARCHS = ["beit_base_patch16_224", "vit_base_patch16_224"]
@@ -85,8 +84,8 @@ def test_merged_model_answers_as_the_adapted_one_with_plain_weight_names(tax, ar
 
 
 def _args(**kw):
-    base = dict(layer_decay=0.75, weight_decay=0.05, head_lr_scale=10.0, opt="adamw", lr=1e-3, momentum=0.9)
-    return argparse.Namespace(**(base | kw))
+    return train_config("--layer-decay", 0.75, "--weight-decay", 0.05, "--head-lr-scale", 10.0, "--opt", "adamw",
+                        "--lr", 1e-3, "--momentum", 0.9, multitask=True).replace(**kw)
 
 
 def _scales(model) -> dict:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, top_k_accuracy_score
 
-from amanita.demo.predictions import synthetic_predictions, synthetic_taxonomy
+from amanita.demo.synthetic_predictions import synthetic_predictions, synthetic_taxonomy
 from amanita.io import UserError
 from amanita.metrics import (compute_metrics, confused_pairs, expected_calibration_error, focus_species,
                              hierarchy_metrics, jsonable, key_metrics, per_class_table, poison_metrics,

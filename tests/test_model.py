@@ -1,4 +1,3 @@
-import argparse
 import json
 import math
 import subprocess
@@ -14,7 +13,7 @@ from amanita.model import MultiTaskModel, create_multitask_model, create_single_
 from amanita.taxonomy import HEADS, LEAF, build_taxonomy
 from amanita.training import group_table, make_optimizer
 from tests.helpers import (TINY_BEIT, TRAIN_IDS, rows, script_env, tiny_checkpoint, tiny_single_head_checkpoint,
-                           write_hub_cache_model)
+                           train_config, write_hub_cache_model)
 
 SMALL = {"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 8}
 # category_id of each helper lineage in this test: not contiguous, not in lineage order
@@ -91,9 +90,9 @@ def test_unknown_model_data_config_follows_timm():
 def test_layer_decay_groups_for_beit_base():
     backbone = create_timm_model("beit_base_patch16_224", pretrained=False, num_classes=0)
     model = MultiTaskModel(backbone, {"phylum": 7, "genus": 10, "leaf": 20})
-    args = argparse.Namespace(layer_decay=0.75, weight_decay=0.05, head_lr_scale=1.0, opt="adamw", lr=1e-4,
-                              momentum=0.9)
-    opt = make_optimizer(model, args, torch.device("cpu"))
+    cfg = train_config("--layer-decay", 0.75, "--weight-decay", 0.05, "--head-lr-scale", 1.0, "--opt", "adamw",
+                       "--lr", 1e-4, "--momentum", 0.9, multitask=True)
+    opt = make_optimizer(model, cfg, torch.device("cpu"))
     scale_of = {id(p): g["lr_scale"] for g in opt.param_groups for p in g["params"]}
     named = dict(model.named_parameters())
     scales = sorted({round(s, 10) for s in scale_of.values()})
@@ -104,8 +103,7 @@ def test_layer_decay_groups_for_beit_base():
     assert scale_of[id(named["backbone.blocks.11.mlp.fc2.weight"])] == pytest.approx(0.75)
     assert scale_of[id(named["heads.leaf.weight"])] == 1.0
     assert "14 layer scales" in group_table(model, opt)
-    args.head_lr_scale = 10.0
-    opt = make_optimizer(model, args, torch.device("cpu"))
+    opt = make_optimizer(model, cfg.replace(head_lr_scale=10.0), torch.device("cpu"))
     assert {g["lr_scale"] for g in opt.param_groups if g.get("is_head")} == {10.0}
 
 
@@ -135,27 +133,26 @@ def _single_head_checkpoint(tmp_path, tax):
 
 
 def _baseline_model(tmp_path, tax, monkeypatch):
-    """validate.py --baseline-model: a stock-style timm classifier, here a tiny one instead of the hub's."""
-    from amanita import backbone, evaluate
+    """validate.py --baseline-model: a timm classifier like the stock model, here a tiny one instead of the hub's."""
+    from amanita import backbone, inference
     monkeypatch.setattr(backbone, "create_timm_model", lambda name: timm.create_model(
         TINY_BEIT[0], pretrained=False, num_classes=8, **TINY_BEIT[1]))
-    args = argparse.Namespace(baseline_checkpoint=None, checkpoint=None)
-    return evaluate.load_model(args, "cpu", "hf-hub:BVRA/stock", tax)[0]
+    return inference.load_single_head_model("hf-hub:BVRA/stock", "cpu", tax).model
 
 
 def _init_from(multitask):
     def build(tmp_path, tax, monkeypatch):
         from amanita.training import _model_from_checkpoint
-        args = argparse.Namespace(drop_path=0.0, drop=0.0, head_mode="residual")
-        return _model_from_checkpoint(_single_head_checkpoint(tmp_path, tax), tax, multitask, args)[0]
+        return _model_from_checkpoint(_single_head_checkpoint(tmp_path, tax), tax, train_config(multitask=multitask))[0]
     return build
 
 
 def _teacher(tmp_path, tax, monkeypatch):
+    from amanita.config import DistillConfig
     from amanita.distill import load_teacher
-    args = argparse.Namespace(teacher=str(_single_head_checkpoint(tmp_path, tax)), distill_alpha=0.5,
-                              distill_temperature=2.0)
-    return load_teacher(args, tax, "cpu").model
+    cfg = train_config(multitask=True, cls=DistillConfig, extra={
+        "teacher": str(_single_head_checkpoint(tmp_path, tax)), "distill_alpha": 0.5, "distill_temperature": 2.0})
+    return load_teacher(cfg, tax, "cpu").model
 
 
 def _model_file(tmp_path, tax, monkeypatch):

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from amanita.engine import iter_log_probs, predict_batches, predict_observations, with_metadata
+from amanita.engine import iter_log_probs, predict_batches, predict_observations
+from amanita.predictions import with_metadata
 from amanita.metrics import compute_metrics, poison_metrics
 from amanita.observations import ObservationPooler, observation_codes, pool_observations
 from amanita.taxonomy import LEAF, build_taxonomy, encode_labels
@@ -135,7 +136,7 @@ def test_nested_folders_are_finds_of_their_own_and_an_unreadable_find_still_gets
     import json
     import shutil
 
-    from amanita.cli import cli_main, parse_identify_args
+    from amanita.cli import cli_main, parse_identify_config
     from amanita.identify import identify
     from amanita.taxonomy import build_taxonomy
     from tests.helpers import TRAIN_IDS, make_image_dataset, rows, tiny_checkpoint
@@ -153,7 +154,7 @@ def test_nested_folders_are_finds_of_their_own_and_an_unreadable_find_still_gets
 
     def test_py(*args):
         with pytest.raises(SystemExit) as e:
-            cli_main(lambda: identify(parse_identify_args("test.py", [str(a) for a in args])))()
+            cli_main(lambda: identify(parse_identify_config("test.py", [str(a) for a in args])))()
         out, _ = capsys.readouterr()
         return e.value.code, [json.loads(line) for line in out.splitlines()]
 

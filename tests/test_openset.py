@@ -155,10 +155,10 @@ def _finds(tmp_path):
 def _test_py(capsys, *args):
     import json
 
-    from amanita.cli import cli_main, parse_identify_args
+    from amanita.cli import cli_main, parse_identify_config
     from amanita.identify import identify
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(lambda: identify(parse_identify_args("test.py", [str(a) for a in [*args, "--workers", 0]])))()
+        cli_main(lambda: identify(parse_identify_config("test.py", [str(a) for a in [*args, "--workers", 0]])))()
     out, err = capsys.readouterr()
     return exit_info.value.code, [json.loads(line) for line in out.splitlines() if line.startswith("{")], err
 
@@ -188,6 +188,42 @@ def test_identify_and_the_submission_apply_one_rule_for_every_score(tmp_path, ca
         code, out, err = _test_py(capsys, "--checkpoint", ckpt, "--unknown-score", "entropy", *extra)
         assert code == 2 and out == [] and "for the msp score, not entropy" in err
     assert not (tmp_path / "sub_x.csv").exists()
+
+
+@pytest.mark.slow
+def test_identify_on_images_and_the_submission_give_one_verdict_per_image_for_every_score(tmp_path, capsys):
+    """test.py on photos and test.py --submission on the same photos (one observation each) call every
+    image unknown or known alike, for each score, with a stored threshold and with a given one."""
+    from amanita.checkpoint import update_checkpoint
+    from amanita.openset import SCORES
+    from tests.helpers import make_image_dataset, tiny_checkpoint
+    data = make_image_dataset(tmp_path, n_train=6, n_val=9)
+    val = pd.read_csv(data["val"])
+    folder = tmp_path / "FungiTastic" / "val" / "300p"
+    images = [folder / f for f in val["filename"]]
+    val.assign(observationID=range(len(val))).drop(columns="category_id").to_csv(tmp_path / "test.csv", index=False)
+    ckpt = tmp_path / "m.pth"
+    tiny_checkpoint(ckpt, build_taxonomy([rows(TRAIN_IDS)]))
+    test_csv = ["--test-path", tmp_path / "test.csv", "--image-root", folder]
+    for score in SCORES:
+        code, records, err = _test_py(capsys, "--checkpoint", ckpt, "--json", "--unknown-score", score,
+                                      "--unknown-threshold", 1e300, *images)
+        assert code == 0, err
+        values = np.array([r["unknown_score"] for r in records])
+        assert [r["path"] for r in records] == [str(p) for p in images] and np.isfinite(values).all()
+        threshold = float(np.median(values))
+        update_checkpoint(ckpt, open_set={"score": score, "threshold": threshold} | UNCALIBRATED)
+        given = ["--unknown-score", score, "--unknown-threshold", float(np.quantile(values, 0.25))]
+        for flags, cut in (([], threshold), (given, given[-1])):
+            _, records, _ = _test_py(capsys, "--checkpoint", ckpt, "--json", *flags, *images)
+            verdicts = [r["unknown_species"] for r in records]
+            assert verdicts == (values > cut).tolist() and 0 < sum(verdicts) < len(verdicts), (score, flags)
+            sub = tmp_path / f"sub_{score}_{len(flags)}.csv"
+            code, _, err = _test_py(capsys, "--checkpoint", ckpt, "--submission", sub, *flags, *test_csv)
+            assert code == 0, err
+            answers = pd.read_csv(sub)
+            assert answers["observationID"].tolist() == list(range(len(val)))
+            assert (answers["class_id"] == -1).tolist() == verdicts, (score, flags)
 
 
 @pytest.mark.slow
@@ -227,7 +263,7 @@ def test_calibrating_refits_the_stored_threshold_and_other_temperatures_are_refu
 
 @pytest.mark.parametrize("value", ["nan", "inf", "1e999"])
 def test_a_threshold_that_is_not_a_finite_number_is_refused_at_parse_time(value, capsys):
-    from amanita.cli import parse_identify_args
+    from amanita.cli import parse_identify_config
     with pytest.raises(SystemExit) as e:  # NaN compares False with every score: detection silently off
-        parse_identify_args("test.py", ["x.jpg", "--checkpoint", "c.pth", "--unknown-threshold", value])
+        parse_identify_config("test.py", ["x.jpg", "--checkpoint", "c.pth", "--unknown-threshold", value])
     assert e.value.code == 2 and f"--unknown-threshold: expected a finite number, got '{value}'" in capsys.readouterr().err

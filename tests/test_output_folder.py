@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from amanita.demo.predictions import synthetic_predictions, synthetic_taxonomy
+from amanita.demo.synthetic_predictions import synthetic_predictions, synthetic_taxonomy
 from amanita.io import MANIFEST, staged_output
 from amanita.predictions import write_predictions
 from tests.test_report import run_validate

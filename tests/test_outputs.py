@@ -7,8 +7,9 @@ import pytest
 import compute_class_weights
 import create_taxonomic_mappings
 from amanita import cli
+from amanita.config import DistillConfig, MultitaskTrainConfig
 from amanita.data import read_split
-from amanita.demo.predictions import synthetic_predictions, synthetic_taxonomy
+from amanita.demo.synthetic_predictions import synthetic_predictions, synthetic_taxonomy
 from amanita.evaluate import summary_lines, validate
 from amanita.identify import identify
 from amanita.io import UserError
@@ -16,9 +17,9 @@ from amanita.predictions import write_predictions
 from amanita.taxonomy import build_taxonomy
 from tests.helpers import call_main, in_process, make_image_dataset, one_line, tiny_checkpoint
 
-TEST_PY = in_process(lambda argv: identify(cli.parse_identify_args("test.py", argv)))
+TEST_PY = in_process(lambda argv: identify(cli.parse_identify_config("test.py", argv)))
 VALIDATE = in_process(lambda argv: print("\n".join(summary_lines(validate(
-    cli.build_validate_parser("validate.py").parse_args(argv))))))
+    cli.parse_validate_config("validate.py", argv))))))
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +143,11 @@ def test_a_training_run_never_writes_over_its_teacher_or_init_from(files, tmp_pa
          "--save-dir", save]
     for flag in ("--init-from", "--teacher"):
         parser = cli.build_train_parser("t", multitask=True)
+        cls = MultitaskTrainConfig
         if flag == "--teacher":
             cli.add_distill_args(parser)
-        main = in_process(lambda argv, p=parser: train(p.parse_args(argv), True))
+            cls = DistillConfig
+        main = in_process(lambda argv, p=parser, c=cls: train(cli.parse_config(p, c, argv)))
         code, _, err = call_main(main, [*d, flag, teacher])
         assert code == 2 and f"--save-dir {teacher} is the {flag} file" in one_line(err)
     assert teacher.read_bytes() == before and sorted(p.name for p in save.iterdir()) == ["best_model.pth"]

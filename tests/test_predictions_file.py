@@ -3,7 +3,7 @@ column (issue 17, item 14): non-numeric or NaN confidences, a -1 prediction, a f
 import pandas as pd
 import pytest
 
-from amanita.demo.predictions import synthetic_predictions, synthetic_taxonomy
+from amanita.demo.synthetic_predictions import synthetic_predictions, synthetic_taxonomy
 from amanita.io import UserError
 from amanita.predictions import read_predictions, write_predictions
 

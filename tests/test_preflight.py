@@ -2,24 +2,25 @@
 import json
 import subprocess
 import sys
-from argparse import Namespace
 
 import pytest
 import torch
 
 from amanita import preflight as pf
+from amanita.config import PreflightConfig
 from amanita.distributed import DistInfo
 from amanita.taxonomy import build_taxonomy
-from tests.helpers import ROOT, TINY_BEIT, TRAIN_IDS, make_image_dataset, rows, script_env, \
+from tests.helpers import ROOT, TINY_BEIT, TRAIN_IDS, make_image_dataset, rows, script_env, train_config, \
     write_hub_cache_model
 
 CHECKS = {"environment", "data", "loader", "model", "distributed", "checkpoint", "forecast"}
 
 
 def context(tmp_path, **flags) -> pf.Context:
-    args = dict(save_dir=str(tmp_path / "ckpt"), seed=0, sample_images=64, max_bad_image_fraction=0.001,
-                image_root=None, image_size_folder="300p", test_path=None, batch_size=8, accum_steps=1, epochs=2)
-    return pf.Context(Namespace(**(args | flags)), DistInfo(), pf.Budget(30))
+    own = dict(sample_images=64, output=None, max_seconds=30.0, allow_download=False)
+    changes = dict(save_dir=str(tmp_path / "ckpt"), seed=0, batch_size=8, accum_steps=1, epochs=2) | flags
+    cfg = train_config(multitask=True, cls=PreflightConfig, extra=own, **changes)
+    return pf.Context(cfg, DistInfo(), pf.Budget(30))
 
 
 # ---------------------------------------------------------------------- in-process: each verdict

@@ -134,10 +134,9 @@ def test_weight_fit_finds_the_generating_weight():
 
 
 def test_the_weight_stored_in_a_checkpoint_is_used_for_the_same_file_and_fields(tmp_path):
-    import argparse
-
     from amanita.checkpoint import load_for_eval, update_checkpoint
     from amanita.io import file_sha256
+    from amanita.config import PriorsConfig
     from amanita.priors import resolve_priors
     from tests.helpers import tiny_checkpoint
     tax, train = three_leaves()
@@ -150,8 +149,8 @@ def test_the_weight_stored_in_a_checkpoint_is_used_for_the_same_file_and_fields(
     info = load_for_eval(ckpt)[3]
 
     def weight(fields, flag=None):
-        args = argparse.Namespace(priors=str(path), prior_fields=fields, prior_weight=flag)
-        return resolve_priors(args, tax, info).weight
+        cfg = PriorsConfig(priors=str(path), prior_fields=fields, prior_weight=flag)
+        return resolve_priors(cfg, tax, info).weight
 
     assert weight(None) == 0.4 and weight(["habitat", "month"]) == 0.4
     assert weight(["habitat"]) == 1.0  # fitted for other fields: not used
@@ -167,16 +166,12 @@ def test_metadata_flag_items():
 
 
 def test_validate_refuses_priors_and_decisions_without_a_model():
-    from amanita.cli import build_validate_parser
-    from amanita.evaluate import check_args
-    parser = build_validate_parser("validate.py")
+    from amanita.cli import parse_validate_config
     for extra in (["--priors", "p.pt"], ["--decision", "min-cost"]):
-        args = parser.parse_args(["--from-predictions", "p.csv", "--mappings", "m.json", *extra])
         with pytest.raises(UserError, match="need --checkpoint"):
-            check_args(args)
-    args = parser.parse_args(["--checkpoint", "c.pth", "--val-path", "v.csv", "--fit-prior-weight"])
+            parse_validate_config("validate.py", ["--from-predictions", "p.csv", "--mappings", "m.json", *extra])
     with pytest.raises(UserError, match="--fit-prior-weight needs --priors"):
-        check_args(args)
+        parse_validate_config("validate.py", ["--checkpoint", "c.pth", "--val-path", "v.csv", "--fit-prior-weight"])
 
 
 # ---------------------------------------------------------------------- the scripts, end to end

@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-from amanita.cli import build_validate_parser, cli_main
+from amanita.cli import cli_main, parse_validate_config
 from amanita.evaluate import summary_lines, validate
 from amanita.metrics import compute_metrics
-from amanita.demo.predictions import synthetic_predictions
+from amanita.demo.synthetic_predictions import synthetic_predictions
 from amanita.predictions import write_predictions
 from amanita.report import render_report
 from amanita.report.figures import (FigureInfo, optional_figures, confusion_matrix_figure, focus_figure,
@@ -120,7 +120,7 @@ def report(tmp_path_factory):
 def run_validate(*args) -> tuple[int, str, str]:
     """validate.py's parsing, work and error handling in this process; returns (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
-    main = lambda: print("\n".join(summary_lines(validate(build_validate_parser("").parse_args(list(map(str, args)))))))
+    main = lambda: print("\n".join(summary_lines(validate(parse_validate_config("", list(map(str, args)))))))
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             cli_main(main)()

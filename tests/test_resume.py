@@ -5,9 +5,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from amanita import training
-from amanita.cli import build_train_parser
+from amanita.cli import parse_train_config
 from amanita.distributed import ResumableDistributedSampler
-from tests.helpers import SMALL_MODEL, make_image_dataset
+from tests.helpers import SMALL_MODEL, make_image_dataset, train_config
 
 
 def test_a_start_past_the_shards_end_is_an_empty_epoch_not_a_negative_length():
@@ -24,8 +24,7 @@ def test_a_start_past_the_shards_end_is_an_empty_epoch_not_a_negative_length():
 
 
 def _args(data, save_dir, *extra):
-    parser = build_train_parser("test", multitask=False)
-    return parser.parse_args([str(a) for a in (
+    return parse_train_config("test", False, [str(a) for a in (
         "--train-path", data["train"], "--val-path", data["val"], "--mappings", save_dir.parent / "m.json",
         *SMALL_MODEL, "--batch-size", 4, "--workers", 0, "--save-dir", save_dir, "--auto-augment", "none",
         "--device", "cpu", "--accum-steps", 1, *extra)])
@@ -42,12 +41,12 @@ def test_a_kill_during_validation_after_a_save_on_the_epochs_final_update_resume
         raise KeyboardInterrupt  # the kill, once the epoch's last update has been saved
     monkeypatch.setattr(training, "evaluate_split", killed)
     with pytest.raises(KeyboardInterrupt):
-        training.train(_args(data, save, *args), multitask=False)
+        training.train(_args(data, save, *args))
     saved = torch.load(save / "last.pth", weights_only=True)
     assert (saved["epoch"], saved["step"], saved["sampler"]["batch_in_epoch"]) == (0, 3, 3)
     monkeypatch.undo()
     for _ in range(2):  # the restart, and a restart of the finished run: neither fails
-        assert training.train(_args(data, save, *args), multitask=False) == 0
+        assert training.train(_args(data, save, *args)) == 0
     out = capsys.readouterr().out
     assert "resumed from" in out and "epoch 1/2" in out and "epoch 2/2" in out
     done = torch.load(save / "last.pth", weights_only=True)
@@ -56,8 +55,6 @@ def test_a_kill_during_validation_after_a_save_on_the_epochs_final_update_resume
 
 def _run(tax, save_dir, world: int, upe: int, epochs: int = 3):
     """A tiny single-head run whose schedule is sized like build_run's: ``upe`` updates per epoch."""
-    import argparse
-
     import torch.nn as nn
     from timm.scheduler import create_scheduler_v2
 
@@ -74,7 +71,7 @@ def _run(tax, save_dir, world: int, upe: int, epochs: int = 3):
                                    step_on_epochs=False, updates_per_epoch=upe)
     return Run(model, opt, MultiTaskLoss(tax, {"leaf": 1.0}),
                dist=DistInfo(rank=0, world_size=world), scheduler=sched, updates_per_epoch=upe,
-               checkpointer=Checkpointer(save_dir, "auto"), args=argparse.Namespace(batch_size=2, seed=0),
+               checkpointer=Checkpointer(save_dir, "auto"), cfg=train_config(batch_size=2, seed=0),
                taxonomy=tax, spec=ModelSpec("single", "tiny", {}, {"input_size": (3, 2, 2)}))
 
 

@@ -6,7 +6,9 @@ import time
 
 import pytest
 import torch
+import yaml
 
+from amanita.cli import parse_train_config
 from amanita.taxonomy import HEADS, KEYS, Taxonomy
 from tests.helpers import ROOT, SMALL_MODEL, make_image_dataset, rows, run_script, script_env
 
@@ -45,8 +47,10 @@ def test_minimal_then_multitask_from_it(data, tmp_path):
     assert lines[0]["images_per_s"] > 0 and "lr" in lines[0]
     test = json.loads((tmp_path / "mt" / "test_metrics.json").read_text())
     assert 0 <= test["test/phylum/acc1"] <= 1
-    args = json.loads((tmp_path / "mt" / "args.json").read_text())
-    assert args["consistency_weight"] == 0.1 and args["use_class_weights"] is True
+    args = yaml.safe_load((tmp_path / "mt" / "args.yaml").read_text())  # the flags as given, for --config
+    assert args["consistency_weight"] == 0.1 and args["use_class_weights"] is True and args["lr"] is None
+    replayed = parse_train_config("t", True, ["--config", str(tmp_path / "mt" / "args.yaml")])
+    assert replayed.flags() == args and replayed.test_path == str(data["val"])
     assert "test split, best checkpoint" in proc.stdout and "(heads)" in proc.stdout
 
 

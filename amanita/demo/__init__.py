@@ -31,6 +31,6 @@ processes.
 
 Modules: :mod:`~amanita.demo.taxonomy` (the table of names), :mod:`~amanita.demo.drawing` (traits
 and pictures), :mod:`~amanita.demo.metadata` (the CSV rows), :mod:`~amanita.demo.dataset` (writing
-it all, ``create_synthetic_dataset.py``), :mod:`~amanita.demo.predictions` (synthetic predictions
+it all, ``create_synthetic_dataset.py``), :mod:`~amanita.demo.synthetic_predictions` (synthetic predictions
 tables for tests and benchmarks).
 """

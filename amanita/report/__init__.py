@@ -74,7 +74,7 @@ def extra_sections(preds: pd.DataFrame, tax: Taxonomy, out: Path, x: ReportInput
     """``(metrics.json sections, {id: (nav label, html)})`` for the observation and open-set parts."""
     from amanita.openset import open_set_metrics
     from amanita.report.levels import levels_section
-    from amanita.report.openset import open_set_section, score_histograms_figure
+    from amanita.report.unknown_species import open_set_section, score_histograms_figure
     sections, extra = {}, {}
     if x.observation_preds is not None:
         obs = compute_metrics(x.observation_preds, tax, x.focus)
