@@ -103,7 +103,7 @@ def run_parts(run) -> tuple[Trainables, object, RunFacts]:
     its :class:`~amanita.run.TrainState` and plain facts. The one place that reads the run's config."""
     cfg = run.cfg
     facts = RunFacts(spec=run.spec, taxonomy=run.taxonomy, args=plain_args(cfg.to_dict()), seed=cfg.seed,
-                     layout=(cfg.batch_size, run.dist.world_size, run.config.accum_steps), rank=run.dist.rank,
+                     layout=(cfg.batch_size, run.dist.world_size, run.step_config.accum_steps), rank=run.dist.rank,
                      updates_per_epoch=run.updates_per_epoch, lr_scaling=cfg.lr_scaling,
                      tracking=run.tracker.state() if run.tracker else dict(run.tracking))
     return Trainables(run.model, run.optimizer, run.scheduler, run.scaler, run.ema), run.state, facts

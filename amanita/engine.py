@@ -43,11 +43,11 @@ def train_one_epoch(run: Run, loader) -> dict[str, float]:
     Both cover the whole epoch: the sums, batches, images and seconds before a resume come from
     ``run.state`` (restored from the checkpoint; under DDP, rank 0's share stands for every rank's).
 
-    Gradients are accumulated over ``run.config.accum_steps`` batches; after each update the
+    Gradients are accumulated over ``run.step_config.accum_steps`` batches; after each update the
     EMA, the scheduler and the checkpointer (``after_update``) follow. Losses stay on the device
     and are read back only every ``log_interval`` batches.
     """
-    model, cfg, state, device = run.trained, run.config, run.state, run.dist.device
+    model, step, state, device = run.trained, run.step_config, run.state, run.dist.device
     model.train()
     sums = _epoch_sums(state, device)
     window: dict[str, torch.Tensor] = {}  # losses since the last log_interval, for the tracker
@@ -61,10 +61,10 @@ def train_one_epoch(run: Run, loader) -> dict[str, float]:
         check_normalised(images)
         torch._dynamo.maybe_mark_dynamic(images, 0)  # --compile: the epoch's short last batch reuses the graph
         labels = labels.to(device, non_blocking=True)
-        group, boundary = accumulation_group(state.batch_in_epoch, total, cfg.accum_steps)
+        group, boundary = accumulation_group(state.batch_in_epoch, total, step.accum_steps)
         sync = contextlib.nullcontext() if boundary or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            with autocast(device, cfg.amp):
+            with autocast(device, step.amp):
                 losses = run.criterion(model(images), labels)
             loss = losses["loss"] / group
             (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
@@ -80,10 +80,10 @@ def train_one_epoch(run: Run, loader) -> dict[str, float]:
         if boundary:
             state.epoch_seconds = seconds0 + time.perf_counter() - t0  # what a checkpoint of this update records
             _update(run)
-        if n_batches % cfg.log_interval == 0:
+        if n_batches % step.log_interval == 0:
             _count_bad(run, bad_count)
             if run.tracker:
-                run.tracker.log(update_record(run, window, cfg.log_interval, n_images / (time.perf_counter() - t0)),
+                run.tracker.log(update_record(run, window, step.log_interval, n_images / (time.perf_counter() - t0)),
                                 state.step)
             window = {}
             if run.dist.is_main:
@@ -146,8 +146,8 @@ def _update(run: Run) -> None:
     model, optimizer, scaler, state = run.trained, run.optimizer, run.scaler, run.state
     if scaler is not None:
         scaler.unscale_(optimizer)
-    if run.config.clip_grad:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), run.config.clip_grad)
+    if run.step_config.clip_grad:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), run.step_config.clip_grad)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()

@@ -52,12 +52,12 @@ class StepConfig:
 class Run:
     """One training run. ``model`` is the plain module (saved, evaluated, averaged by the EMA);
     ``train_model`` the same module under ``torch.compile``/DDP when used (None: ``model``).
-    ``cfg`` is the script's config (flags and resolved values); ``config`` how one update is made."""
+    ``cfg`` is the script's config (flags and resolved values); ``step_config`` how one update is made."""
     model: nn.Module
     optimizer: torch.optim.Optimizer
     criterion: Callable[[dict, torch.Tensor], dict]
     dist: DistInfo = field(default_factory=DistInfo)
-    config: StepConfig = field(default_factory=StepConfig)
+    step_config: StepConfig = field(default_factory=StepConfig)
     state: TrainState = field(default_factory=TrainState)
     train_model: nn.Module | None = None
     scheduler: object | None = None    # a timm scheduler (``step_update`` per optimizer update)

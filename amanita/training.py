@@ -380,7 +380,7 @@ def build_run(cfg: TrainConfig, dist: DistInfo) -> Run:
         from timm.utils import ModelEmaV3
         ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=True)
     return Run(model=model, optimizer=optimizer, criterion=criterion, dist=dist,
-               config=StepConfig(max(cfg.accum_steps, 1), cfg.clip_grad or None, dtype, cfg.log_interval),
+               step_config=StepConfig(max(cfg.accum_steps, 1), cfg.clip_grad or None, dtype, cfg.log_interval),
                train_model=train_model, scheduler=scheduler,
                scaler=torch.amp.GradScaler(dist.device.type) if dtype == torch.float16 else None, ema=ema,
                bad_images=BadImageCounter(len(sampler), cfg.max_bad_image_fraction,
@@ -467,7 +467,7 @@ def evaluate_split(run: Run, model: nn.Module, split: str):
     loader = run.evals[split]
     if split == "val":
         fault_point("validation", run.state.epoch + 1, settle=run.checkpointer.wait)
-    preds = predict(model, loader, run.taxonomy, run.dist.device, run.cfg.decode, run.config.amp)
+    preds = predict(model, loader, run.taxonomy, run.dist.device, run.cfg.decode, run.step_config.amp)
     check_unreadable(len(loader.dataset), len(preds), run.cfg.max_bad_image_fraction, split)
     return preds
 
@@ -492,6 +492,6 @@ def announce(run: Run) -> None:
     print(f"data config: {run.spec.data_config}")
     print(f"train transform: {run.train_loader.dataset.transform}")
     print(f"{len(run.train_loader.dataset)} training images, {run.dist.world_size} process(es) on {run.dist.device}, "
-          f"{updates_per_epoch(n_batches, run.config.accum_steps)} updates per epoch")
+          f"{updates_per_epoch(n_batches, run.step_config.accum_steps)} updates per epoch")
     print(f"{describe_lr(run.cfg.lr_scaling)}; evaluation batch {run.cfg.eval_batch} per process")
     print(group_table(run.model, run.optimizer))

@@ -102,7 +102,7 @@ def amanita_loop(model, batches, tax, device) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     sched, _ = create_scheduler_v2(opt, "cosine", num_epochs=1, step_on_epochs=False, updates_per_epoch=len(batches))
     crit = MultiTaskLoss(tax, label_smoothing=0.1).to(device)
-    run = Run(model, opt, crit, dist=DistInfo(device=device), config=StepConfig(clip_grad=1.0), scheduler=sched)
+    run = Run(model, opt, crit, dist=DistInfo(device=device), step_config=StepConfig(clip_grad=1.0), scheduler=sched)
     t0 = time.perf_counter()
     out = train_one_epoch(run, batches)
     _sync(device)

@@ -27,7 +27,7 @@ def main(out_path: str, accum: int, n_batches: int) -> None:
               for _ in range(n_batches)]
     criterion = lambda out, labels: {"loss": nn.functional.cross_entropy(out["leaf"], label_column(labels, "leaf"))}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    run = Run(model, optimizer, criterion, dist=dist, config=StepConfig(accum_steps=accum), train_model=ddp)
+    run = Run(model, optimizer, criterion, dist=dist, step_config=StepConfig(accum_steps=accum), train_model=ddp)
     train_one_epoch(run, loader)
     params = torch.cat([p.detach().flatten() for p in model.parameters()])
     gathered = [torch.zeros_like(params) for _ in range(dist.world_size)]

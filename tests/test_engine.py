@@ -34,7 +34,7 @@ def _run(batches, accum):
     model = LeafModel(nn.Linear(3, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = _CountingScheduler()
-    run = Run(model, opt, _mse, config=StepConfig(accum_steps=accum), scheduler=sched)
+    run = Run(model, opt, _mse, step_config=StepConfig(accum_steps=accum), scheduler=sched)
     train_one_epoch(run, batches)
     return model, run.state, sched
 
