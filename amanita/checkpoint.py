@@ -253,10 +253,10 @@ def load_for_eval(path: str | os.PathLike, device="cpu", use_ema: bool = True
 
 
 # ---------------------------------------------------------------------- a training run's checkpoint
-def plain_args(args) -> dict:
-    """Arguments (a Namespace or dict) as plain types, so ``torch.load(weights_only=True)`` reads them."""
-    d = vars(args) if not isinstance(args, dict) else args
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()
+def plain_flags(flags: dict) -> dict:
+    """A run's flags (a config's ``to_dict()``) as plain types, so ``torch.load(weights_only=True)`` reads
+    them (the checkpoint's ``args``)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()
             if v is None or isinstance(v, (str, int, float, bool, list, tuple, dict))}
 
 
@@ -291,7 +291,7 @@ class RunFacts:
     """Plain values about a run: what its checkpoint records beside the states, and what a resume checks."""
     spec: ModelSpec                    # what builds the model (architecture, kwargs, data config, heads)
     taxonomy: Taxonomy
-    args: dict = field(default_factory=dict)  # the run's flags as plain types (plain_args)
+    flags: dict = field(default_factory=dict)  # the run's flags as plain types (plain_flags)
     seed: int = 0
     layout: tuple[int, int, int] = (1, 1, 1)  # (batch size, world size, accumulation): what an update is
     rank: int = 0
@@ -317,7 +317,7 @@ def checkpoint_state(objects: Trainables, state, facts: RunFacts) -> dict:
                            "images": s.epoch_images, "seconds": s.epoch_seconds},  # the epoch's log record so far
         "sampler": {"epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch, "batch_size": facts.layout[0],
                     "world_size": facts.layout[1], "accum_steps": facts.layout[2]},
-        "rng": capture_rng(), "args": plain_args(facts.args), "kind": spec.kind,
+        "rng": capture_rng(), "args": plain_flags(facts.flags), "kind": spec.kind,
         "architecture": spec.architecture, "model_kwargs": spec.kwargs, "lora": spec.lora,
         "head_sizes": tax.head_sizes() if spec.kind == "multitask" else None, "head_mode": spec.head_mode,
         "taxonomy": tax.to_dict(), "taxonomy_sha256": tax.sha256(),
@@ -352,7 +352,7 @@ def restore_state(ckpt: dict, path: str | os.PathLike, objects: Trainables, stat
         raise UserError(f"{path} is a model file for inference (export.py --format pth): it holds no training "
                         "state to resume; start from it with --init-from and a new --save-dir")
     check_compatible(ckpt, facts.taxonomy, facts.spec.kind, path, facts.spec.head_mode or "residual")
-    check_same_run(ckpt, facts.spec, facts.args, path)
+    check_same_run(ckpt, facts.spec, facts.flags, path)
     _restore_objects(ckpt, path, objects, _frozen(objects.model, facts.spec))
     same_layout = saved_layout(ckpt) == tuple(facts.layout)
     if objects.scheduler is not None and ckpt.get("scheduler") and same_layout:  # else: the one sized for this layout
@@ -417,7 +417,7 @@ def adopt_layout(state, ckpt: dict, path: str | os.PathLike, facts: RunFacts) ->
 def check_same_run(ckpt: dict, spec: ModelSpec, flags: dict, path: str | os.PathLike) -> None:
     """Resuming needs the same architecture and optimizer layout; say which flag differs.
 
-    ``spec`` builds the resuming run's model; ``flags`` are its flags as plain types (:func:`plain_args`)."""
+    ``spec`` builds the resuming run's model; ``flags`` are its flags as plain types (:func:`plain_flags`)."""
     def canon(x):
         return json.dumps(x, sort_keys=True, default=str)
     have = (ckpt.get("architecture"), canon(dict(ckpt.get("model_kwargs") or {})))

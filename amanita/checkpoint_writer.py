@@ -23,7 +23,7 @@ from typing import Callable, Iterable
 import torch
 
 from amanita.checkpoint import (RunFacts, Trainables, checkpoint_state, load_on_every_rank, load_resumable,
-                                plain_args, restore_state)
+                                plain_flags, restore_state)
 from amanita.distributed import broadcast_from_main
 from amanita.faults import fault_point
 from amanita.io import UserError, atomic_write_stream
@@ -102,7 +102,7 @@ def run_parts(run) -> tuple[Trainables, object, RunFacts]:
     """What the checkpoint format reads and restores, taken out of a :class:`~amanita.run.Run`: its objects,
     its :class:`~amanita.run.TrainState` and plain facts. The one place that reads the run's config."""
     cfg = run.cfg
-    facts = RunFacts(spec=run.spec, taxonomy=run.taxonomy, args=plain_args(cfg.to_dict()), seed=cfg.seed,
+    facts = RunFacts(spec=run.spec, taxonomy=run.taxonomy, flags=plain_flags(cfg.to_dict()), seed=cfg.seed,
                      layout=(cfg.batch_size, run.dist.world_size, run.step_config.accum_steps), rank=run.dist.rank,
                      updates_per_epoch=run.updates_per_epoch, lr_scaling=cfg.lr_scaling,
                      tracking=run.tracker.state() if run.tracker else dict(run.tracking))

@@ -27,6 +27,28 @@ def run_script(script: str, *args, env=None, check=True, timeout=600, cwd=None):
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
+def run_in_process(script: str, *args, check=True):
+    """:func:`run_script` without a new interpreter: the script's ``__main__`` block run by ``runpy``
+    in this process with ``args`` as its command line; its stdout, stderr and exit code come back
+    as a CompletedProcess. For end-to-end tests whose subject is not the process itself (a kill, a
+    signal, torchrun, the environment): each call saves the 5 s of imports a new process pays."""
+    import contextlib
+    import io
+    import runpy
+    from unittest import mock
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with mock.patch.object(sys, "argv", [str(ROOT / script), *map(str, args)]), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(str(ROOT / script), run_name="__main__")
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    proc = subprocess.CompletedProcess([script, *map(str, args)], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"{script} failed ({code}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
 LINEAGES = {  # category_id: (scientificName, phylum, class, order, family, genus, species, poisonous)
     0: ("Amanita phalloides", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae", "Amanita", "Amanita phalloides", 1),
     1: ("Amanita muscaria", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae", "Amanita", "Amanita muscaria", 1),

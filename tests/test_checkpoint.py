@@ -134,7 +134,7 @@ def _plain(seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
 
 def _facts(tax, **kw) -> RunFacts:
     spec = ModelSpec("single", "tiny", {}, {"input_size": (3, 2, 2)})
-    return RunFacts(spec=spec, taxonomy=tax, args={"opt": "sgd", "batch_size": 2}, seed=5, layout=(2, 1, 1), **kw)
+    return RunFacts(spec=spec, taxonomy=tax, flags={"opt": "sgd", "batch_size": 2}, seed=5, layout=(2, 1, 1), **kw)
 
 
 def _trained_checkpoint(tax) -> tuple[nn.Module, torch.optim.Optimizer, dict]:
@@ -177,7 +177,7 @@ def test_a_rank_other_than_0_draws_from_its_own_seed_after_a_restore(tax):
 def test_a_resume_with_another_optimizer_flag_names_it(tax):
     _, _, saved = _trained_checkpoint(tax)
     model, opt = _plain(1)
-    facts = dataclasses.replace(_facts(tax), args={"opt": "adamw"})
+    facts = dataclasses.replace(_facts(tax), flags={"opt": "adamw"})
     with pytest.raises(UserError, match="last.pth was trained with --opt sgd, this run asks for adamw"):
         ck.restore_state(saved, "last.pth", Trainables(model, opt), TrainState(), facts)
 

@@ -9,7 +9,7 @@ from amanita.data import (BAD_IMAGE, BadImageCounter, DeviceLoader, FungiTasticD
                           read_split, stratified_subset, to_model_input)
 from amanita.io import UserError
 from amanita.taxonomy import build_taxonomy
-from tests.helpers import TRAIN_IDS, rows, run_script
+from tests.helpers import TRAIN_IDS, rows, run_in_process
 
 EVAL_CFG = dict(input_size=(3, 32, 32), interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3,
                 crop_pct=1.0, crop_mode="squash")
@@ -105,9 +105,9 @@ def test_bad_image_counter_stops_past_the_share():
 def test_compute_class_weights_script(tmp_path):
     train = tmp_path / "train.csv"
     rows(TRAIN_IDS).to_csv(train, index=False)
-    run_script("create_taxonomic_mappings.py", "--train-path", train, "--output", tmp_path / "m.json")
-    proc = run_script("compute_class_weights.py", "--train-path", train, "--mappings", tmp_path / "m.json",
-                      "--method", "inverse", "--output", tmp_path / "w.pt")
+    run_in_process("create_taxonomic_mappings.py", "--train-path", train, "--output", tmp_path / "m.json")
+    proc = run_in_process("compute_class_weights.py", "--train-path", train, "--mappings", tmp_path / "m.json",
+                          "--method", "inverse", "--output", tmp_path / "w.pt")
     w = torch.load(tmp_path / "w.pt", weights_only=True)
     assert set(w) == {"phylum", "class", "order", "family", "genus", "species", "leaf"}
     assert len(w["leaf"]) == 6 and len(w["species"]) == 5
@@ -141,14 +141,14 @@ def test_minimal_subset_script(tmp_path):
     val.to_csv(meta / "FungiTastic-ClosedSet-Val.csv", index=False)
     args = ["--train-path", meta / "FungiTastic-Train.csv", "--val-path", meta / "FungiTastic-ClosedSet-Val.csv",
             "--n-train", 12, "--n-val", 6, "--output-dir", tmp_path / "out"]
-    run_script("create_minimal_subset.py", *args)
+    run_in_process("create_minimal_subset.py", *args)
     small_train = pd.read_csv(tmp_path / "out" / "FungiTastic-Train-Minimal.csv")
     small_val = pd.read_csv(tmp_path / "out" / "FungiTastic-Val-Minimal.csv")
     assert list(small_train.columns) == list(train.columns) + ["image_path"]
     assert len(small_train) <= 12 and len(small_val) <= 6 and len(small_val) > 0
     assert set(small_val.category_id) <= set(small_train.category_id)   # category 4 has no train rows
     assert small_train.image_path[0] == str(tmp_path / "FungiTastic" / "train" / "300p" / small_train.filename[0])
-    run_script("create_minimal_subset.py", *args[:-1], tmp_path / "again")
+    run_in_process("create_minimal_subset.py", *args[:-1], tmp_path / "again")
     assert (tmp_path / "again" / "FungiTastic-Train-Minimal.csv").read_bytes() == \
         (tmp_path / "out" / "FungiTastic-Train-Minimal.csv").read_bytes()
 

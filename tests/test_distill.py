@@ -11,7 +11,7 @@ from amanita.distill import Distiller, DistillationLoss
 from amanita.losses import MultiTaskLoss
 from amanita.taxonomy import COARSE_RANKS, HEADS, LEAF, build_taxonomy
 
-from tests.helpers import TRAIN_IDS, make_image_dataset, rows, run_script, tiny_checkpoint
+from tests.helpers import TRAIN_IDS, make_image_dataset, rows, run_in_process, run_script, tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -92,10 +92,10 @@ def test_distill_script_trains_resumes_and_exports_a_student(tmp_path, tax):
     common = ["--teacher", tmp_path / "teacher.pth", "--train-path", data["train"], "--val-path", data["val"],
               "--mappings", mappings, "--batch-size", 8, "--workers", 0, "--auto-augment", "none",
               "--save-dir", tmp_path / "student", "--model", "mobilenetv3_small_050", "--lr", 1e-3]
-    proc = run_script("distill.py", *common, "--epochs", 1)
+    proc = run_in_process("distill.py", *common, "--epochs", 1)
     assert "train/distill/loss" in json.loads((tmp_path / "student" / "metrics.jsonl").read_text().splitlines()[0])
     assert "leaf" in proc.stdout
-    run_script("distill.py", *common, "--epochs", 2)  # resumes last.pth for the second epoch
+    run_in_process("distill.py", *common, "--epochs", 2)  # resumes last.pth for the second epoch
     ckpt = load_checkpoint(tmp_path / "student" / "last.pth")
     assert ckpt["epoch"] == 2 and ckpt["architecture"] == "mobilenetv3_small_050"
     assert ckpt["args"]["teacher"] == str(tmp_path / "teacher.pth")

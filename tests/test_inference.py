@@ -13,7 +13,7 @@ from amanita.cli import cli_main, parse_identify_config
 from amanita.data import create_transforms, read_image
 from amanita.identify import identify
 from amanita.taxonomy import LEAF, RANKS, Taxonomy
-from tests.helpers import LINEAGES, SMALL_MODEL, make_image_dataset, run_script
+from tests.helpers import LINEAGES, SMALL_MODEL, make_image_dataset, run_in_process, run_script
 
 pytestmark = pytest.mark.slow  # end-to-end: trains in subprocesses
 
@@ -27,8 +27,8 @@ def trained(tmp_path_factory):
     data = make_image_dataset(root, n_train=36, n_val=12)
     common = ["--train-path", data["train"], "--val-path", data["val"], "--mappings", root / "m.json",
               *SMALL_MODEL, "--batch-size", 12, "--workers", 0, "--auto-augment", "none", "--epochs", 1]
-    run_script("train_minimal.py", *common, "--save-dir", root / "single", "--accum-steps", 1, "--lr", 0.05)
-    run_script("train_multitask.py", *common, "--save-dir", root / "multi", "--lr", 1e-3)
+    run_in_process("train_minimal.py", *common, "--save-dir", root / "single", "--accum-steps", 1, "--lr", 0.05)
+    run_in_process("train_multitask.py", *common, "--save-dir", root / "multi", "--lr", 1e-3)
     images = sorted((root / "FungiTastic" / "val" / "300p").iterdir())
     return {"root": root, "single": root / "single" / "best_model.pth", "multi": root / "multi" / "best_model.pth",
             "mappings": root / "m.json", "images": images}

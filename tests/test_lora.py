@@ -8,7 +8,7 @@ import torch
 from amanita.lora import LoraSpec, add_adapters, adapters, merge_adapters, trainable_parameters
 from amanita.model import create_multitask_model
 from amanita.taxonomy import build_taxonomy
-from tests.helpers import TRAIN_IDS, make_image_dataset, rows, run_script, tiny_checkpoint, train_config
+from tests.helpers import TRAIN_IDS, make_image_dataset, rows, run_in_process, run_script, tiny_checkpoint, train_config
 
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 8}
 ARCHS = ["beit_base_patch16_224", "vit_base_patch16_224"]
@@ -148,10 +148,10 @@ def test_lora_run_trains_adapters_and_heads_only_and_every_script_reads_it(tmp_p
     data = make_image_dataset(tmp_path, n_train=12, n_val=6)
     tiny_checkpoint(tmp_path / "start.pth", tax)
     tax.save(tmp_path / "m.json")
-    proc = run_script("train_multitask.py", "--train-path", data["train"], "--val-path", data["val"],
-                      "--mappings", tmp_path / "m.json", "--init-from", tmp_path / "start.pth", "--batch-size", 6,
-                      "--workers", 0, "--epochs", 1, "--auto-augment", "none", "--lr", 1e-2, "--model-ema",
-                      "--lora-rank", 2, "--save-dir", tmp_path / "run")
+    proc = run_in_process("train_multitask.py", "--train-path", data["train"], "--val-path", data["val"],
+                          "--mappings", tmp_path / "m.json", "--init-from", tmp_path / "start.pth", "--batch-size", 6,
+                          "--workers", 0, "--epochs", 1, "--auto-augment", "none", "--lr", 1e-2, "--model-ema",
+                          "--lora-rank", 2, "--save-dir", tmp_path / "run")
     assert "trainable (LoRA rank 2 on qkv, proj, fc1, fc2)" in proc.stdout
     start, ckpt = load_checkpoint(tmp_path / "start.pth"), load_checkpoint(tmp_path / "run" / "last.pth")
     assert ckpt["lora"] == {"rank": 2, "alpha": 16.0, "dropout": 0.0, "targets": ["qkv", "proj", "fc1", "fc2"]}
@@ -166,8 +166,8 @@ def test_lora_run_trains_adapters_and_heads_only_and_every_script_reads_it(tmp_p
     assert not adapters(model) and "backbone.blocks.0.attn.qkv.weight" in model.state_dict()
     run_script("export.py", "--format", "pth", "--checkpoint", tmp_path / "run" / "last.pth",
                "--output-dir", tmp_path / "exp", "--check-csv", data["val"], "--check-images", 2)
-    out = run_script("test.py", "--checkpoint", tmp_path / "exp" / "model.pth", "--workers", 0, "--json",
-                     tmp_path / "FungiTastic" / "val" / "300p").stdout
+    out = run_in_process("test.py", "--checkpoint", tmp_path / "exp" / "model.pth", "--workers", 0, "--json",
+                         tmp_path / "FungiTastic" / "val" / "300p").stdout
     assert len(out.strip().splitlines()) == 6
 
 
@@ -195,7 +195,7 @@ def test_adapters_only_checkpoint_is_small_merges_to_the_full_ones_answers_and_r
               "--init-from", tmp_path / "start.pth", "--batch-size", 6, "--workers", 0, "--auto-augment", "none",
               "--lr", 1e-2, "--lora-rank", 2]
     for save in ("full", "adapters"):
-        run_script("train_multitask.py", *common, "--epochs", 1, "--lora-save", save, "--save-dir", tmp_path / save)
+        run_in_process("train_multitask.py", *common, "--epochs", 1, "--lora-save", save, "--save-dir", tmp_path / save)
     full, small = tmp_path / "full" / "last.pth", tmp_path / "adapters" / "last.pth"
     assert small.stat().st_size < 0.5 * full.stat().st_size
     ckpt = load_checkpoint(small)
@@ -211,10 +211,10 @@ def test_adapters_only_checkpoint_is_small_merges_to_the_full_ones_answers_and_r
     with pytest.raises(UserError, match="no longer holds the weights"):
         load_for_eval(small)
     more = [*common, "--epochs", 2, "--lora-save", "adapters", "--save-dir", tmp_path / "adapters"]
-    proc = run_script("train_multitask.py", *more, check=False)
+    proc = run_in_process("train_multitask.py", *more, check=False)
     assert proc.returncode == 2 and "trained on other frozen weights" in proc.stderr, proc.stderr[-500:]
     save_checkpoint(original, tmp_path / "start.pth")
-    assert "resumed from" in run_script("train_multitask.py", *more).stdout
+    assert "resumed from" in run_in_process("train_multitask.py", *more).stdout
     assert load_checkpoint(small)["epoch"] == 2
 
 

@@ -10,7 +10,7 @@ from amanita.checkpoint import load_checkpoint, load_for_eval, restore_state, sa
 from amanita.io import UserError
 from amanita.modelfile import TRAINING_ONLY, inference_state, tolerance, write_model_file
 from amanita.taxonomy import LEAF, build_taxonomy
-from tests.helpers import TRAIN_IDS, make_image_dataset, rows, run_script, tiny_checkpoint
+from tests.helpers import TRAIN_IDS, make_image_dataset, rows, run_in_process, run_script, tiny_checkpoint
 
 
 @pytest.fixture
@@ -118,11 +118,11 @@ def test_scripts_take_the_model_file_and_answer_the_same(tmp_path):
     answers = {}
     for name, ckpt in (("checkpoint", tmp_path / "c.pth"), ("file", tmp_path / "exp" / "model.pth")):
         common = ["--checkpoint", ckpt, "--workers", 0, "--decode", "independent"]
-        lines = run_script("test.py", *common, "--json", photos).stdout.splitlines()
-        run_script("test.py", *common, "--submission", tmp_path / f"{name}.csv", "--test-path", test_csv,
-                   "--image-root", photos)
-        run_script("validate.py", "--checkpoint", ckpt, "--val-path", data["val"], "--image-root", photos,
-                   "--output-dir", tmp_path / f"val_{name}", "--workers", 0, "--aggregate", "image")
+        lines = run_in_process("test.py", *common, "--json", photos).stdout.splitlines()
+        run_in_process("test.py", *common, "--submission", tmp_path / f"{name}.csv", "--test-path", test_csv,
+                       "--image-root", photos)
+        run_in_process("validate.py", "--checkpoint", ckpt, "--val-path", data["val"], "--image-root", photos,
+                       "--output-dir", tmp_path / f"val_{name}", "--workers", 0, "--aggregate", "image")
         answers[name] = ([json.loads(line) for line in lines], pd.read_csv(tmp_path / f"{name}.csv"),
                          json.loads((tmp_path / f"val_{name}" / "metrics.json").read_text()))
     (want, sub_want, val_want), (got, sub_got, val_got) = answers["checkpoint"], answers["file"]

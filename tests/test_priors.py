@@ -182,7 +182,7 @@ def test_priors_and_decisions_through_the_scripts(tmp_path):
     import json
 
     from amanita.checkpoint import load_checkpoint
-    from tests.helpers import make_image_dataset, run_script, tiny_checkpoint
+    from tests.helpers import make_image_dataset, run_in_process, tiny_checkpoint
     paths = make_image_dataset(tmp_path, n_train=24, n_val=12)
     for split, path in paths.items():
         df = pd.read_csv(path)
@@ -197,11 +197,11 @@ def test_priors_and_decisions_through_the_scripts(tmp_path):
     ckpt = tmp_path / "model.pth"
     tiny_checkpoint(ckpt, tax)
     priors = tmp_path / "priors.pt"
-    run_script("compute_metadata_priors.py", "--train-path", paths["train"], "--mappings", tmp_path / "mappings.json",
-               "--output", priors)
+    run_in_process("compute_metadata_priors.py", "--train-path", paths["train"], "--mappings", tmp_path / "mappings.json",
+                   "--output", priors)
     out = tmp_path / "report"
-    run_script("validate.py", "--checkpoint", ckpt, "--val-path", paths["val"], "--priors", priors,
-               "--fit-prior-weight", "--decision", "min-cost", "--workers", "0", "--output-dir", out)
+    run_in_process("validate.py", "--checkpoint", ckpt, "--val-path", paths["val"], "--priors", priors,
+                   "--fit-prior-weight", "--decision", "min-cost", "--workers", "0", "--output-dir", out)
     doc = json.loads((out / "metrics.json").read_text())["metadata_priors"]
     assert [r["variant"] for r in doc["rows"]] == ["without priors", "habitat", "substrate", "month", "all fields"]
     stored = load_checkpoint(ckpt)["metadata_priors"]
@@ -209,15 +209,15 @@ def test_priors_and_decisions_through_the_scripts(tmp_path):
     assert (out / "poison_cost_sweep.png").stat().st_size > 0
     assert "Metadata priors and poison-weighted decisions" in (out / "validation_report.html").read_text()
     image = paths["val"].parents[2] / "FungiTastic" / "val" / "300p" / pd.read_csv(paths["val"])["filename"][0]
-    rec = json.loads(run_script("test.py", "--checkpoint", ckpt, "--priors", priors, "--metadata", "habitat=forest",
-                                "month=1", image, "--json", "--workers", "0").stdout)
+    rec = json.loads(run_in_process("test.py", "--checkpoint", ckpt, "--priors", priors, "--metadata", "habitat=forest",
+                                    "month=1", image, "--json", "--workers", "0").stdout)
     assert 0 <= rec["poisonous_probability"] <= 1 and isinstance(rec["poison_warning"], bool)
     sub = tmp_path / "sub.csv"
-    run_script("test.py", "--checkpoint", ckpt, "--priors", priors, "--decision", "min-severity", "--submission", sub,
-               "--test-path", paths["val"], "--workers", "0")
+    run_in_process("test.py", "--checkpoint", ckpt, "--priors", priors, "--decision", "min-severity", "--submission", sub,
+                   "--test-path", paths["val"], "--workers", "0")
     assert len(pd.read_csv(sub)) == 12
     other = build_taxonomy([rows([0, 1, 2])])  # three of the model's six leaves: another digest
     torch.save(build_priors(pd.read_csv(paths["train"]).assign(category_id=0), other, ["habitat"]), tmp_path / "o.pt")
-    bad = run_script("validate.py", "--checkpoint", ckpt, "--val-path", paths["val"], "--priors", tmp_path / "o.pt",
-                     "--workers", "0", "--output-dir", tmp_path / "bad", check=False)
+    bad = run_in_process("validate.py", "--checkpoint", ckpt, "--val-path", paths["val"], "--priors", tmp_path / "o.pt",
+                         "--workers", "0", "--output-dir", tmp_path / "bad", check=False)
     assert bad.returncode == 2 and "another taxonomy" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

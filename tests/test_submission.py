@@ -102,7 +102,7 @@ def test_script_writes_pooled_answers_that_evaluate_py_accepts(tmp_path):
     from amanita.checkpoint import update_checkpoint
     from amanita.data import FungiTasticDataset, create_transforms, to_model_input
     from amanita.taxonomy import LEAF, build_taxonomy
-    from tests.helpers import TRAIN_IDS, make_image_dataset, rows, run_script, tiny_checkpoint
+    from tests.helpers import TRAIN_IDS, make_image_dataset, rows, run_in_process, tiny_checkpoint
     data = make_image_dataset(tmp_path, n_train=6, n_val=9)
     val = pd.read_csv(data["val"])
     test_csv = tmp_path / "metadata" / "FungiTastic" / "FungiTastic-Test.csv"
@@ -119,7 +119,7 @@ def test_script_writes_pooled_answers_that_evaluate_py_accepts(tmp_path):
     want = np.asarray(tax.category_ids)[pooled.argmax(1)]
     common = ["--checkpoint", tmp_path / "m.pth", "--test-path", test_csv, "--decode", "independent", "--workers", 0,
               "--image-root", tmp_path / "FungiTastic" / "val" / "300p"]
-    run_script("test.py", *common, "--submission", tmp_path / "sub.csv")
+    run_in_process("test.py", *common, "--submission", tmp_path / "sub.csv")
     sub = pd.read_csv(tmp_path / "sub.csv")
     assert sub["observationID"].tolist() == [1, 2, 3, 4, 5] and sub["class_id"].tolist() == want.tolist()
     val.assign(observationID=[1, 1, 1, 2, 3, 3, 4, 4, 5], class_id=val["category_id"]).to_csv(tmp_path / "gt.csv", index=False)
@@ -127,11 +127,11 @@ def test_script_writes_pooled_answers_that_evaluate_py_accepts(tmp_path):
     msp = 1 - pooled.max(1)
     threshold = float(np.median(msp))
     update_checkpoint(tmp_path / "m.pth", open_set={"score": "msp", "threshold": threshold})
-    run_script("test.py", *common, "--submission", tmp_path / "sub2.csv")
+    run_in_process("test.py", *common, "--submission", tmp_path / "sub2.csv")
     sub2 = pd.read_csv(tmp_path / "sub2.csv")
     assert sub2["class_id"].tolist() == np.where(msp > threshold, -1, want).tolist()
     assert (sub2["class_id"] == -1).sum() == 2
     # no image found at all: one line naming the folder, exit 2, no file
-    proc = run_script("test.py", *common[:-2], "--submission", tmp_path / "sub3.csv", check=False)
+    proc = run_in_process("test.py", *common[:-2], "--submission", tmp_path / "sub3.csv", check=False)
     assert proc.returncode == 2 and "no image of" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "sub3.csv").exists()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from amanita.taxonomy import RANKS, Taxonomy, TaxonomyError, build_taxonomy, encode_labels
-from tests.helpers import EXPECTED_ANCESTORS, EXPECTED_CLASSES, TRAIN_IDS, rows, run_script
+from tests.helpers import EXPECTED_ANCESTORS, EXPECTED_CLASSES, TRAIN_IDS, rows, run_in_process
 
 
 @pytest.fixture
@@ -113,10 +113,10 @@ def test_script_writes_mappings_and_rejects_missing_column(tmp_path):
     rows(TRAIN_IDS).to_csv(train, index=False)
     rows([5], start_obs=900).drop(columns=["genus"]).to_csv(val, index=False)
     out = tmp_path / "m.json"
-    proc = run_script("create_taxonomic_mappings.py", "--train-path", train, "--output", out)
+    proc = run_in_process("create_taxonomic_mappings.py", "--train-path", train, "--output", out)
     assert "6 leaves" in proc.stdout and Taxonomy.load(out).n_leaves == 6
-    bad = run_script("create_taxonomic_mappings.py", "--train-path", train, "--val-path", val,
-                     "--output", tmp_path / "x.json", check=False)
+    bad = run_in_process("create_taxonomic_mappings.py", "--train-path", train, "--val-path", val,
+                         "--output", tmp_path / "x.json", check=False)
     assert bad.returncode == 2
     assert bad.stderr.strip() == f"error: val.csv is missing column 'genus' ({val})"
     assert "Traceback" not in bad.stderr and not (tmp_path / "x.json").exists()

@@ -10,7 +10,7 @@ import yaml
 
 from amanita.cli import parse_train_config
 from amanita.taxonomy import HEADS, KEYS, Taxonomy
-from tests.helpers import ROOT, SMALL_MODEL, make_image_dataset, rows, run_script, script_env
+from tests.helpers import ROOT, SMALL_MODEL, make_image_dataset, rows, run_in_process, script_env
 
 pytestmark = pytest.mark.slow  # end-to-end: trains in subprocesses
 
@@ -31,15 +31,15 @@ def common(data, save_dir, *extra):
 
 
 def test_minimal_then_multitask_from_it(data, tmp_path):
-    proc = run_script("train_minimal.py", *common(data, tmp_path / "min", "--epochs", 2, "--accum-steps", 2,
-                                                   "--lr", 0.05, "--test-path", data["val"]))
+    proc = run_in_process("train_minimal.py", *common(data, tmp_path / "min", "--epochs", 2, "--accum-steps", 2,
+                                                       "--lr", 0.05, "--test-path", data["val"]))
     best = torch.load(tmp_path / "min" / "best_model.pth", weights_only=True)
     assert CKPT_KEYS <= set(best) and best["kind"] == "single"
     assert 0.0 <= best["species_acc1"] <= 1.0 and best["model"]["head.weight"].shape[0] == 6
     assert "species" in proc.stdout and "val top-1" in proc.stdout and "layer scales" in proc.stdout
-    proc = run_script("train_multitask.py", *common(data, tmp_path / "mt", "--epochs", 1, "--init-from",
-                                                    tmp_path / "min" / "best_model.pth", "--use-class-weights",
-                                                    "--test-path", data["val"], "--consistency-weight", 0.1))
+    proc = run_in_process("train_multitask.py", *common(data, tmp_path / "mt", "--epochs", 1, "--init-from",
+                                                        tmp_path / "min" / "best_model.pth", "--use-class-weights",
+                                                        "--test-path", data["val"], "--consistency-weight", 0.1))
     lines = [json.loads(x) for x in (tmp_path / "mt" / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 1 and lines[0]["epoch"] == 1
     assert {f"train/{k}/loss" for k in HEADS} <= set(lines[0]) and "train/species/loss" not in lines[0]
@@ -96,17 +96,17 @@ def test_sigkill_during_a_background_write_then_resume_gives_identical_weights(d
 
 
 def test_resume_refuses_another_taxonomy_or_head_layout(data, tmp_path):
-    run_script("train_multitask.py", *common(data, tmp_path / "a", "--epochs", 1))
-    heads = run_script("train_multitask.py", *common(data, tmp_path / "a", "--epochs", 2, "--head-mode", "independent"),
-                       check=False)
+    run_in_process("train_multitask.py", *common(data, tmp_path / "a", "--epochs", 1))
+    heads = run_in_process("train_multitask.py", *common(data, tmp_path / "a", "--epochs", 2, "--head-mode", "independent"),
+                           check=False)
     assert heads.returncode == 2 and "has residual coarse heads, this run asks for independent" in heads.stderr
     other = tmp_path / "other.csv"
     rows([0, 1, 2, 5]).to_csv(other, index=False)
-    run_script("create_taxonomic_mappings.py", "--train-path", other, "--output", tmp_path / "other.json")
+    run_in_process("create_taxonomic_mappings.py", "--train-path", other, "--output", tmp_path / "other.json")
     # rows outside the other mappings would stop the run first: let them pass to reach the resume check
     args = common(data, tmp_path / "a", "--epochs", 2, "--max-bad-image-fraction", 1)
     args[args.index("--mappings") + 1] = tmp_path / "other.json"
-    proc = run_script("train_multitask.py", *args, check=False)
+    proc = run_in_process("train_multitask.py", *args, check=False)
     assert proc.returncode == 2
     assert "was trained with another taxonomy" in proc.stderr and "Traceback" not in proc.stderr
     assert Taxonomy.load(tmp_path / "other.json").n_leaves == 4

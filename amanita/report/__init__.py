@@ -99,8 +99,8 @@ def extra_sections(preds: pd.DataFrame, tax: Taxonomy, out: Path, x: ReportInput
 
 
 # ---------------------------------------------------------------------- provenance
-def base_provenance(tax: Taxonomy, args: dict | None = None) -> dict:
+def base_provenance(tax: Taxonomy, flags: dict | None = None) -> dict:
     """Date, git SHA, taxonomy digest and the validation arguments, for any report."""
     return {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "git_sha": git_sha(), "taxonomy_sha256": tax.sha256(), "taxonomy": tax.summary(),
-            "validate_args": jsonable(args or {})}
+            "validate_args": jsonable(flags or {})}
