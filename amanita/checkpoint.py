@@ -245,7 +245,7 @@ def load_for_eval(path: str | os.PathLike, device="cpu", use_ema: bool = True
     model, tax, data_config = build_from_checkpoint(ckpt, device)
     info = {k: ckpt.get(k) for k in ("kind", "epoch", "step", "species_f1", "species_acc1", "taxonomy_sha256",
                                      "git_sha", "architecture", "created", "temperatures", "calibration",
-                                     "open_set", "metadata_priors", "file", "weights_dtype")}
+                                     "open_set", "metadata_priors", "file", "weights_dtype", "tracking")}
     info["args"] = ckpt.get("args", {})
     info["path"] = str(path)
     info["ema"] = bool(use_ema and ckpt.get("model_ema") is not None) or bool(ckpt.get("ema_weights"))

@@ -101,7 +101,8 @@ def validate(cfg: EvalConfig) -> Evaluation:
         refit_threshold(cfg, main_preds, result.metrics)
     if cfg.tracked:
         from amanita.tracking import log_validation
-        log_validation(cfg, cfg.checkpoint, cfg.to_dict(), out / "metrics.json", out)
+        # the checkpoint's step and W&B/TensorBoard run, as read with the model (no second load)
+        log_validation(cfg, cfg.to_dict(), out / "metrics.json", out, provenance.get("step"), provenance.get("tracking"))
     return result
 
 

@@ -171,20 +171,18 @@ def headline_numbers(metrics: dict, prefix: str = "validate/") -> dict[str, floa
     return out
 
 
-def log_validation(cfg: TrackingConfig, checkpoint: str | None, flags: dict, metrics_json: str | os.PathLike,
-                   figures_dir: str | os.PathLike) -> Tracker:
+def log_validation(cfg: TrackingConfig, flags: dict, metrics_json: str | os.PathLike, figures_dir: str | os.PathLike,
+                   step: int = 0, previous: dict | None = None) -> Tracker:
     """validate.py: attach the report's headline numbers and figures to the checkpoint's run.
 
-    The W&B run id and TensorBoard folder come from ``checkpoint`` (``tracking``), so the
-    numbers land beside the training curves, at the checkpoint's update; the flags override.
-    ``flags`` (validate.py's config as a dict) is stored with the run.
+    ``step`` and ``previous`` (the W&B run id and TensorBoard folder) are what the validated checkpoint
+    holds (its ``step`` and ``tracking``, read once with the model), so the numbers land beside the
+    training curves, at the checkpoint's update; the flags override. ``flags`` (validate.py's config
+    as a dict) is stored with the run.
     """
-    from amanita.checkpoint import load_checkpoint
-    # mapped, not read: only "step" and "tracking" are used, never the weights or optimizer state
-    ckpt = load_checkpoint(checkpoint, mmap=True) if checkpoint else {}
-    step = int(ckpt.get("step") or 0)
+    step = int(step or 0)
     config = {"validate_args": {k: v for k, v in flags.items() if isinstance(v, (str, int, float, bool))}}
-    tracker = create_tracker(cfg, True, config, previous=ckpt.get("tracking"), step=0)
+    tracker = create_tracker(cfg, True, config, previous=previous, step=0)
     metrics = json.loads(Path(metrics_json).read_text(encoding="utf-8"))
     numbers = headline_numbers(metrics)
     tracker.log(numbers, step)

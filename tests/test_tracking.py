@@ -156,6 +156,7 @@ def test_validation_numbers_and_figures_join_the_checkpoints_run(tmp_path, fake_
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from amanita.taxonomy import build_taxonomy
+    from amanita.checkpoint import load_for_eval
     from amanita.tracking import log_validation
     from tests.helpers import TRAIN_IDS, rows, tiny_checkpoint
     tb = tmp_path / "tb"
@@ -168,8 +169,9 @@ def test_validation_numbers_and_figures_join_the_checkpoints_run(tmp_path, fake_
                          "hierarchy": {"hierarchical_accuracy": 0.25}, "poison": {"psc": 2, "cost": 0.5}}}
     (out / "metrics.json").write_text(json.dumps(metrics))
     Image.new("RGB", (4, 4)).save(out / "confusion_genus.png")
-    log_validation(args(log_wandb=True, log_tensorboard="auto"), str(tmp_path / "best.pth"), {"decode": "consistent"},
-                   out / "metrics.json", out)
+    info = load_for_eval(tmp_path / "best.pth")[3]  # what validate.py read with the model: no second load
+    log_validation(args(log_wandb=True, log_tensorboard="auto"), {"decode": "consistent"}, out / "metrics.json", out,
+                   info["step"], info["tracking"])
     run = fake_wandb[0]
     assert (run.kw["id"], run.kw["project"]) == ("run42", "fungi")
     assert run.summary["validate/genus/top1"] == 0.75 and run.summary["validate/poison/psc"] == 2
@@ -214,3 +216,23 @@ def test_training_logs_updates_and_epochs_and_resume_continues_the_run(tmp_path)
     assert [e.step for e in acc.Scalars("val/leaf/acc1")] == [6, 12]
     assert [e.step for e in acc.Scalars("epoch/train/loss")] == [6, 12]
     assert "config/text_summary" in acc.Tags()["tensors"]
+
+
+@pytest.mark.slow
+def test_validate_py_logs_into_the_checkpoints_tensorboard_folder_at_its_update(tmp_path):
+    """validate.py --log-tensorboard auto: the numbers go to the folder and update the checkpoint
+    holds, read with the model (evaluate passes them on; tracking loads nothing)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from amanita.taxonomy import build_taxonomy
+    from tests.helpers import TRAIN_IDS, make_image_dataset, rows, run_in_process, tiny_checkpoint
+    data = make_image_dataset(tmp_path, n_train=6, n_val=8)
+    tb = tmp_path / "tb"
+    tiny_checkpoint(tmp_path / "best.pth", build_taxonomy([rows(TRAIN_IDS)]), step=7,
+                    tracking={"tensorboard_dir": str(tb)})
+    run_in_process("validate.py", "--checkpoint", tmp_path / "best.pth", "--val-path", data["val"], "--workers", 0,
+                   "--aggregate", "image", "--output-dir", tmp_path / "out", "--log-tensorboard", "auto")
+    acc = EventAccumulator(str(tb))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("validate/genus/top1")] == [7]
