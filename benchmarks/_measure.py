@@ -1,5 +1,5 @@
-"""Run a script in a child process and read its own peak memory: shared by the benchmarks (this
-file is not one; tests/test_benchmarks.py skips names that start with ``_``).
+"""Run a script in a child process and read its own peak memory: the measurement the benchmarks share
+(``from _measure import measure``), also runnable on its own (``--smoke``: a 64 MiB allocation).
 
 The child reports VmHWM from /proc/self/status: the new program's memory map only (ru_maxrss from
 wait4 would also count the forked benchmark's pages before exec). With ``preload``, it first
@@ -7,10 +7,13 @@ imports those modules and reports what the imports every run pays cost: seconds 
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import subprocess
 import sys
 import time
+import tempfile
 from pathlib import Path
 
 WRAPPER = """import os, runpy, sys, time
@@ -50,3 +53,26 @@ def measure(script: str | Path, args, cwd: str | Path, preload: tuple[str, ...] 
     if imports:
         out |= {"imports_s": float(imports[0][0]), "imports_rss_mb": int(imports[0][1]) / 1024}
     return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Measure a script's wall time and own peak memory (VmHWM) in a child "
+                                "process, as the benchmarks do.")
+    p.add_argument("script", nargs="?", help="the script to run (not with --smoke)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
+    p.add_argument("--smoke", action="store_true", help="measure a tiny generated script that allocates 64 MiB")
+    args = p.parse_args(argv)
+    if not args.smoke and not args.script:
+        p.error("give a script (or --smoke)")
+    with tempfile.TemporaryDirectory(prefix="measure_smoke_") as tmp:
+        script = args.script
+        if args.smoke:
+            script = Path(tmp) / "alloc.py"
+            script.write_text("block = bytearray(64 * 2**20)\nprint(len(block))\n")
+        m = measure(Path(script).resolve(), args.args, Path.cwd())
+    print(json.dumps({"script": str(args.script or "smoke"), "seconds": round(m["seconds"], 3),
+                      "peak_mb": round(m["peak_mb"], 1)}))
+
+
+if __name__ == "__main__":
+    main()

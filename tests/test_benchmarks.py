@@ -7,7 +7,7 @@ import pytest
 
 from tests.helpers import ROOT, run_script
 
-BENCHMARKS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_"))  # _*.py: shared code
+BENCHMARKS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
 # Benchmarks whose --smoke run a test of their own module makes (with assertions on what it prints):
 # run once there, not twice; test_smoke_runs_elsewhere_exist checks that the run is really there.
 SMOKE_TESTED_ELSEWHERE = {"bench_lora.py": "test_lora.py", "bench_model_file.py": "test_modelfile.py"}
