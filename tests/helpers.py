@@ -132,6 +132,17 @@ class LeafModel(torch.nn.Sequential):
         return {"leaf": super().forward(x)}
 
 
+def image_dataset_and_taxonomy(root, n_train=48, n_val=21, mappings=None):
+    """:func:`make_image_dataset` and the taxonomy of its train and val splits (saved to ``mappings`` if given)."""
+    from amanita.data import read_split
+    from amanita.taxonomy import build_taxonomy
+    data = make_image_dataset(root, n_train=n_train, n_val=n_val)
+    tax = build_taxonomy([read_split(data["train"]), read_split(data["val"])])
+    if mappings is not None:
+        tax.save(mappings)
+    return data, tax
+
+
 def tiny_checkpoint(path, taxonomy, arch=TINY_BEIT[0], model_args=TINY_BEIT[1], seed=0, **extra):
     """Write a multi-task amanita checkpoint of an untrained tiny model in-process (no training run)."""
     import torch

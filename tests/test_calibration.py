@@ -153,11 +153,9 @@ def test_validate_calibrate_stores_temperatures_and_reports_ece_before_and_after
     import pandas as pd
 
     from amanita.checkpoint import load_checkpoint
-    from amanita.data import read_split
-    from tests.helpers import make_image_dataset
+    from tests.helpers import image_dataset_and_taxonomy
     from tests.test_report import run_validate
-    data = make_image_dataset(tmp_path / "data", n_train=6, n_val=30)
-    tax = build_taxonomy([read_split(data["train"]), read_split(data["val"])])
+    data, tax = image_dataset_and_taxonomy(tmp_path / "data", n_train=6, n_val=30)
     ckpt = tmp_path / "best_model.pth"
     write_checkpoint(ckpt, tax)
     out = tmp_path / "out"

@@ -5,13 +5,11 @@ import torch
 
 from amanita import cli
 from amanita.checkpoint import load_checkpoint, load_for_eval
-from amanita.data import read_split
 from amanita.evaluate import summary_lines, validate
 from amanita.identify import identify
 from amanita.io import UserError
-from amanita.taxonomy import build_taxonomy
 from amanita.training import train
-from tests.helpers import SMALL_MODEL, call_main, in_process, make_image_dataset, one_line, tiny_checkpoint
+from tests.helpers import SMALL_MODEL, call_main, image_dataset_and_taxonomy, in_process, one_line, tiny_checkpoint
 
 TEST_PY = in_process(lambda argv: identify(cli.parse_identify_config("test.py", argv)))
 VALIDATE = in_process(lambda argv: print("\n".join(summary_lines(validate(
@@ -30,9 +28,7 @@ DISTILL = in_process(_distill)
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt_files")
-    data = make_image_dataset(root, n_train=6, n_val=6)
-    tax = build_taxonomy([read_split(data["train"]), read_split(data["val"])])
-    tax.save(root / "m.json")
+    data, tax = image_dataset_and_taxonomy(root, n_train=6, n_val=6, mappings=root / "m.json")
     model, _ = tiny_checkpoint(root / "whole.pth", tax)
     torch.save({"model": model.state_dict()}, root / "bare.pth")  # the usual layout of published checkpoints
     whole = torch.load(root / "whole.pth", weights_only=True)

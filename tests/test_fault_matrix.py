@@ -57,9 +57,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from amanita.data import read_split
-from amanita.taxonomy import build_taxonomy
-from tests.helpers import ROOT, SMALL_MODEL, make_image_dataset, script_env, tiny_checkpoint
+from tests.helpers import ROOT, SMALL_MODEL, image_dataset_and_taxonomy, script_env, tiny_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -153,9 +151,7 @@ def _wait_all(procs: list, timeout: float) -> int:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
-    data = make_image_dataset(root, n_train=14, n_val=6)
-    tax = build_taxonomy([read_split(data["train"]), read_split(data["val"])])
-    tax.save(root / "m.json")
+    data, tax = image_dataset_and_taxonomy(root, n_train=14, n_val=6, mappings=root / "m.json")
     tiny_checkpoint(root / "teacher.pth", tax)
     common = ["--train-path", data["train"], "--val-path", data["val"], "--mappings", root / "m.json",
               "--workers", 0, "--auto-augment", "none", "--drop-path", 0, "--epochs", 2,
