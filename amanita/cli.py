@@ -584,7 +584,7 @@ def parse_identify_config(description: str, argv: list[str] | None = None) -> Id
     f.add_argument("--combine", choices=("mean-prob", "mean-logp"), default="mean-prob",
                    help="how a find's (or, with --submission, an observation's) images are combined at every "
                         "rank: mean of probabilities or of log-probabilities (renormalised)")
-    f.add_argument("--unknown-threshold", type=number(float, what="a finite number"), default=None,
+    f.add_argument("--unknown-threshold", type=finite_float, default=None,
                    help="unknown-species score above which the answer is 'an unknown species of <finest "
                         "confident rank>'; None: the threshold validate.py --store-threshold put in the "
                         "checkpoint, if any")

@@ -46,11 +46,6 @@ def write_model_file(checkpoint: str | os.PathLike, path: str | os.PathLike, use
     return state
 
 
-def is_model_file(ckpt: dict) -> bool:
-    """True for a file written by :func:`write_model_file` (no training state to resume)."""
-    return ckpt.get("file") == FILE_KIND
-
-
 def tolerance(dtype: str) -> float:
     """Largest logit difference expected from storing weights in ``dtype`` (float32: none but rounding)."""
     return {"float32": 1e-4, "float16": 2e-2, "bfloat16": 1.5e-1}[dtype]

@@ -18,7 +18,7 @@ import pandas as pd
 
 from amanita.config import IdentifyConfig, SubmissionConfig
 from amanita.io import UserError, atomic_to_csv, read_metadata_csv
-from amanita.openset import is_unknown
+from amanita.openset import is_unknown, score_column
 
 if TYPE_CHECKING:  # the model stack is imported only when a model runs
     from amanita.inference import LoadedModel
@@ -129,7 +129,7 @@ def unknown_mask(obs_preds: pd.DataFrame, rule: tuple[str, float | None]) -> np.
     score, threshold = rule
     if threshold is None:
         return None
-    column = f"unknown_{score}"
+    column = score_column(score)
     if column not in obs_preds.columns:
         raise UserError(f"unknown-species score {column!r} is not computed (one of "
                         f"{sorted(c for c in obs_preds.columns if c.startswith('unknown_'))})")
